@@ -1,0 +1,3 @@
+from memscan.cli import main
+
+main()

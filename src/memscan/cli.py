@@ -1,0 +1,126 @@
+"""The ``memscan`` command: a thin Typer layer that parses, validates and calls the library."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memscan import __version__
+from memscan.errors import MemscanError
+from memscan.progress import console, setup_logging
+
+app = typer.Typer(
+    name="memscan",
+    help="Find memorized copies of training images among synthetic medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("memscan")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"memscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug messages.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    setup_logging(quiet=quiet, verbose=verbose)
+
+
+def _errors_to_exit_codes(fn):
+    """Bad input → one line on stderr and exit 2; gate failed → exit 3; no traceback for either."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemscanError as exc:
+            typer.echo(f"memscan: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("memscan: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@_errors_to_exit_codes
+def prepare(
+    src: Annotated[Path, typer.Argument(help="Folder (or file) of images/volumes to prepare.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    layout: Annotated[str, typer.Option(help="auto | folder | brats | cxr")] = "auto",
+    recipe: Annotated[
+        str | None, typer.Option(help="study (BraTS) | cxr | generic; default by layout.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Output in-plane size in pixels.")] = None,
+    subject_pattern: Annotated[
+        str | None, typer.Option(help="REGEX giving the subject from the relative path (first group).")
+    ] = None,
+    test_subjects: Annotated[
+        int | None, typer.Option(help="BraTS: hold out this many whole subjects as split 'test'.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subject split.")] = 0,
+    modalities: Annotated[
+        str | None, typer.Option(help="BraTS channels, comma-separated (default t1,t2,t1ce,flair,seg).")
+    ] = None,
+    axis: Annotated[str, typer.Option(help="Slicing axis of volumes: x | y | z.")] = "z",
+    slice_range: Annotated[str | None, typer.Option(help="Keep slices START:STOP only.")] = None,
+    volumes: Annotated[bool, typer.Option("--volumes", help="Keep whole 3D volumes, not slices.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")] = False,
+) -> None:
+    """Turn medical images (PNG/JPEG/TIFF, DICOM, NIfTI, NumPy; BraTS; chest x-ray) into a dataset folder.
+
+    Example: memscan prepare BraTS2020/ --out brats --test-subjects 56
+    """
+    from memscan.data.prepare import PrepareOptions, parse_modalities, parse_slice_range, prepare_dataset
+    from memscan.summary import dataset_table
+
+    opts = PrepareOptions(
+        layout=layout, recipe=recipe, size=size, subject_pattern=subject_pattern,
+        test_subjects=test_subjects, seed=seed, modalities=parse_modalities(modalities), axis=axis,
+        slice_range=parse_slice_range(slice_range), volumes=volumes,
+    )
+    ds = prepare_dataset(src, out, opts, overwrite=overwrite)
+    console.print(dataset_table(ds))
+
+
+@app.command()
+@_errors_to_exit_codes
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data and results.")] = Path(
+        "demo-output"
+    ),
+    subjects: Annotated[int, typer.Option(help="Number of phantom BraTS subjects.")] = 8,
+    patients: Annotated[int, typer.Option(help="Number of phantom chest x-ray patients.")] = 12,
+) -> None:
+    """Run the pipeline on built-in phantom data (nothing is downloaded)."""
+    from memscan.demo import run_demo
+
+    run_demo(out, n_subjects=subjects, n_patients=patients)
+
+
+def main() -> None:
+    """Entry point of the ``memscan`` console script."""
+    try:
+        app()
+    except SystemExit as exc:  # typer/click exit codes pass through unchanged
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Turn a folder of medical images into a dataset folder: discover → read → recipe → store.
+
+Three layouts (``memscan.io.layouts``): a generic ``folder`` tree of 2D images and volumes, BraTS subject
+folders (``brats``, the study's recipe by default) and the paediatric chest x-ray folders (``cxr``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memscan.data import recipes
+from memscan.data.slicing import slice_id
+from memscan.data.store import Dataset, DatasetWriter, check_output_folder
+from memscan.errors import InputError
+from memscan.io import layouts
+from memscan.io.readers import read_image
+from memscan.progress import progress
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "folder", "brats", "cxr")
+DEFAULT_RECIPE = {"folder": "generic", "brats": "study", "cxr": "cxr"}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything that decides a dataset's content (saved in ``dataset.json``)."""
+
+    layout: str = "auto"
+    recipe: str | None = None
+    size: int | None = None
+    subject_pattern: str | None = None
+    test_subjects: int | None = None
+    seed: int = 0
+    modalities: tuple[str, ...] | None = None
+    axis: str = "z"
+    slice_range: tuple[int, int] | None = None
+    volumes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise InputError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if self.size is not None and self.size < 1:
+            raise InputError(f"--size must be a positive number of pixels, got {self.size}")
+        if self.test_subjects is not None and self.test_subjects < 0:
+            raise InputError(f"--test-subjects must be >= 0, got {self.test_subjects}")
+
+
+def _fingerprint(src: Path, layout: str, recipe: Any, opts: PrepareOptions) -> str:
+    """Hash of the inputs (file names, sizes, times) and every option: same hash = same dataset."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(src.resolve()), layout, recipe.to_dict(), repr(opts)], default=str).encode())
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(src) if p != src else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _make_recipe(layout: str, opts: PrepareOptions):
+    name = opts.recipe or DEFAULT_RECIPE[layout]
+    params: dict[str, Any] = {}
+    if name == "study":
+        if opts.modalities:
+            params["modalities"] = tuple(opts.modalities)
+        params.update(axis=opts.axis, slice_range=opts.slice_range, volumes=opts.volumes)
+        if opts.size:
+            params["size"] = opts.size
+    elif name == "cxr":
+        if opts.size:
+            params["size"] = opts.size
+    else:
+        params.update(size=opts.size, axis=opts.axis, slice_range=opts.slice_range, volumes=opts.volumes)
+    return recipes.get_recipe(name, **params)
+
+
+class _LazyWriter:
+    """Creates the DatasetWriter when the first item fixes the shape and dtype."""
+
+    def __init__(self, out: Path, channels_for, recipe, info: dict[str, Any], overwrite: bool) -> None:
+        self.out, self.channels_for, self.recipe, self.info, self.overwrite = (
+            out, channels_for, recipe, info, overwrite,
+        )
+        self.writer: DatasetWriter | None = None
+        self.pending_excluded: list[tuple[str, str]] = []
+
+    def add(self, item: np.ndarray, row: dict[str, Any], source_path: Path) -> None:
+        if _is_constant(item):
+            self.exclude(row["id"], "constant image (zero variance): correlation is undefined")
+            return
+        if self.writer is None:
+            self.writer = DatasetWriter(
+                self.out,
+                item_shape=item.shape,
+                dtype=str(item.dtype),
+                channels=self.channels_for(item.shape[0]),
+                recipe=self.recipe.to_dict(),
+                info=self.info,
+                overwrite=self.overwrite,
+            )
+            for item_id, reason in self.pending_excluded:
+                self.writer.exclude(item_id, reason)
+        self.writer.add(item, row, source_path=source_path)
+
+    def exclude(self, item_id: str, reason: str) -> None:
+        if self.writer is None:
+            log.warning("excluded %s: %s", item_id, reason)
+            self.pending_excluded.append((item_id, reason))
+        else:
+            self.writer.exclude(item_id, reason)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+    def commit(self) -> Dataset:
+        if self.writer is None:
+            raise InputError("no usable images (all were excluded, see the warnings above)", self.out)
+        return self.writer.commit()
+
+
+def _is_constant(item: np.ndarray) -> bool:
+    flat = item.reshape(-1)
+    return bool(flat.size == 0 or np.all(flat == flat[0]))
+
+
+def prepare_dataset(src: str | Path, out: str | Path, options: PrepareOptions | None = None, *,
+                    overwrite: bool = False) -> Dataset:
+    """Prepare ``src`` (folder or file) into the dataset folder ``out``.
+
+    Args:
+        src: a folder of images/volumes in one of the layouts, or one file.
+        out: the dataset folder to write (created atomically).
+        options: layout, recipe and its parameters.
+        overwrite: replace a different dataset already at ``out``.
+
+    Returns:
+        The written dataset, opened for reading.
+    """
+    options = options or PrepareOptions()
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise InputError("does not exist", src)
+    if src.is_dir() and not any(src.iterdir()):
+        raise InputError("folder is empty", src)
+    layout = options.layout
+    if layout == "auto":
+        layout = layouts.detect_layout(src) if src.is_dir() else "folder"
+        log.info("layout detected: %s", layout)
+    recipe = _make_recipe(layout, options)
+    fingerprint = _fingerprint(src, layout, recipe, options)
+    if check_output_folder(out, overwrite=overwrite, fingerprint=fingerprint):
+        log.info("%s is up to date (same inputs and options)", out)
+        return Dataset.open(out)
+    info = {"layout": layout, "fingerprint": fingerprint, "source_name": src.name,
+            "options": {k: v for k, v in options.__dict__.items()}}
+    if layout == "brats":
+        return _prepare_brats(src, out, recipe, options, info, overwrite)
+    if layout == "cxr":
+        return _prepare_cxr(src, out, recipe, info, overwrite)
+    return _prepare_folder(src, out, recipe, options, info, overwrite)
+
+
+def _prepare_brats(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+    needed = tuple(dict.fromkeys((*recipe.modalities, "t1") if not recipe.volumes else recipe.modalities))
+    subjects = layouts.discover_brats(src, modalities=needed)
+    split = (
+        recipes.split_subjects([s.subject for s in subjects], opts.test_subjects, opts.seed)
+        if opts.test_subjects is not None
+        else {}
+    )
+    info["split_seed"] = opts.seed
+    writer = _LazyWriter(out, lambda c: tuple(recipe.modalities), recipe, info, overwrite)
+    try:
+        with progress(len(subjects), "prepare BraTS subjects") as advance:
+            for subj in subjects:
+                volumes = {}
+                for mod in needed:
+                    data = read_image(subj.files[mod], spatial_dims=3)
+                    volumes[mod] = data.array[0]
+                base = subj.files[recipe.modalities[0]].relative_to(src).as_posix()
+                for index, item in recipes.brats_subject_items(volumes, recipe, subject=subj.subject):
+                    row = {
+                        "id": base if index is None else slice_id(base, recipe.axis, index),
+                        "subject": subj.subject,
+                        "source": base,
+                        "slice_axis": None if index is None else recipe.axis,
+                        "slice_index": index,
+                        "split": split.get(subj.subject),
+                    }
+                    writer.add(item, row, subj.folder)
+                advance(1)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _prepare_cxr(src: Path, out: Path, recipe, info: dict, overwrite: bool) -> Dataset:
+    items = layouts.discover_cxr(src)
+    writer = _LazyWriter(out, lambda c: ("xray",), recipe, info, overwrite)
+    try:
+        with progress(len(items), "prepare chest x-rays") as advance:
+            for it in items:
+                image = read_image(it.path, spatial_dims=2)
+                item = recipes.cxr_item(image.array, recipe)
+                row = {"id": it.relpath, "subject": it.subject, "source": it.relpath,
+                       "split": it.split, "label": it.label}
+                writer.add(item, row, it.path)
+                advance(1)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _channel_names(c: int) -> tuple[str, ...]:
+    return ("gray",) if c == 1 else ("red", "green", "blue") if c == 3 else tuple(f"c{i}" for i in range(c))
+
+
+def _prepare_folder(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+    items = layouts.discover_folder(src, subject_pattern=opts.subject_pattern)
+    writer = _LazyWriter(out, _channel_names, recipe, info, overwrite)
+    try:
+        with progress(len(items), "prepare images") as advance:
+            for it in items:
+                image = read_image(it.path)
+                for index, item in recipes.generic_items(image.array, image.spatial_dims, recipe):
+                    row = {
+                        "id": it.relpath if index is None else slice_id(it.relpath, recipe.axis, index),
+                        "subject": it.subject,
+                        "source": it.relpath,
+                        "slice_axis": None if index is None else recipe.axis,
+                        "slice_index": index,
+                        "split": it.split,
+                        "label": it.label,
+                    }
+                    writer.add(item, row, it.path)
+                advance(1)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def open_or_prepare(path: str | Path, cache_dir: Path, *, name: str, subject_pattern: str | None = None,
+                    size: int | None = None) -> Dataset:
+    """A dataset folder (or ``DATASET/SPLIT``) as is; a raw folder/file prepared with the generic recipe.
+
+    Raw inputs are prepared into ``cache_dir/name`` (reused while the inputs are unchanged).
+    """
+    path = Path(path)
+    from memscan.data.store import is_dataset
+
+    if is_dataset(path) or (not path.exists() and is_dataset(path.parent)):
+        return Dataset.open(path)
+    if not path.exists():
+        raise InputError("does not exist", path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    opts = PrepareOptions(layout="folder", recipe="generic", subject_pattern=subject_pattern, size=size)
+    return prepare_dataset(path, cache_dir / name, opts, overwrite=True)
+
+
+def parse_slice_range(text: str | None) -> tuple[int, int] | None:
+    """``"40:120"`` → ``(40, 120)``; None stays None."""
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"--slice-range must look like START:STOP, got {text!r}") from None
+    return start, stop
+
+
+def parse_modalities(text: str | None) -> Sequence[str] | None:
+    return None if not text else tuple(m.strip() for m in text.split(",") if m.strip())
