@@ -12,7 +12,8 @@ import typer
 
 from memscan import __version__
 from memscan.errors import MemscanError
-from memscan.progress import console, setup_logging
+from memscan.progress import out_console as console
+from memscan.progress import setup_logging
 
 app = typer.Typer(
     name="memscan",
@@ -97,6 +98,54 @@ def prepare(
     )
     ds = prepare_dataset(src, out, opts, overwrite=overwrite)
     console.print(dataset_table(ds))
+
+
+@app.command()
+@_errors_to_exit_codes
+def scan(
+    train: Annotated[Path, typer.Argument(help="Training dataset folder (or DATASET/SPLIT), or raw images.")],
+    synthetic: Annotated[Path, typer.Argument(help="Synthetic dataset folder, or raw images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (resumes if interrupted).")],
+    top_k: Annotated[int, typer.Option(help="Matches kept per synthetic item.")] = 5,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="Screen precision: auto | bf16 | fp16 | float32 | exact (results are exact)")
+    ] = "auto",
+    flips: Annotated[bool, typer.Option("--flips", help="Also compare left-right mirrored items.")] = False,
+    max_shift: Annotated[int, typer.Option(help="Tolerate shifts up to PX pixels (on re-rank candidates).")] = 0,
+    mask: Annotated[str, typer.Option(help="none | foreground | FILE (one mask for all items)")] = "none",
+    channel: Annotated[str | None, typer.Option(help="Compare this channel only (e.g. flair).")] = None,
+    threshold: Annotated[float, typer.Option(help="Flag items whose max correlation exceeds R.")] = 0.95,
+    fail_above: Annotated[
+        float | None, typer.Option(help="Exit with code 3 when the flagged fraction exceeds FRACTION.")
+    ] = None,
+    memory_budget: Annotated[str, typer.Option(help="RAM for the scan's blocks, e.g. 4GiB.")] = "4GiB",
+    subject_pattern: Annotated[
+        str | None, typer.Option(help="Subject REGEX for raw folders prepared on the fly.")
+    ] = None,
+) -> None:
+    """Exact all-pairs Pearson correlation: top-k training matches of every synthetic item.
+
+    Example: memscan scan brats/train synthetic/ --out run --flips
+    """
+    from memscan.config import ScanOptions, parse_bytes
+    from memscan.scan import scan as run_scan
+    from memscan.summary import run_table
+
+    opts = ScanOptions(
+        top_k=top_k, device=device, precision=precision, flips=flips, max_shift=max_shift, mask=mask,
+        channel=channel, threshold=threshold, fail_above=fail_above, memory_budget=parse_bytes(memory_budget),
+    )
+    command = "memscan " + " ".join(sys.argv[1:])
+    try:
+        result = run_scan(train, synthetic, out, opts, subject_pattern=subject_pattern, command=command)
+    except MemscanError as exc:
+        if exc.exit_code == 3:
+            from memscan.scan import load_run
+
+            console.print(run_table(load_run(out)))
+        raise
+    console.print(run_table(result))
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from memscan.data import phantoms
 from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.progress import console
+from memscan.progress import out_console as console
 from memscan.summary import dataset_table
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _state = {"quiet": False}
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and log lines
+out_console = Console()  # results (tables) on stdout
 
 
 def set_quiet(quiet: bool) -> None:
@@ -26,7 +27,7 @@ def is_quiet() -> bool:
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Route memscan's log records to stderr through rich (WARNING by default)."""
     set_quiet(quiet)
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
     root = logging.getLogger("memscan")
     root.handlers[:] = [RichHandler(console=console, show_path=False, show_time=False, markup=False)]
     root.setLevel(level)
@@ -41,7 +42,7 @@ def progress(total: int | None, description: str) -> Iterator[Callable[[int], No
         total: number of units (items, blocks); None for an indeterminate bar.
         description: what is being done, e.g. ``"prepare"``.
     """
-    if _state["quiet"]:
+    if _state["quiet"] or not console.is_terminal:  # no bar when stderr is a pipe or a CI log
         yield lambda n=1: None
         return
     bar = Progress(

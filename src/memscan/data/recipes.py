@@ -208,6 +208,17 @@ def scale_to_255(volume: np.ndarray, dtype: np.dtype | type = np.float32) -> np.
     return v
 
 
+def _check_seg_labels(s: np.ndarray, where: str = "") -> None:
+    labels = np.unique(s)
+    unexpected = [v for v in labels.tolist() if not (math.isfinite(v) and v in SEG_LABELS)]
+    if unexpected:
+        shown = [int(v) if math.isfinite(v) and float(v).is_integer() else v for v in unexpected[:10]]
+        more = f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""
+        raise InputError(
+            f"{where}segmentation has unexpected labels {shown}{more}; expected {list(SEG_LABELS)}"
+        )
+
+
 def seg_to_channel(seg: np.ndarray) -> np.ndarray:
     """Turn a BraTS segmentation into the study's fifth channel: ``label * 255 / 5``.
 
@@ -224,29 +235,29 @@ def seg_to_channel(seg: np.ndarray) -> np.ndarray:
     s = np.asarray(seg)
     if not (np.issubdtype(s.dtype, np.integer) or np.issubdtype(s.dtype, np.floating) or s.dtype == bool):
         raise InputError(f"segmentation must be numeric, got dtype {s.dtype}")
-    labels = np.unique(s)
-    unexpected = [v for v in labels.tolist() if not (math.isfinite(v) and v in SEG_LABELS)]
-    if unexpected:
-        shown = [int(v) if math.isfinite(v) and float(v).is_integer() else v for v in unexpected[:10]]
-        more = f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""
-        raise InputError(f"segmentation has unexpected labels {shown}{more}; expected {list(SEG_LABELS)}")
+    _check_seg_labels(s)
     return (s.astype(np.float32) * np.float32(SEG_SCALE)).astype(np.float32)
 
 
+def _placement(n: int, size: int) -> tuple[slice, slice]:
+    """Source and destination ranges of one axis of length ``n`` centred in ``size`` (pad or crop)."""
+    if n <= size:
+        before = (size - n) // 2
+        return slice(0, n), slice(before, before + n)
+    start = (n - size) // 2
+    return slice(start, start + size), slice(0, size)
+
+
 def _pad_or_crop_axes(image: np.ndarray, size: int, axes: Sequence[int]) -> np.ndarray:
-    out = image
+    """Centre ``image`` in a zero array whose ``axes`` have length ``size`` (crop where they are longer)."""
+    src: list[slice] = [slice(None)] * image.ndim
+    dst: list[slice] = [slice(None)] * image.ndim
+    shape = list(image.shape)
     for ax in axes:
-        n = out.shape[ax]
-        if n < size:
-            before = (size - n) // 2
-            widths = [(0, 0)] * out.ndim
-            widths[ax] = (before, size - n - before)
-            out = np.pad(out, widths, mode="constant", constant_values=0)
-        elif n > size:
-            start = (n - size) // 2
-            index: list[slice] = [slice(None)] * out.ndim
-            index[ax] = slice(start, start + size)
-            out = out[tuple(index)]
+        src[ax], dst[ax] = _placement(image.shape[ax], size)
+        shape[ax] = size
+    out = np.zeros(shape, dtype=image.dtype)
+    out[tuple(dst)] = image[tuple(src)]
     return out
 
 
@@ -262,7 +273,7 @@ def pad_or_crop(image: np.ndarray, size: int) -> np.ndarray:
         size: output size of the last two axes.
 
     Returns:
-        ``[..., size, size]`` array of the same dtype (a view when only cropping or nothing is needed).
+        A new ``[..., size, size]`` array of the same dtype.
     """
     image = np.asarray(image)
     if image.ndim < 2:
@@ -321,35 +332,36 @@ def brats_subject_items(
             if missing == ["t1"] and "t1" not in recipe.modalities
             else ""
         )
-        raise InputError(f"{where}missing modalities {missing}{why}; got {sorted(volumes)}", subject or None)
+        raise InputError(f"{where}missing modalities {missing}{why}; got {sorted(volumes)}")
     arrays = {m: np.asarray(volumes[m]) for m in needed}
     for m, a in arrays.items():
         if a.ndim != 3:
-            raise InputError(
-                f"{where}modality {m!r} must be a 3D volume [X, Y, Z], got shape {a.shape}", subject or None
-            )
+            raise InputError(f"{where}modality {m!r} must be a 3D volume [X, Y, Z], got shape {a.shape}")
     shapes = {m: a.shape for m, a in arrays.items()}
     if len(set(shapes.values())) > 1:
-        raise InputError(f"{where}modality shapes disagree: {shapes}", subject or None)
+        raise InputError(f"{where}modality shapes disagree: {shapes}")
+    # validate every modality up front (also those of subjects where no slice passes the filter)
+    for m, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise InputError(f"{where}modality {m!r} must be numeric, got dtype {a.dtype}")
+        if m == "seg":
+            _check_seg_labels(a, where)
+            continue
+        _finite_or_raise(a, f"{where}modality {m!r}")
+        if recipe.dtype == "uint8" and a.size and a.min() < 0:
+            raise InputError(
+                f"{where}modality {m!r} has negative intensities (min {a.min()}); the study's 8-bit recipe "
+                "expects non-negative MR magnitudes (use dtype='float32' to keep them)"
+            )
     shape = next(iter(shapes.values()))
     ax = AXES[recipe.axis]
     positions = resolve_slice_range(shape[ax], recipe.slice_range)
     in_plane = [a for a in range(3) if a != ax]
 
-    def scaled(m: str) -> np.ndarray:
-        a = arrays[m]
+    def scaled(m: str) -> np.ndarray:  # float64, 0-255 scale
         if m == "seg":
-            return seg_to_channel(a).astype(np.float64)
-        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-            raise InputError(f"{where}modality {m!r} must be numeric, got dtype {a.dtype}", subject or None)
-        _finite_or_raise(a, f"{where}modality {m!r}")
-        if recipe.dtype == "uint8" and a.size and a.min() < 0:
-            raise InputError(
-                f"{where}modality {m!r} has negative intensities (min {a.min()}); the study's 8-bit recipe "
-                "expects non-negative MR magnitudes (use dtype='float32' to keep them)",
-                subject or None,
-            )
-        return scale_to_255(a, dtype=np.float64)
+            return arrays[m].astype(np.float64) * SEG_SCALE
+        return scale_to_255(arrays[m], dtype=np.float64)
 
     window = [slice(None)] * 3
     window[ax] = slice(positions.start, positions.stop)
@@ -362,24 +374,27 @@ def brats_subject_items(
             channels.append(_to_output_dtype(v, recipe.dtype))
         return [(None, np.stack(channels, axis=0))]
 
-    # Slice filter on the scaled (unrounded) T1: move the slicing axis first -> [n, A, B], pad in-plane.
-    t1 = np.moveaxis(scaled("t1")[window_t], ax, 0)
-    area = recipe.size * recipe.size
-    kept: list[int] = []
-    for j, index in enumerate(positions):
-        t1_slice = pad_or_crop(t1[j], recipe.size)
-        if np.count_nonzero(t1_slice > recipe.t1_threshold) / area > recipe.min_fraction:
-            kept.append(index)
+    # Slice filter on the scaled (unrounded) T1. The zero padding never exceeds the threshold (>= 0), so
+    # counting inside the (cropped) slice and dividing by size² equals counting in the padded slice.
+    src_a, dst_a = _placement(shape[in_plane[0]], recipe.size)
+    src_b, dst_b = _placement(shape[in_plane[1]], recipe.size)
+    t1 = np.moveaxis(scaled("t1")[window_t], ax, 0)[:, src_a, src_b]  # [n, A', B']
+    counts = np.count_nonzero(t1 > recipe.t1_threshold, axis=(1, 2))
     del t1
+    area = recipe.size * recipe.size
+    kept = [
+        index
+        for index, count in zip(positions, counts.tolist(), strict=True)
+        if count / area > recipe.min_fraction
+    ]
     if not kept:
         return []
 
     out_dtype = np.uint8 if recipe.dtype == "uint8" else np.float32
-    out = np.empty((len(kept), len(recipe.modalities), recipe.size, recipe.size), dtype=out_dtype)
+    out = np.zeros((len(kept), len(recipe.modalities), recipe.size, recipe.size), dtype=out_dtype)
     for c, m in enumerate(recipe.modalities):
-        stack = np.take(scaled(m), kept, axis=ax)  # [.., len(kept), ..]
-        stack = pad_or_crop(np.moveaxis(stack, ax, 0), recipe.size)  # [len(kept), size, size]
-        out[:, c] = _to_output_dtype(stack, recipe.dtype)
+        stack = np.moveaxis(np.take(scaled(m), kept, axis=ax), ax, 0)[:, src_a, src_b]  # [len(kept), A', B']
+        out[:, c, dst_a, dst_b] = _to_output_dtype(stack, recipe.dtype)
     return [(index, out[j]) for j, index in enumerate(kept)]
 
 

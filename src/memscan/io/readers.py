@@ -182,14 +182,13 @@ def supported(path: Path) -> bool:
 
 
 def _plain(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """An exception as one line of text (the CLI prints one line per error)."""
+    text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _corrupt(kind: str, path: Path, exc: BaseException) -> InputError:
-    return InputError(
-        f"cannot read {kind} file: it is corrupt, truncated or not a {kind} file ({_plain(exc)})", path
-    )
+    return InputError(f"cannot read {kind} file (truncated, corrupt or not {kind} data): {_plain(exc)}", path)
 
 
 def _validate(data: ImageData, spatial_dims: int | None) -> ImageData:
@@ -335,7 +334,7 @@ def _dcmread(path: Path) -> Any:
 
     errors = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error, zlib.error)
     try:
-        return pydicom.dcmread(path, specific_tags=_DICOM_TAGS)
+        return _ensure_transfer_syntax(pydicom.dcmread(path, specific_tags=_DICOM_TAGS))
     except InvalidDicomError:
         pass
     except errors as exc:
@@ -348,6 +347,28 @@ def _dcmread(path: Path) -> Any:
         k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "SOPClassUID", "Rows")
     ):
         raise InputError("not a DICOM file (no DICM preamble and no readable DICOM elements)", path)
+    return _ensure_transfer_syntax(ds)
+
+
+def _ensure_transfer_syntax(ds: Any) -> Any:
+    """Give a dataset read without File Meta (or without a Transfer Syntax UID) the encoding it was read in,
+    so that its pixel data can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") is not None:
+        return ds
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    uid = {
+        (True, True): ImplicitVRLittleEndian,
+        (False, True): ExplicitVRLittleEndian,
+        (False, False): ExplicitVRBigEndian,
+    }.get((implicit, little))
+    if uid is not None:
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        meta.TransferSyntaxUID = uid
     return ds
 
 

@@ -1,0 +1,74 @@
+"""Frozen, validated option sets; each is saved as JSON beside the results it produced."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from memscan.errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "float32", "float64", "exact")
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+          "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"4GiB"`` → 4294967296; ``"512MB"`` → 512000000; a plain number is bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InputError(f"cannot read {text!r} as a size; expected e.g. 4GiB, 512MiB, 2GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Options of ``memscan scan`` (see the README for each).
+
+    Attributes:
+        top_k: matches kept per synthetic item.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        precision: screen precision; ``exact``/``float64`` is the plain float64 path.
+        flips: also compare each synthetic item mirrored left-right.
+        max_shift: translation tolerance in pixels, evaluated on the re-rank candidates.
+        mask: ``none``, ``foreground`` (derived from the training set) or a path to a mask file.
+        channel: compare one channel only (by name), else all channels.
+        threshold: fixed correlation threshold used for flags without a held-out set.
+        memory_budget: bytes of RAM the scan may use for its blocks.
+        fail_above: release gate: exit code 3 when the flagged fraction exceeds it.
+        shift_candidates: candidates per item re-ranked under shifts.
+    """
+
+    top_k: int = 5
+    device: str = "auto"
+    precision: str = "auto"
+    flips: bool = False
+    max_shift: int = 0
+    mask: str = "none"
+    channel: str | None = None
+    threshold: float = 0.95
+    memory_budget: int = 4 * 2**30
+    fail_above: float | None = None
+    shift_candidates: int = 20
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.max_shift < 0 or self.max_shift > 64:
+            raise InputError(f"--max-shift must be between 0 and 64 pixels, got {self.max_shift}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise InputError(f"--threshold must be a correlation in [-1, 1], got {self.threshold}")
+        if self.memory_budget < 64 * 2**20:
+            raise InputError(f"--memory-budget must be at least 64MiB, got {self.memory_budget} bytes")
+        if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
+            raise InputError(f"--fail-above must be a fraction in [0, 1], got {self.fail_above}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

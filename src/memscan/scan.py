@@ -1,0 +1,471 @@
+"""``memscan scan``: datasets in, run folder out (tables + summary), resumable per query block.
+
+The driver: open (or prepare on the fly) the training and synthetic datasets, turn items into feature
+vectors (channel selection, shared mask), size blocks from the memory budget, run the exact engine
+(``memscan.search.engine``) for every query block and every query variant (identity, left-right flip),
+re-rank shifted alignments on the candidates (``--max-shift``), checkpoint each finished query block,
+and write the contract's tables (see ARCHITECTURE.md section 2) atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memscan import __version__
+from memscan.audit.subjects import subject_rollup, train_item_counts
+from memscan.config import ScanOptions
+from memscan.data.prepare import open_or_prepare
+from memscan.data.store import Dataset
+from memscan.errors import GateFailed, InputError
+from memscan.progress import progress
+from memscan.search import engine, variants
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".scan-state"
+RUN_TABLES = ("synthetic.parquet", "matches.parquet", "subjects.parquet", "train_items.parquet")
+
+
+@dataclass
+class ScanResult:
+    """What ``scan`` wrote, loaded: the three contract tables and the summary."""
+
+    run: Path
+    synthetic: pd.DataFrame
+    matches: pd.DataFrame
+    subjects: pd.DataFrame
+    train_items: pd.DataFrame
+    summary: dict[str, Any]
+
+
+@dataclass
+class Features:
+    """Items ``[n, C, *S]`` → feature rows ``[n, d]`` (selected channels, pixels inside the mask).
+
+    The stored dtype is kept (uint8 stays uint8) so blocks stay small; the engine normalizes.
+    """
+
+    channels: list[int] | None
+    mask: np.ndarray | None  # bool [C', *S] after channel selection, or None
+
+    def __call__(self, items: np.ndarray) -> np.ndarray:
+        if self.channels is not None:
+            items = items[:, self.channels]
+        if self.mask is not None:
+            return variants.apply_mask(items, self.mask)
+        return items.reshape(len(items), -1)
+
+    def dim(self, item_shape: tuple[int, ...]) -> int:
+        if self.mask is not None:
+            return int(self.mask.sum())
+        c = len(self.channels) if self.channels is not None else item_shape[0]
+        return int(c * np.prod(item_shape[1:]))
+
+
+def _dataset_key(ds: Dataset) -> str:
+    h = hashlib.sha256(json.dumps(ds.info, sort_keys=True, default=str).encode())
+    h.update("\n".join(map(str, ds.ids)).encode())
+    return h.hexdigest()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    return device
+
+
+def _check_compatible(train: Dataset, synth: Dataset, name: str = "SYNTHETIC") -> None:
+    if train.item_shape != synth.item_shape:
+        raise InputError(
+            f"item shapes differ: TRAIN {train.path} has {list(train.item_shape)}, {name} {synth.path} has "
+            f"{list(synth.item_shape)} (prepare both with the same recipe and --size)"
+        )
+
+
+def _channel_indices(train: Dataset, channel: str | None) -> list[int] | None:
+    if channel is None:
+        return None
+    names = list(train.channels)
+    if channel not in names:
+        import difflib
+
+        near = difflib.get_close_matches(channel, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise InputError(f"no channel {channel!r} (channels: {', '.join(names)}){hint}", train.path)
+    return [names.index(channel)]
+
+
+def _load_mask(spec: str, train: Dataset, channels: list[int] | None, budget: int) -> np.ndarray | None:
+    """The shared mask ``[C', *S]`` (bool) or None: ``none``, ``foreground`` or a .npy/.nii/.png file."""
+    if spec == "none":
+        return None
+    shape = train.item_shape if channels is None else (len(channels), *train.item_shape[1:])
+    if spec == "foreground":
+        total = np.zeros(shape, dtype=np.float64)
+        block = max(1, budget // (8 * max(1, train.item_nbytes)))
+        for _, items in train.iter_blocks(block):
+            if channels is not None:
+                items = items[:, channels]
+            total += items.sum(axis=0, dtype=np.float64)
+        mask = variants.foreground_mask(total / max(1, train.n_items))
+    else:
+        from memscan.io.readers import read_image
+
+        path = Path(spec)
+        if not path.exists():
+            raise InputError("mask file does not exist (--mask takes none, foreground or a file)", path)
+        if path.suffix == ".npy":
+            mask = np.load(path)
+        else:
+            mask = read_image(path).array
+            if mask.shape[0] == 1 and len(mask.shape) - 1 == len(shape) - 1:
+                mask = mask[0]
+        mask = np.asarray(mask) != 0
+        if mask.shape not in (tuple(shape), tuple(shape[1:])):
+            raise InputError(f"mask shape {list(mask.shape)} does not match the items' {list(shape)} "
+                             f"(or their spatial shape {list(shape[1:])})", path)
+    if mask.shape == tuple(shape[1:]):
+        mask = np.broadcast_to(mask, shape)
+    if not mask.any():
+        raise InputError("the mask selects no pixel", spec)
+    return np.ascontiguousarray(mask)
+
+
+def plan_blocks(n_train: int, n_query: int, d: int, itemsize: int, budget: int) -> tuple[int, int]:
+    """Query and training block sizes (items) that keep the scan's memory under ``budget`` bytes.
+
+    Per query row the engine holds the raw row, its bf16/float32 screen copy and stats; per training row
+    the raw row, a float64 working row for normalization and the screen copy; plus one block of float32
+    scores. Shares: queries 40%, training block 25%, scores 10%; the rest is headroom (Python, Parquet).
+    """
+    per_q = d * (itemsize + 4) + 64
+    per_t = d * (itemsize + 8 + 4) + 64
+    qb = max(1, min(n_query, int(0.40 * budget) // per_q))
+    tb = max(1, min(n_train, int(0.25 * budget) // per_t))
+    while qb * tb * 4 > 0.10 * budget and tb > 64:
+        tb //= 2
+    return qb, tb
+
+
+class _Checkpoints:
+    """Finished query blocks saved as ``.npz`` in ``RUN/.scan-state`` (written to temp, then renamed)."""
+
+    def __init__(self, run: Path, key: str) -> None:
+        self.dir = run / STATE_DIR
+        state = self.dir / "state.json"
+        if self.dir.exists():
+            old = json.loads(state.read_text()).get("key") if state.exists() else None
+            if old != key:
+                log.info("options or inputs changed since the interrupted scan: starting over")
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"key": key}))
+
+    def path(self, name: str, start: int, stop: int) -> Path:
+        return self.dir / f"{name}-{start:09d}-{stop:09d}.npz"
+
+    def load(self, name: str, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        p = self.path(name, start, stop)
+        if not p.exists():
+            return None
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def save(self, name: str, start: int, stop: int, **arrays: np.ndarray) -> None:
+        p = self.path(name, start, stop)
+        tmp = p.with_suffix(f".tmp-{uuid.uuid4().hex[:6]}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, p)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _train_stream(train: Dataset, feats: Features, block: int, cache: list | None) -> Callable[[], Iterator]:
+    """Callable returning a fresh iterator of ``(start, features [n, d])`` training blocks."""
+
+    def stream() -> Iterator[tuple[int, np.ndarray]]:
+        if cache is not None and cache:
+            yield from cache
+            return
+        for start, items in train.iter_blocks(block):
+            rows = feats(items)
+            if cache is not None:
+                cache.append((start, rows))
+            yield start, rows
+
+    return stream
+
+
+def _search_query_block(
+    items: np.ndarray, train: Dataset, feats: Features, stream: Callable, opts: ScanOptions, device: str,
+    stats: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """Top-k of one block of query items ``[n, C, *S]`` over every variant; returns arrays for the tables."""
+    k = min(opts.top_k, train.n_items)
+    k_search = max(k, min(opts.shift_candidates, train.n_items)) if opts.max_shift else k
+    found = []
+    variant_items = [("none", items)]
+    if opts.flips:
+        variant_items.append(("flip", variants.flip_lr(items)))
+    for name, vitems in variant_items:
+        res = engine.search_topk(feats(vitems), stream, k_search, precision=opts.precision, device=device)
+        stats["n_candidates"] += int(res.n_candidates)
+        stats["n_fallback"] += int(res.n_fallback)
+        stats["precision"], stats["epsilon"] = res.precision, float(res.epsilon)
+        found.append((name, res))
+    values, indices, transforms = variants.merge_variants(found, k_search)
+    if opts.max_shift:
+        values, indices, transforms = _shift_rerank(items, values, indices, transforms, train, feats, opts, k)
+    return {"values": values[:, :k], "indices": indices[:, :k], "transforms": transforms[:, :k].astype(str)}
+
+
+def _shift_rerank(items, values, indices, transforms, train: Dataset, feats: Features, opts: ScanOptions,
+                  k: int):
+    """Re-rank each query's candidates over integer shifts (candidate-based, see variants.shift_rerank).
+
+    Candidates are the ``shift_candidates`` best unshifted (or flipped) matches; for each, the best shift
+    within ``max_shift`` is found exactly over the overlapping region. Arrays in: ``[n, k']``; out: ``[n, k]``.
+    """
+    uniq = np.unique(indices[indices >= 0])
+    cand_items = train.take(uniq)
+    if feats.channels is not None:
+        cand_items, items = cand_items[:, feats.channels], items[:, feats.channels]
+    row_of = {int(t): i for i, t in enumerate(uniq)}
+    out_v = np.full((len(items), k), np.nan)
+    out_i = np.full((len(items), k), -1, dtype=np.int64)
+    out_t = np.full((len(items), k), None, dtype=object)
+    for q in range(len(items)):
+        cand_v, cand_i, cand_t = [], [], []
+        for base in ("none", "flip"):
+            sel = (indices[q] >= 0) & (transforms[q] == base)
+            if not sel.any():
+                continue
+            image = variants.flip_lr(items[q : q + 1])[0] if base == "flip" else items[q]
+            cands = indices[q][sel]
+            best, shifts = variants.shift_rerank(image, cand_items[[row_of[int(t)] for t in cands]], opts.max_shift)
+            for t, v, (dy, dx) in zip(cands, best, shifts, strict=True):
+                shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
+                label = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
+                cand_v.append(float(v))
+                cand_i.append(int(t))
+                cand_t.append(label)
+        if not cand_i:
+            continue
+        order = np.lexsort((np.asarray(cand_i), -np.asarray(cand_v)))[:k]
+        out_v[q, : len(order)] = np.asarray(cand_v)[order]
+        out_i[q, : len(order)] = np.asarray(cand_i)[order]
+        out_t[q, : len(order)] = np.asarray(cand_t, dtype=object)[order]
+    return out_v, out_i, out_t
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_json(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_run_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
+    if out.exists() and any(out.iterdir()):
+        known = {*RUN_TABLES, "summary.json", STATE_DIR, ".prepared", "report.html", "figures", "options.json"}
+        if not any((out / n).exists() for n in ("summary.json", STATE_DIR)):
+            raise InputError("exists, is not empty and is not a memscan run folder; refusing to write there", out)
+        unknown = [p.name for p in out.iterdir() if p.name not in known and not p.name.startswith(".")]
+        if unknown:
+            log.debug("run folder has other files, left alone: %s", unknown)
+    if not out.parent.exists():
+        raise InputError("parent folder does not exist", out.parent)
+
+
+def scan(train: str | Path, synthetic: str | Path, out: str | Path, options: ScanOptions | None = None, *,
+         subject_pattern: str | None = None, command: str | None = None) -> ScanResult:
+    """Exact top-k Pearson correlation of every synthetic item against every training item.
+
+    Args:
+        train: training dataset folder (or ``DATASET/SPLIT``), or a raw folder/file.
+        synthetic: synthetic dataset folder, or a raw folder/file.
+        out: the run folder to write (resumes an interrupted scan of the same inputs and options).
+        options: see ``ScanOptions``.
+        subject_pattern: subject rule for raw inputs prepared on the fly.
+        command: the command line, recorded in the summary.
+
+    Returns:
+        The tables and summary written to ``out``.
+
+    Raises:
+        InputError: bad input (exit 2). GateFailed: ``fail_above`` exceeded, after writing (exit 3).
+    """
+    t0 = time.perf_counter()
+    opts = options or ScanOptions()
+    out = Path(out)
+    _check_run_folder(out)
+    device = _resolve_device(opts.device)
+    out.mkdir(exist_ok=True)
+    cache = out / ".prepared"
+    train_ds = open_or_prepare(train, cache, name="train", subject_pattern=subject_pattern)
+    synth_ds = open_or_prepare(synthetic, cache, name="synthetic", subject_pattern=subject_pattern)
+    if train_ds.n_items == 0:
+        raise InputError("the training dataset has no items", train_ds.path)
+    if synth_ds.n_items == 0:
+        raise InputError("the synthetic dataset has no items", synth_ds.path)
+    _check_compatible(train_ds, synth_ds)
+    if opts.top_k > train_ds.n_items:
+        raise InputError(f"--top-k {opts.top_k} is larger than the training set ({train_ds.n_items} items)")
+    if opts.max_shift and train_ds.spatial_dims != 2:
+        raise InputError("--max-shift works on 2D images only; these items are 3D volumes")
+    if opts.max_shift and opts.mask != "none":
+        raise InputError("--max-shift cannot be combined with --mask (the overlap would leave the mask)")
+    channels = _channel_indices(train_ds, opts.channel)
+    mask = _load_mask(opts.mask, train_ds, channels, opts.memory_budget)
+    feats = Features(channels, mask)
+    d = feats.dim(train_ds.item_shape)
+    itemsize = train_ds.dtype.itemsize
+    qb, tb = plan_blocks(train_ds.n_items, synth_ds.n_items, d, itemsize, opts.memory_budget)
+    # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
+    fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and synth_ds.n_items > qb
+    stream = _train_stream(train_ds, feats, tb, [] if fits else None)
+    key = hashlib.sha256(json.dumps(
+        [_dataset_key(train_ds), _dataset_key(synth_ds), {**opts.to_dict(), "threshold": None,
+         "fail_above": None}, qb], default=str).encode()).hexdigest()
+    ckpt = _Checkpoints(out, key)
+    stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
+    parts = []
+    n_blocks = -(-synth_ds.n_items // qb)
+    log.info("scan: %d synthetic x %d training items, d=%d, %d query block(s) of %d, training blocks of %d, %s",
+             synth_ds.n_items, train_ds.n_items, d, n_blocks, qb, tb, device)
+    with progress(n_blocks, "scan") as advance:
+        for start in range(0, synth_ds.n_items, qb):
+            stop = min(start + qb, synth_ds.n_items)
+            done = ckpt.load("synthetic", start, stop)
+            if done is None:
+                block_stats = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
+                done = _search_query_block(synth_ds.read(start, stop), train_ds, feats, stream, opts, device,
+                                           block_stats)
+                done.update({k: np.asarray(v) for k, v in block_stats.items() if v is not None})
+                ckpt.save("synthetic", start, stop, **done)
+            stats["n_candidates"] += int(done["n_candidates"])
+            stats["n_fallback"] += int(done["n_fallback"])
+            stats["precision"], stats["epsilon"] = str(done["precision"]), float(done["epsilon"])
+            parts.append(done)
+            advance(1)
+    values = np.concatenate([p["values"] for p in parts])
+    indices = np.concatenate([p["indices"] for p in parts])
+    transforms = np.concatenate([p["transforms"] for p in parts]).astype(object)
+    tables = build_tables(train_ds, synth_ds, values, indices, transforms, opts.threshold)
+    for name, df in tables.items():
+        _write_parquet(df, out / f"{name}.parquet")
+    synth_df = tables["synthetic"]
+    n_flagged = int(synth_df["flagged"].sum())
+    subjects = tables["subjects"]
+    summary = {
+        "n_train": train_ds.n_items,
+        "n_synthetic": synth_ds.n_items,
+        "n_holdout": 0,
+        "top_k": opts.top_k,
+        "threshold": opts.threshold,
+        "threshold_source": "fixed",
+        "n_flagged": n_flagged,
+        "flagged_fraction": n_flagged / synth_ds.n_items,
+        "n_unmatched": int(synth_df["nearest_train_id"].isna().sum()),
+        "subjects_total": int(len(subjects)),
+        "subjects_leaked": int(subjects["leaked"].sum()),
+        "subjects_leaked_fraction": float(subjects["leaked"].mean()) if len(subjects) else 0.0,
+        "device": device,
+        "precision": stats["precision"],
+        "screen_epsilon": stats["epsilon"],
+        "n_rerank_pairs": stats["n_candidates"],
+        "n_fallback_blocks": stats["n_fallback"],
+        "item_shape": list(train_ds.item_shape),
+        "feature_dim": d,
+        "query_block": qb,
+        "train_block": tb,
+        "train": str(train_ds.path),
+        "synthetic": str(synth_ds.path),
+        "options": opts.to_dict(),
+        "command": command,
+        "memscan_version": __version__,
+    }
+    summary["seconds"] = round(time.perf_counter() - t0, 4)
+    _write_json(summary, out / "summary.json")
+    ckpt.remove()
+    log.info("wrote %s (%.1f s)", out, summary["seconds"])
+    result = ScanResult(out, synth_df, tables["matches"], subjects, tables["train_items"], summary)
+    if opts.fail_above is not None and summary["flagged_fraction"] > opts.fail_above:
+        raise GateFailed(
+            f"release gate failed: {summary['flagged_fraction']:.2%} of synthetic items flagged "
+            f"(> --fail-above {opts.fail_above:.2%}); results are in {out}"
+        )
+    return result
+
+
+def build_tables(train: Dataset, synth: Dataset, values: np.ndarray, indices: np.ndarray,
+                 transforms: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
+    """The run folder's tables from the top-k arrays ``[n_synthetic, k]``."""
+    n, k = values.shape
+    train_ids = train.ids
+    train_subjects = train.subjects
+    valid = indices >= 0
+    safe = np.where(valid, indices, 0)
+    matches = pd.DataFrame({
+        "synthetic_id": np.repeat(synth.ids, k),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+        "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
+        "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
+        "correlation": values.reshape(-1).astype(np.float64),
+        "transform": np.where(valid, transforms, None).reshape(-1),
+    })
+    matches = matches[valid.reshape(-1)].reset_index(drop=True)
+    for col in ("synthetic_id", "train_id", "train_subject", "transform"):
+        matches[col] = matches[col].astype("string")
+    top = values[:, 0]
+    synthetic = pd.DataFrame({
+        "synthetic_id": pd.array(synth.ids, dtype="string"),
+        "max_correlation": top.astype(np.float64),
+        "nearest_train_id": pd.array(np.where(valid[:, 0], train_ids[safe[:, 0]], None), dtype="string"),
+        "nearest_subject": pd.array(np.where(valid[:, 0], train_subjects[safe[:, 0]], None), dtype="string"),
+        "transform": pd.array(np.where(valid[:, 0], transforms[:, 0], None), dtype="string"),
+        "p_value": pd.array([None] * n, dtype="Float64"),
+        "flagged": np.nan_to_num(top, nan=-np.inf) > threshold,
+    })
+    nearest = np.where(valid[:, 0], indices[:, 0], -1)
+    return {
+        "synthetic": synthetic,
+        "matches": matches,
+        "subjects": subject_rollup(train, nearest, top, synthetic["flagged"].to_numpy()),
+        "train_items": train_item_counts(train, nearest, top),
+    }
+
+
+def load_run(run: str | Path) -> ScanResult:
+    """Read a finished run folder back."""
+    run = Path(run)
+    if not (run / "summary.json").is_file():
+        raise InputError("is not a finished memscan run folder (no summary.json)", run)
+    tables = {n: pd.read_parquet(run / f"{n}.parquet") for n in ("synthetic", "matches", "subjects", "train_items")}
+    return ScanResult(run, tables["synthetic"], tables["matches"], tables["subjects"], tables["train_items"],
+                      json.loads((run / "summary.json").read_text()))

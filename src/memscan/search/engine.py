@@ -1,0 +1,761 @@
+"""Exact blockwise top-k Pearson correlation: a low-precision screen plus an exact float64 re-rank.
+
+Why by hand and not faiss: faiss ``IndexFlatIP`` is exact only in float32 (its scores carry float32
+rounding, so near-ties can come out in the wrong order), it has no low-precision screen followed by an
+exact re-rank with a *proven* margin, and no float64-exact Pearson top-k that streams the training
+set from disk block by block. This module does all three:
+
+1. **Normalise** every item once (per block): subtract its mean, divide by ``||x - mean||`` (both in
+   float64, :func:`item_stats`). Constant items (norm 0, or not finite) are invalid: never matched;
+   a constant query gets ``-1`` / ``NaN``. The correlation is then the dot product of normalised items.
+2. **Screen**: ``S = Zq @ Ztᵀ`` with ``torch.mm`` in the screen precision (bf16 on AMX / GPUs), with the
+   reduction split into chunks of at most ``chunk`` terms; :func:`screen_epsilon` proves
+   ``|S - exact| <= ε`` for *every* pair, whatever the data.
+3. **Candidates** (per block, no buffering across blocks): with ``s_k`` the query's k-th largest
+   screened value inside the block and ``v_k`` its running exact k-th value (``-inf`` while fewer than
+   k are known), every item that can still enter the final top-k satisfies
+   ``S_j >= max(v_k - ε, s_k - 2ε)`` (proof in :func:`_thresholds`). If a query has more than
+   ``candidate_cap`` candidates in a block it is evaluated exactly against the whole block instead
+   (counted in ``n_fallback``).
+4. **Re-rank** candidates exactly on the CPU with ONE routine (:func:`exact_correlation`) used for
+   every pair on every path, so results do not depend on block size, device, thread count or on which
+   path found the pair: ``sum((x_q - μ_q) * (x_t - μ_t)) / (norm_q * norm_t)`` as a float64 elementwise
+   product summed along contiguous rows (NumPy pairwise summation, never BLAS, whose rounding can
+   depend on the thread count).
+5. **Merge** the running top-k with ``np.lexsort``: by value (descending), ties to the LOWER train index.
+
+So ``precision='bf16'`` and ``precision='float64'`` return bitwise identical results; the screen
+precision only changes how many candidates are re-ranked.
+
+The error bound follows the standard rounding-error model and the inner-product bound
+``|fl(xᵀy) - xᵀy| <= γ_m Σ|x_i y_i|``, ``γ_m = m u / (1 - m u)``, valid for any summation order
+(N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., SIAM 2002, §2.2, Lemma 3.1,
+§3.1 (3.4)-(3.5)). See :func:`screen_epsilon` for the derivation.
+
+What torch does on the CPU (torch 2.13): ``torch.mm(a, b, out_dtype=torch.float32)`` is *not*
+implemented for the CPU backend (``aten::mm.dtype`` raises ``NotImplementedError``), and
+``out=float32`` is rejected for bf16 inputs; the bf16 product (oneDNN/AMX) accumulates in float32 and
+rounds the *output* to bf16. That final rounding is therefore part of ε on the CPU (the term
+``u_out (1 + γ_m) P`` below, ≈ 3.9e-3 for bf16). On CUDA the engine uses ``out_dtype=float32`` when
+the build supports it (and disables cuBLAS reduced-precision reductions), which removes that term.
+
+Shapes: queries ``[nq, d]``, train blocks ``[n_b, d]`` (items flattened; any real dtype, raw values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from memscan.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PRECISIONS",
+    "SCREEN_CHUNK",
+    "SearchResult",
+    "exact_correlation",
+    "item_stats",
+    "resolve_precision",
+    "screen_epsilon",
+    "search_topk",
+]
+
+#: Accepted values of ``precision`` ('tf32' only on CUDA).
+PRECISIONS = ("auto", "bf16", "fp16", "tf32", "float32", "float64")
+#: Reduction length of one screened product used by :func:`search_topk` (≤ 65,536). Smaller chunks
+#: shrink γ_m and cost nothing in the output-rounding term (the chunks' |partial sums| add up to ≤ ~1).
+SCREEN_CHUNK = 16384
+
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+# unit roundoff of the screen format (tf32: 2^-10, not 2^-11, in case the hardware truncates)
+_U_FORMAT = {"bf16": 2.0**-8, "fp16": 2.0**-11, "tf32": 2.0**-10, "float32": _U32, "float64": 0.0}
+# absolute error of rounding into the format when the result underflows (half the smallest subnormal;
+# tf32 truncation: the whole spacing)
+_ETA_FORMAT = {"bf16": 2.0**-134, "fp16": 2.0**-25, "tf32": 2.0**-149, "float32": 2.0**-150, "float64": 0.0}
+_TORCH_DTYPE = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "tf32": torch.float32,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+# memory bounds (elements): one sub-block of scores [nq, nb] and one block of normalised rows [nb, d]
+_SCORE_ELEMS = 2**25
+_ROW_ELEMS = 2**26
+# elements per float64 temporary in the exact re-rank / the row statistics
+_EXACT_ELEMS = 2**21
+_STATS_ELEMS = 2**18
+
+
+@dataclass
+class SearchResult:
+    """Exact top-k result.
+
+    Attributes:
+        values: float64 ``[nq, k]`` correlations, descending per row; ``NaN`` where no match.
+        indices: int64 ``[nq, k]`` train indices; ``-1`` where no match (constant query, or fewer valid
+            train items than ``k``). Equal values are ordered by the lower train index.
+        n_candidates: total number of (query, train) pairs evaluated exactly.
+        n_fallback: number of (query, sub-block) pairs evaluated exactly against the whole sub-block
+            because the query had more than ``candidate_cap`` candidates there.
+        precision: the resolved screen precision.
+        epsilon: the proven bound on the screen's error that was used.
+    """
+
+    values: np.ndarray
+    indices: np.ndarray
+    n_candidates: int
+    n_fallback: int
+    precision: str
+    epsilon: float
+
+
+# --------------------------------------------------------------------------------------------------
+# error bound
+
+
+def _gamma(n: int | float, u: float) -> float:
+    """Higham's γ_n = n u / (1 - n u) (requires n u < 1)."""
+    nu = n * u
+    if nu >= 1.0:
+        raise InputError(f"reduction too long for a rounding-error bound: n*u = {nu:.3g} >= 1")
+    return nu / (1.0 - nu)
+
+
+def screen_epsilon(
+    precision: str, d: int, chunk: int = 65536, *, rounded_output: bool | None = None
+) -> float:
+    """Proven bound ε on ``|screened correlation - exact correlation|`` for any two valid items.
+
+    Notation: x, y are the float64-normalised items (``x = fl((raw - μ) / norm)``), ``ν = 1 + γ_{d+2}``
+    (u = 2^-53) bounds ``||x||`` (the float64 norm is not exactly 1). The screen does:
+
+    * input rounding float64 → float32 → format (torch converts float64 through float32, so bf16/fp16
+      inputs are rounded twice): ``x̃_i = x_i (1 + δ_i) + η_i``, ``|δ_i| <= u = (1+u_f)(1+2^-24) - 1``,
+      ``|η_i| <= η`` (underflow; half the smallest subnormal, 2^-25 for fp16). Then
+      ``|Σ x̃ỹ - Σ xy| <= (2u + u²) ν² + 2(1+u) η √d ν + d η²`` (Cauchy–Schwarz: Σ|x_i y_i| <= ν²,
+      Σ|x_i| <= √d ν), and ``P := Σ|x̃_i ỹ_i| <= (1+u)² ν² + 2(1+u) η √d ν + d η²``.
+    * each chunk of m = min(d, chunk) terms accumulated in float32 (u_acc = 2^-24; float64 screen:
+      2^-53), any order: error <= γ_m Σ_chunk|x̃ỹ|, summed over the chunks <= γ_m P, plus product
+      underflow d η_acc.
+    * the chunk result rounded to the output format (bf16 on the CPU): <= u_out |S_c| <= u_out
+      (1 + γ_m) Σ_chunk|x̃ỹ|, summed over the chunks <= u_out (1 + γ_m) P, plus C η_out.
+    * C = ceil(d / chunk) chunk results added in the accumulator format (float32; float64 screen:
+      float64): <= γ_{C-1} (1 + u_out)(1 + γ_m) P.
+    * the re-rank value r = fl(Σ c_q c_t) / fl(n_q n_t) differs from x·y by at most
+      ``ε_ref = 2 γ_{d+4} ν²`` (u = 2^-53; both use the same centred float64 values c).
+
+    ε is the sum of these terms. For bf16 with a float32 accumulator:
+    ``ε ≈ 2u + u² + γ_m (1+u)² + u (1 + γ_m)(1+u)²`` (the last term only when the output is rounded to
+    bf16): d = 16,384 → 8.81e-3 (float32 output) / 1.275e-2 (bf16 output, the CPU).
+
+    Args:
+        precision: 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64' (resolved, not 'auto').
+        d: number of values per item.
+        chunk: maximal reduction length of one product (1 ≤ chunk ≤ 65,536 is sensible).
+        rounded_output: whether each chunk product is rounded to the screen format on output. ``None``:
+            True for 'bf16'/'fp16' (conservative: what the CPU does), False otherwise.
+
+    Returns:
+        ε as a float (rounded up a little for safety).
+    """
+    if precision not in _U_FORMAT:
+        raise InputError(_unknown("precision", precision, tuple(_U_FORMAT)))
+    if d < 1 or chunk < 1:
+        raise InputError(f"d and chunk must be >= 1, got d={d}, chunk={chunk}")
+    if rounded_output is None:
+        rounded_output = precision in ("bf16", "fp16")
+    u_f = _U_FORMAT[precision]
+    eta = _ETA_FORMAT[precision]
+    if precision in ("bf16", "fp16", "tf32"):
+        u_in = (1.0 + u_f) * (1.0 + _U32) - 1.0
+    else:
+        u_in = u_f
+    u_acc = _U64 if precision == "float64" else _U32
+    eta_acc = 2.0**-1075 if precision == "float64" else 2.0**-150
+    u_out = u_f if rounded_output and precision in ("bf16", "fp16") else 0.0
+    eta_out = eta if u_out else 0.0
+    m = min(d, chunk)
+    n_chunks = math.ceil(d / chunk)
+    nu = 1.0 + _gamma(d + 2, _U64)
+    sd = math.sqrt(d)
+    g_m = _gamma(m, u_acc)
+    e_input = (2 * u_in + u_in * u_in) * nu * nu + 2 * (1 + u_in) * eta * sd * nu + d * eta * eta
+    p_abs = (1 + u_in) ** 2 * nu * nu + 2 * (1 + u_in) * eta * sd * nu + d * eta * eta
+    e_acc = g_m * p_abs + d * eta_acc
+    e_out = u_out * (1 + g_m) * p_abs + n_chunks * eta_out
+    e_add = _gamma(n_chunks - 1, u_acc) * (1 + u_out) * (1 + g_m) * p_abs if n_chunks > 1 else 0.0
+    e_ref = 2 * _gamma(d + 4, _U64) * nu * nu
+    eps = e_input + e_acc + e_out + e_add + e_ref
+    return float(eps * (1 + 2.0**-40) + 2.0**-1000)
+
+
+# --------------------------------------------------------------------------------------------------
+# precision and device
+
+
+def _unknown(what: str, value: object, valid: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown {what} {value!r}; expected one of {', '.join(valid)}{hint}"
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    """True if the CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16)."""
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # pragma: no cover - very old torch
+        cap = ""
+    if "AMX" in cap or "BF16" in cap:
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """Resolve ``'auto'`` and validate the screen precision for a device.
+
+    Args:
+        precision: 'auto' | 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64'.
+        device: 'cpu' | 'cuda'.
+
+    Returns:
+        'auto' → 'bf16' on CUDA; on the CPU 'bf16' if it has AMX-BF16 or AVX512-BF16, else 'float32'.
+        Other values are returned unchanged ('tf32' is CUDA-only).
+    """
+    if device not in ("cpu", "cuda"):
+        raise InputError(_unknown("device", device, ("cpu", "cuda")))
+    if precision not in PRECISIONS:
+        raise InputError(_unknown("precision", precision, PRECISIONS))
+    if precision == "auto":
+        if device == "cuda":
+            return "bf16"
+        return "bf16" if _cpu_has_bf16() else "float32"
+    if precision == "tf32" and device != "cuda":
+        raise InputError("precision 'tf32' needs device 'cuda'; on the CPU use 'bf16' or 'float32'")
+    return precision
+
+
+@lru_cache(maxsize=8)
+def _cuda_float32_out(dtype: torch.dtype) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` works for ``dtype`` on CUDA."""
+    try:
+        a = torch.ones(16, 16, dtype=dtype, device="cuda")
+        r = torch.mm(a, a, out_dtype=torch.float32)
+        return r.dtype == torch.float32
+    except Exception:  # noqa: BLE001 - any failure means "not supported"
+        return False
+
+
+@contextlib.contextmanager
+def _cuda_matmul_flags(precision: str) -> Iterator[None]:
+    """Full float32 reductions for bf16/fp16; TF32 only for 'tf32' (restores the flags after)."""
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction)
+    try:
+        m.allow_tf32 = precision == "tf32"
+        m.allow_bf16_reduced_precision_reduction = False
+        m.allow_fp16_reduced_precision_reduction = False
+        yield
+    finally:
+        (m.allow_tf32, m.allow_bf16_reduced_precision_reduction,
+         m.allow_fp16_reduced_precision_reduction) = saved
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics, normalisation and the exact routine (all deterministic, per row)
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        workers = max(1, min(os.cpu_count() or 1, 16))
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memscan")
+    return _pool
+
+
+def _check_real(a: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise InputError(f"{what} must be a 2D array [n, d], got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise InputError(f"{what} must have a real numeric dtype, got {a.dtype}")
+    return a
+
+
+def _rows_f64(block: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 as a fresh C-contiguous float64 array (exact for every integer/float input ≤ 53 bits)."""
+    return np.array(block[r0:r1], dtype=np.float64, order="C", copy=True)
+
+
+def _stats_rows(
+    block: np.ndarray, r0: int, r1: int, z_out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    f = _rows_f64(block, r0, r1)
+    d = f.shape[1]
+    mean = f.sum(axis=1) / d
+    const = f.max(axis=1) == f.min(axis=1)
+    first = f[:, 0].copy()
+    f -= mean[:, None]
+    norm = np.sqrt((f * f).sum(axis=1))
+    norm[const] = 0.0
+    mean[const] = first[const]
+    if z_out is not None:
+        valid = (norm > 0) & np.isfinite(norm) & np.isfinite(mean)
+        f /= np.where(valid, norm, np.inf)[:, None]
+        f[~valid] = 0.0
+        z_out[r0:r1] = f
+    return mean, norm
+
+
+def _map_rows(block: np.ndarray, z_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    n, d = block.shape
+    step = max(1, _STATS_ELEMS // max(d, 1))
+    ranges = [(r, min(n, r + step)) for r in range(0, n, step)]
+    if len(ranges) <= 1:
+        parts = [_stats_rows(block, r0, r1, z_out) for r0, r1 in ranges]
+    else:
+        parts = list(_executor().map(lambda rr: _stats_rows(block, rr[0], rr[1], z_out), ranges))
+    if not parts:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def item_stats(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item mean and centred norm in float64.
+
+    Computed row by row (independent of the block the row sits in): ``mean = sum(x) / d`` and
+    ``norm = sqrt(sum((x - mean)²))`` with NumPy pairwise summation over the contiguous row. Rows whose
+    values are all equal get ``norm = 0`` exactly (the float64 mean of equal values can be off by an
+    ulp, which would otherwise give a spurious tiny norm).
+
+    Args:
+        block: ``[n, d]`` any real dtype.
+
+    Returns:
+        ``(mean, norm)``, both float64 ``[n]``.
+    """
+    block = _check_real(block, "block")
+    return _map_rows(block, None)
+
+
+def _valid(mean: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    return (norm > 0) & np.isfinite(norm) & np.isfinite(mean)
+
+
+def _exact_batch(
+    qraw: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
+    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+) -> np.ndarray:
+    a = np.array(qraw[qi], dtype=np.float64, order="C", copy=True)
+    a -= q_mean[qi, None]
+    b = np.array(traw[ti], dtype=np.float64, order="C", copy=True)
+    b -= t_mean[ti, None]
+    a *= b
+    return a.sum(axis=1) / (q_norm[qi] * t_norm[ti])
+
+
+def exact_correlation(
+    qraw: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
+    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+) -> np.ndarray:
+    """THE exact routine: correlation of the pairs ``(qi[p], ti[p])`` in float64.
+
+    ``sum((x_q - μ_q) * (x_t - μ_t)) / (norm_q * norm_t)`` as an elementwise float64 product summed
+    along the contiguous row (pairwise summation; no BLAS), in batches of pairs run on a thread pool.
+    The value of a pair does not depend on the batch, the thread or the caller.
+
+    Args:
+        qraw: ``[nq, d]`` raw queries; q_mean, q_norm: float64 ``[nq]`` from :func:`item_stats`.
+        qi: int ``[p]`` query rows.
+        traw: ``[nt, d]`` raw train rows; t_mean, t_norm: float64 ``[nt]``.
+        ti: int ``[p]`` train rows.
+
+    Returns:
+        float64 ``[p]``.
+    """
+    p = len(qi)
+    d = qraw.shape[1]
+    if p == 0:
+        return np.zeros(0, dtype=np.float64)
+    step = max(1, _EXACT_ELEMS // max(d, 1))
+    ranges = [(s, min(p, s + step)) for s in range(0, p, step)]
+
+    def run(rr: tuple[int, int]) -> np.ndarray:
+        s, e = rr
+        return _exact_batch(qraw, q_mean, q_norm, qi[s:e], traw, t_mean, t_norm, ti[s:e])
+
+    if len(ranges) == 1:
+        return run(ranges[0])
+    return np.concatenate(list(_executor().map(run, ranges)))
+
+
+# --------------------------------------------------------------------------------------------------
+# candidates and merge
+
+
+def _thresholds(v_k: np.ndarray, s_k: np.ndarray, eps: float, q_valid: np.ndarray) -> np.ndarray:
+    """Per-query candidate line ``max(v_k - ε, s_k - 2ε)`` (float64 ``[nq]``).
+
+    Proof that no item of the final top-k is missed. Let r_j be the exact value (re-rank routine) and
+    S_j the screened value of item j, ``|S_j - r_j| <= ε``. Suppose j ends in the final top-k.
+    (a) The final k-th value V_k is at least the running one v_k (the running top-k only improves),
+    and r_j >= V_k, so ``S_j >= r_j - ε >= v_k - ε``. (b) The k items of the block with the largest
+    screened values have ``r >= s_k - ε``. If ``S_j < s_k - 2ε``, j is not among them and
+    ``r_j <= S_j + ε < s_k - ε``, so k items of the block are strictly better than j and j cannot be
+    in the final top-k. Hence ``S_j >= max(v_k - ε, s_k - 2ε)``; ties (``=``) are kept, and the lower
+    index rule is applied on exact values in the merge. Valid correlations are ≥ -1 - ε, so clamping
+    the line at -2 loses nothing (and excludes the ``-inf`` of invalid items).
+    """
+    with np.errstate(invalid="ignore"):
+        thr = np.maximum(v_k - eps, s_k - 2.0 * eps)
+    thr = np.maximum(thr, -2.0)
+    thr[~q_valid] = np.inf
+    return thr
+
+
+def _round_down_f32(t: np.ndarray) -> np.ndarray:
+    """float32 thresholds t32 ≤ t (so ``S >= t32`` keeps every S with ``S >= t``)."""
+    t32 = t.astype(np.float32)
+    up = t32.astype(np.float64) > t
+    t32[up] = np.nextafter(t32[up], np.float32(-np.inf))
+    return t32
+
+
+def _merge(
+    best_v: np.ndarray, best_i: np.ndarray, qi: np.ndarray, ti: np.ndarray, vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge new exact pairs into the running top-k (values desc, ties → lower train index)."""
+    nq, k = best_v.shape
+    if len(qi) == 0:
+        return best_v, best_i
+    rows = np.unique(qi)
+    sub_v = best_v[rows]
+    sub_i = best_i[rows]
+    local = np.searchsorted(rows, qi)
+    have = sub_i >= 0
+    q_all = np.concatenate([np.repeat(np.arange(len(rows)), k)[have.ravel()], local])
+    v_all = np.concatenate([sub_v[have], vals])
+    i_all = np.concatenate([sub_i[have], ti])
+    order = np.lexsort((i_all, -v_all, q_all))
+    q_s, v_s, i_s = q_all[order], v_all[order], i_all[order]
+    starts = np.searchsorted(q_s, np.arange(len(rows)))
+    rank = np.arange(len(q_s)) - starts[q_s]
+    keep = rank < k
+    nv = np.full((len(rows), k), -np.inf)
+    ni = np.full((len(rows), k), -1, dtype=np.int64)
+    nv[q_s[keep], rank[keep]] = v_s[keep]
+    ni[q_s[keep], rank[keep]] = i_s[keep]
+    best_v = best_v.copy()
+    best_i = best_i.copy()
+    best_v[rows] = nv
+    best_i[rows] = ni
+    return best_v, best_i
+
+
+# --------------------------------------------------------------------------------------------------
+# the screen
+
+
+@dataclass
+class _Prepared:
+    start: int
+    raw: np.ndarray  # [nb, d] raw rows
+    mean: np.ndarray
+    norm: np.ndarray
+    valid: np.ndarray
+    z: torch.Tensor | None  # normalised rows on the device (screen dtype), or pending copy
+    raw_dev: torch.Tensor | None = None
+    copied: torch.cuda.Event | None = None
+
+
+@dataclass
+class _Screened:
+    prep: _Prepared
+    scores: torch.Tensor  # [nq, nb] float32/float64 on the device, -inf for invalid items
+    s_k: torch.Tensor  # [nq] k-th largest screened value in the block (-inf if fewer than k valid)
+
+
+class _Screen:
+    """Holds the normalised queries on the device and screens train sub-blocks against them."""
+
+    def __init__(self, queries: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, q_valid: np.ndarray,
+                 precision: str, device: str, chunk: int, k: int) -> None:
+        self.precision = precision
+        self.device = torch.device(device)
+        self.cuda = device == "cuda"
+        self.dtype = _TORCH_DTYPE[precision]
+        self.chunk = chunk
+        self.k = k
+        nq, d = queries.shape
+        self.d = d
+        self.bounds = [(a, min(d, a + chunk)) for a in range(0, d, chunk)]
+        self.score_dtype = torch.float64 if precision == "float64" else torch.float32
+        self.float32_out = False
+        if self.cuda and precision in ("bf16", "fp16"):
+            self.float32_out = _cuda_float32_out(self.dtype)
+        self.rounded_output = precision in ("bf16", "fp16") and not self.float32_out
+        self.copy_stream = torch.cuda.Stream() if self.cuda else None
+        zq = self._normalise_host(queries, q_mean, q_norm, q_valid)
+        self.zq = [zq[:, a:b].contiguous() for a, b in self.bounds]
+
+    # normalised rows on the device, in the screen dtype
+    def _normalise_host(self, raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
+                        ) -> torch.Tensor:
+        if self.cuda:
+            x = _to_device_raw(raw, self.device, None)
+            return self._normalise_device(x, mean, norm, valid)
+        zdt = np.float64 if self.precision == "float64" else np.float32
+        z = np.empty(raw.shape, dtype=zdt)
+        _fill_normalised(raw, mean, norm, valid, z)
+        return torch.from_numpy(z).to(self.dtype)
+
+    def _normalise_device(self, x: torch.Tensor, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
+                          ) -> torch.Tensor:
+        dev = self.device
+        mu = torch.from_numpy(np.where(valid, mean, 0.0)).to(dev, non_blocking=False)
+        nr = torch.from_numpy(np.where(valid, norm, np.inf)).to(dev, non_blocking=False)
+        z = (x.to(torch.float64) - mu[:, None]) / nr[:, None]
+        keep = torch.from_numpy(valid).to(dev)[:, None]
+        z = torch.where(keep, z, torch.zeros((), dtype=z.dtype, device=dev))
+        if self.precision != "float64":
+            z = z.to(torch.float32)
+        return z.to(self.dtype)
+
+    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
+        """Statistics on the host (float64, deterministic); rows normalised for the screen.
+
+        On CUDA the raw rows travel (pinned, on a side stream) and are normalised on the device, so the
+        copy of block i+1 overlaps the product of block i.
+        """
+        if self.cuda:
+            mean, norm = _map_rows(raw, None)
+            valid = _valid(mean, norm)
+            assert self.copy_stream is not None
+            with torch.cuda.stream(self.copy_stream):
+                x = _to_device_raw(raw, self.device, self.copy_stream)
+                ev = torch.cuda.Event()
+                ev.record(self.copy_stream)
+            return _Prepared(start, raw, mean, norm, valid, None, raw_dev=x, copied=ev)
+        zdt = np.float64 if self.precision == "float64" else np.float32
+        z = np.empty(raw.shape, dtype=zdt)
+        mean, norm = _map_rows(raw, z)
+        valid = _valid(mean, norm)
+        return _Prepared(start, raw, mean, norm, valid, torch.from_numpy(z).to(self.dtype))
+
+    def screen(self, prep: _Prepared) -> _Screened:
+        if self.cuda:
+            assert prep.copied is not None and prep.raw_dev is not None
+            torch.cuda.current_stream().wait_event(prep.copied)
+            prep.raw_dev.record_stream(torch.cuda.current_stream())
+            zt = self._normalise_device(prep.raw_dev, prep.mean, prep.norm, prep.valid)
+            prep.raw_dev = None
+            ctx: contextlib.AbstractContextManager[None] = _cuda_matmul_flags(self.precision)
+        else:
+            assert prep.z is not None
+            zt = prep.z
+            prep.z = None
+            ctx = contextlib.nullcontext()
+        scores: torch.Tensor | None = None
+        with ctx:
+            for (a, b), zq in zip(self.bounds, self.zq, strict=True):
+                ztc = zt[:, a:b]
+                if self.float32_out:
+                    part = torch.mm(zq, ztc.t(), out_dtype=torch.float32)
+                else:
+                    part = torch.mm(zq, ztc.t())
+                part = part.to(self.score_dtype)
+                # chunk results added in float32 (float64 screen: float64); ε includes γ_{C-1}
+                scores = part if scores is None else scores.add_(part)
+        assert scores is not None
+        invalid = torch.from_numpy(~prep.valid).to(self.device)
+        if bool(invalid.any()):
+            scores.masked_fill_(invalid[None, :], -math.inf)
+        n_valid = int(prep.valid.sum())
+        if n_valid >= self.k:
+            s_k = torch.topk(scores, self.k, dim=1, largest=True, sorted=True).values[:, -1]
+        else:
+            s_k = torch.full((scores.shape[0],), -math.inf, dtype=scores.dtype, device=self.device)
+        return _Screened(prep, scores, s_k)
+
+
+def _fill_normalised(raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray,
+                     z: np.ndarray) -> None:
+    n, d = raw.shape
+    step = max(1, _STATS_ELEMS // max(d, 1))
+
+    def run(r0: int) -> None:
+        r1 = min(n, r0 + step)
+        f = _rows_f64(raw, r0, r1)
+        f -= np.where(valid[r0:r1], mean[r0:r1], 0.0)[:, None]
+        f /= np.where(valid[r0:r1], norm[r0:r1], np.inf)[:, None]
+        f[~valid[r0:r1]] = 0.0
+        z[r0:r1] = f
+
+    list(_executor().map(run, range(0, n, step)))
+
+
+def _to_device_raw(raw: np.ndarray, device: torch.device, stream: torch.cuda.Stream | None) -> torch.Tensor:
+    """Raw rows to the device through pinned memory (dtypes torch lacks go as float64, exactly)."""
+    if raw.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64):
+        raw = raw.astype(np.float64)
+    host = torch.from_numpy(np.ascontiguousarray(raw))
+    if device.type == "cuda":
+        host = host.pin_memory()
+        return host.to(device, non_blocking=True)
+    return host
+
+
+# --------------------------------------------------------------------------------------------------
+# the search
+
+
+def search_topk(
+    queries: np.ndarray,
+    train_blocks: Callable[[], Iterable[tuple[int, np.ndarray]]],
+    k: int,
+    *,
+    precision: str = "auto",
+    device: str = "cpu",
+    candidate_cap: int = 2048,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = SCREEN_CHUNK,
+) -> SearchResult:
+    """Exact top-k Pearson correlation of every query against a streamed training set.
+
+    Args:
+        queries: ``[nq, d]`` raw items (uint8/uint16/float32/float64 ...), not normalised.
+        train_blocks: called once; yields ``(start_index, block [n_b, d])`` in increasing, contiguous
+            start order covering ``0 .. n_train - 1``.
+        k: number of neighbours per query (≥ 1).
+        precision: screen precision, 'auto' | 'bf16' | 'fp16' | 'tf32' (CUDA) | 'float32' | 'float64'.
+            Results do not depend on it (only the number of re-ranked candidates does).
+        device: 'cpu' | 'cuda' (screen on the GPU; the exact re-rank always runs on the CPU).
+        candidate_cap: above this many candidates in a sub-block, a query is evaluated exactly against
+            the whole sub-block.
+        progress: called with the number of train items finished after each block.
+        chunk: maximal reduction length of one screened product (1 … 65,536).
+
+    Returns:
+        :class:`SearchResult` with float64 values and int64 indices ``[nq, k]``.
+    """
+    queries = _check_real(queries, "queries")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    if candidate_cap < 1:
+        raise InputError(f"candidate_cap must be >= 1, got {candidate_cap}")
+    if not 1 <= chunk <= 65536:
+        raise InputError(f"chunk must be in 1..65536, got {chunk}")
+    precision = resolve_precision(precision, device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but torch.cuda.is_available() is False")
+    nq, d = queries.shape
+    if d == 0:
+        raise InputError("items have no values (d = 0)")
+
+    q_mean, q_norm = item_stats(queries)
+    q_valid = _valid(q_mean, q_norm)
+    screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
+    eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+    logger.debug("search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e",
+                 nq, d, k, precision, device, eps)
+
+    best_v = np.full((nq, k), -np.inf)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    n_cand = 0
+    n_fallback = 0
+    sub_rows = max(1, min(_SCORE_ELEMS // max(nq, 1), _ROW_ELEMS // d))
+
+    def sub_blocks() -> Iterator[tuple[int, np.ndarray, int]]:
+        expected = 0
+        for start, block in train_blocks():
+            block = _check_real(block, "train block")
+            if block.shape[1] != d:
+                raise InputError(f"train block at {start} has d={block.shape[1]}, queries have d={d}")
+            if int(start) != expected:
+                raise InputError("train blocks must be contiguous and increasing: "
+                                 f"expected start {expected}, got {start}")
+            n_b = block.shape[0]
+            for r in range(0, n_b, sub_rows):
+                yield int(start) + r, block[r:r + sub_rows], (n_b if r + sub_rows >= n_b else 0)
+            expected += n_b
+
+    def finish(sc: _Screened) -> None:
+        nonlocal best_v, best_i, n_cand, n_fallback
+        prep = sc.prep
+        v_k = best_v[:, -1]
+        s_k = sc.s_k.double().cpu().numpy()
+        thr = _thresholds(v_k, s_k, eps, q_valid)
+        if sc.scores.dtype == torch.float32:
+            thr_t = torch.from_numpy(_round_down_f32(thr)).to(screen.device)
+        else:
+            thr_t = torch.from_numpy(thr).to(screen.device)
+        mask = sc.scores >= thr_t[:, None]
+        counts = mask.sum(dim=1)
+        over = counts > candidate_cap
+        n_over = int(over.sum())
+        if n_over:
+            mask[over] = False
+        pairs = torch.nonzero(mask).cpu().numpy()
+        qi = pairs[:, 0].astype(np.intp)
+        ti = pairs[:, 1].astype(np.intp)
+        if n_over:
+            fq = torch.nonzero(over).flatten().cpu().numpy().astype(np.intp)
+            vt = np.flatnonzero(prep.valid).astype(np.intp)
+            qi = np.concatenate([qi, np.repeat(fq, len(vt))])
+            ti = np.concatenate([ti, np.tile(vt, len(fq))])
+            n_fallback += n_over
+        del mask, sc.scores
+        vals = exact_correlation(queries, q_mean, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
+        n_cand += len(qi)
+        best_v, best_i = _merge(best_v, best_i, qi, ti.astype(np.int64) + prep.start, vals)
+
+    pending: _Screened | None = None
+    done_after: int = 0
+    it = sub_blocks()
+    nxt = next(it, None)
+    prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
+    while prepared is not None:
+        cur_done = nxt[2] if nxt is not None else 0
+        screened = screen.screen(prepared)
+        nxt = next(it, None)
+        # the next block's statistics (and on CUDA its copy) overlap this block's product
+        prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
+        if pending is not None:
+            finish(pending)
+            if progress is not None and done_after:
+                progress(done_after)
+        pending, done_after = screened, cur_done
+    if pending is not None:
+        finish(pending)
+        if progress is not None and done_after:
+            progress(done_after)
+
+    values = np.where(best_i >= 0, best_v, np.nan)
+    return SearchResult(values=values, indices=best_i, n_candidates=n_cand, n_fallback=n_fallback,
+                        precision=precision, epsilon=eps)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from memscan.data.store import Dataset, DatasetWriter, check_output_folder, is_dataset
+from memscan.errors import InputError
+
+
+def _write(out, n=10, shape=(2, 4, 5), dtype="float32", chunk_items=3, split=True):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(n, *shape)).astype(dtype)
+    with DatasetWriter(out, item_shape=shape, dtype=dtype, channels=("a", "b"), recipe={"name": "t"},
+                       chunk_items=chunk_items) as w:
+        for i in range(n):
+            w.add(items[i], {"id": f"img{i:02d}.png", "subject": f"s{i // 3}",
+                             "split": ("train" if i < 7 else "test") if split else None})
+        ds = w.commit()
+    return items, ds
+
+
+def test_round_trip(tmp_path):
+    items, ds = _write(tmp_path / "ds")
+    assert is_dataset(tmp_path / "ds")
+    assert ds.n_items == 10 and ds.item_shape == (2, 4, 5) and ds.spatial_dims == 2
+    np.testing.assert_array_equal(ds.read(0, 10), items)
+    np.testing.assert_array_equal(ds.take([7, 1, 4]), items[[7, 1, 4]])
+    blocks = list(ds.iter_blocks(4))
+    assert [b[0] for b in blocks] == [0, 4, 8]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), items)
+    info = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert info["item_shape"] == [2, 4, 5] and info["channels"] == ["a", "b"] and info["dtype"] == "float32"
+    assert info["recipe"] == {"name": "t"} and info["splits"] == {"test": 3, "train": 7}
+    assert list(ds.ids[:2]) == ["img00.png", "img01.png"]
+    assert ds.array.chunks[0] == 3
+
+
+def test_split_view(tmp_path):
+    items, _ = _write(tmp_path / "ds")
+    test = Dataset.open(tmp_path / "ds" / "test")
+    assert test.n_items == 3
+    np.testing.assert_array_equal(test.read(0, 3), items[7:])
+    np.testing.assert_array_equal(test.take([2, 0]), items[[9, 7]])
+    with pytest.raises(InputError, match="no such split 'val'"):
+        Dataset.open(tmp_path / "ds" / "val")
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(out, item_shape=(1, 2, 2), dtype="uint8", channels=("g",), recipe={}) as w:
+            w.add(np.ones((1, 2, 2), np.uint8), {"id": "a", "subject": "a"})
+            raise RuntimeError("killed")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_old_dataset(tmp_path):
+    items, _ = _write(tmp_path / "ds")
+    with pytest.raises(InputError, match="differs from the dataset's"):
+        with DatasetWriter(tmp_path / "ds", item_shape=(2, 4, 5), dtype="float32", channels=("a", "b"),
+                           recipe={}, overwrite=True) as w:
+            w.add(np.zeros((2, 4, 5), np.float32), {"id": "x", "subject": "x"})
+            w.add(np.zeros((2, 4, 6), np.float32), {"id": "y", "subject": "y"}, source_path="y.png")
+    np.testing.assert_array_equal(Dataset.open(tmp_path / "ds").read(0, 10), items)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_output_folder_checks(tmp_path):
+    _write(tmp_path / "ds")
+    with pytest.raises(InputError, match="already holds a different dataset"):
+        check_output_folder(tmp_path / "ds", overwrite=False, fingerprint="other")
+    assert check_output_folder(tmp_path / "ds", overwrite=True, fingerprint="other") is False
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "f.txt").write_text("x")
+    with pytest.raises(InputError, match="not a memscan dataset"):
+        check_output_folder(tmp_path / "junk", overwrite=True)
+    with pytest.raises(InputError, match="parent folder does not exist"):
+        check_output_folder(tmp_path / "a" / "b", overwrite=False)
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        Dataset.open(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="not a memscan dataset"):
+        Dataset.open(tmp_path / "plain")
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    with pytest.raises(InputError, match="duplicate item id"):
+        with DatasetWriter(tmp_path / "ds", item_shape=(1, 2, 2), dtype="uint8", channels=("g",), recipe={}) as w:
+            w.add(np.ones((1, 2, 2), np.uint8), {"id": "a", "subject": "a"})
+            w.add(np.ones((1, 2, 2), np.uint8), {"id": "a", "subject": "a"})
+            w.commit()
+    assert not (tmp_path / "ds").exists()

@@ -1,0 +1,366 @@
+"""Exactness of the blockwise screen + re-rank search against a naive float64 brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memscan.errors import InputError
+from memscan.search import engine
+from memscan.search.engine import (
+    SearchResult,
+    exact_correlation,
+    item_stats,
+    resolve_precision,
+    screen_epsilon,
+    search_topk,
+)
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def reference_topk(q: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Naive float64 brute force: centre, normalise, full matrix, stable sort by (-value, index)."""
+    def normalise(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = a.astype(np.float64)
+        c = a - a.mean(axis=1, keepdims=True)
+        n = np.sqrt((c * c).sum(axis=1))
+        valid = (n > 0) & (a.max(axis=1) != a.min(axis=1))
+        z = np.zeros_like(c)
+        z[valid] = c[valid] / n[valid, None]
+        return z, valid
+
+    zq, qv = normalise(q)
+    zt, tv = normalise(t)
+    # elementwise products summed per pair (no BLAS): identical rows give identical values
+    full = np.stack([(zt * zq[i]).sum(axis=1) for i in range(len(zq))]) if len(zq) else np.zeros((0, len(zt)))
+    vals = np.full((len(q), k), np.nan)
+    idx = np.full((len(q), k), -1, dtype=np.int64)
+    cols = np.flatnonzero(tv)
+    for i in np.flatnonzero(qv):
+        row = full[i, cols]
+        order = np.lexsort((cols, -row))[:k]
+        vals[i, : len(order)] = row[order]
+        idx[i, : len(order)] = cols[order]
+    return vals, idx
+
+
+def blocks_of(t: np.ndarray, size: int):
+    def gen():
+        for s in range(0, len(t), size):
+            yield s, t[s : s + size]
+
+    return gen
+
+
+def check_against_reference(res: SearchResult, q: np.ndarray, t: np.ndarray, k: int) -> None:
+    ref_v, ref_i = reference_topk(q, t, k)
+    np.testing.assert_array_equal(res.indices, ref_i)
+    np.testing.assert_allclose(res.values, ref_v, atol=1e-6, rtol=0, equal_nan=True)
+    assert res.values.dtype == np.float64 and res.indices.dtype == np.int64
+
+
+def assert_same(a: SearchResult, b: SearchResult) -> None:
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.values, b.values)  # bitwise (NaN == NaN here)
+
+
+def smooth_field(shape: tuple[int, ...], sigma_px: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise (via FFT; one sigma per axis, in pixels), scaled to [0, 1]."""
+    noise = rng.standard_normal(shape)
+    freq = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+    r2 = sum((s * f) ** 2 for s, f in zip(sigma_px, freq, strict=True))
+    f = np.real(np.fft.ifftn(np.fft.fftn(noise) * np.exp(-2 * np.pi**2 * r2)))
+    return (f - f.min()) / (f.max() - f.min())
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((40, 256))
+    t = rng.standard_normal((300, 256))
+    t[5:15] = q[:10] + 0.3 * rng.standard_normal((10, 256))  # a few real neighbours
+    return q, t
+
+
+@pytest.fixture(scope="module")
+def near_ties():
+    """uint8 slices of one smooth 3D field: neighbours correlate ≥ 0.99 and differ by < 1e-3."""
+    rng = np.random.default_rng(2)
+    vol = smooth_field((160, 32, 32), sigma_px=(12.0, 3.0, 3.0), rng=rng)
+    vol = np.round(vol * 250).astype(np.uint8)
+    slices = vol.reshape(160, -1)
+    t = slices[::2].copy()  # 80 train slices
+    q = slices[1::2][:30].astype(np.int16) + rng.integers(-1, 2, size=(30, slices.shape[1]))
+    q = np.clip(q, 0, 255).astype(np.uint8)
+    return q, t
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics and the exact routine
+
+
+def test_item_stats_constant_rows_and_dtypes() -> None:
+    a = np.array([[0.1, 0.1, 0.1], [1, 2, 3], [5, 5, 5]], dtype=np.float64)
+    mean, norm = item_stats(a)
+    assert norm[0] == 0.0 and norm[2] == 0.0
+    assert mean[0] == 0.1 and mean[2] == 5.0
+    np.testing.assert_allclose(mean[1], 2.0)
+    np.testing.assert_allclose(norm[1], np.sqrt(2.0))
+    m8, n8 = item_stats(a.astype(np.uint8))
+    assert m8.dtype == np.float64 and n8.dtype == np.float64
+
+
+def test_item_stats_and_exact_values_do_not_depend_on_the_batch() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((70, 5000)) * 100 + 7
+    m_all, n_all = item_stats(a)
+    for i in (0, 33, 69):
+        m1, n1 = item_stats(a[i : i + 1])
+        assert m1[0] == m_all[i] and n1[0] == n_all[i]
+    qi = np.repeat(np.arange(5), 70)
+    ti = np.tile(np.arange(70), 5)
+    many = exact_correlation(a, m_all, n_all, qi, a, m_all, n_all, ti)
+    one = [exact_correlation(a, m_all, n_all, qi[p : p + 1], a, m_all, n_all, ti[p : p + 1])[0] for p in (0, 77, 349)]
+    assert one == [many[0], many[77], many[349]]
+
+
+# --------------------------------------------------------------------------------------------------
+# exactness
+
+
+@pytest.mark.parametrize("precision", ["bf16", "float32", "float64"])
+def test_gaussian_matches_reference(gaussian, precision: str) -> None:
+    q, t = gaussian
+    res = search_topk(q, blocks_of(t, 64), 5, precision=precision)
+    check_against_reference(res, q, t, 5)
+    assert res.precision == precision and res.epsilon == screen_epsilon(precision, 256, engine.SCREEN_CHUNK)
+
+
+def test_near_ties_all_block_sizes_and_precisions_identical(near_ties) -> None:
+    q, t = near_ties
+    k = 6
+    ref_v, _ = reference_topk(q, t, k)
+    assert np.min(ref_v[:, 0]) > 0.99
+    assert np.max(ref_v[:, 0] - ref_v[:, 1]) < 1e-3  # the two best differ by less than 1e-3
+    base = search_topk(q, blocks_of(t, len(t)), k, precision="float64")
+    check_against_reference(base, q, t, k)
+    for precision in ("bf16", "float64"):
+        for bs in (1, 7, 64, len(t)):
+            res = search_topk(q, blocks_of(t, bs), k, precision=precision)
+            assert_same(res, base)
+    assert search_topk(q, blocks_of(t, 64), k, precision="fp16").indices.tolist() == base.indices.tolist()
+
+
+def test_exact_duplicates_lower_index_wins() -> None:
+    rng = np.random.default_rng(4)
+    t = rng.integers(0, 256, size=(50, 4096)).astype(np.uint8)
+    t[30] = t[7]
+    t[41] = t[7]
+    q = t[[7]].copy()
+    for precision in ("bf16", "float64"):
+        res = search_topk(q, blocks_of(t, 16), 3, precision=precision)
+        assert res.indices[0].tolist() == [7, 30, 41]
+        assert res.values[0, 0] == res.values[0, 1] == res.values[0, 2]
+    check_against_reference(res, q, t, 3)
+
+
+def test_scalings_and_offsets_are_exact_ties() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 100, size=4096).astype(np.float64)  # d = 2^12: integer means are exact
+    others = rng.integers(0, 100, size=(20, 4096)).astype(np.float64)
+    t = np.vstack([others[:10], 4.0 * base + 17.0, others[10:], base, 0.5 * base - 3.0])  # rows 10, 21, 22
+    q = (base + rng.normal(0, 5, size=4096))[None]
+    res = search_topk(q, blocks_of(t, 4), 3, precision="bf16")
+    assert res.indices[0].tolist() == [10, 21, 22]
+    assert res.values[0, 0] == res.values[0, 1] == res.values[0, 2]
+    check_against_reference(res, q, t, 3)
+
+
+def test_constant_rows_are_excluded_and_padding() -> None:
+    rng = np.random.default_rng(6)
+    t = rng.standard_normal((12, 64))
+    t[[2, 5, 6, 9, 11]] = 3.25  # constant train rows
+    t[0] = 0.1  # constant, with an inexact float64 mean
+    q = rng.standard_normal((4, 64))
+    q[1] = 7.0  # constant query
+    q[3, :] = np.nan  # non-finite query
+    k = 8  # > 6 valid train items
+    for precision in ("bf16", "float64"):
+        res = search_topk(q, blocks_of(t, 5), k, precision=precision)
+        valid = {1, 3, 4, 7, 8, 10}
+        for row in (0, 2):
+            assert set(res.indices[row, :6].tolist()) == valid
+            assert res.indices[row, 6:].tolist() == [-1, -1]
+            assert np.isnan(res.values[row, 6:]).all() and np.isfinite(res.values[row, :6]).all()
+        for row in (1, 3):
+            assert res.indices[row].tolist() == [-1] * k and np.isnan(res.values[row]).all()
+    check_against_reference(search_topk(q[[0, 2]], blocks_of(t, 5), k), q[[0, 2]], t, k)
+
+
+def test_candidate_cap_fallback_gives_identical_results(near_ties) -> None:
+    q, t = near_ties
+    normal = search_topk(q, blocks_of(t, 32), 4, precision="bf16")
+    forced = search_topk(q, blocks_of(t, 32), 4, precision="bf16", candidate_cap=1)
+    assert forced.n_fallback > 0
+    assert forced.n_candidates >= normal.n_candidates
+    assert_same(forced, normal)
+
+
+def test_large_d_chunked_reduction() -> None:
+    rng = np.random.default_rng(7)
+    d = 200_000
+    t = rng.integers(0, 1000, size=(24, d)).astype(np.uint16)
+    q = t[[3, 17]].astype(np.float32) + rng.normal(0, 200, size=(2, d)).astype(np.float32)
+    res = {}
+    for precision, chunk in (("bf16", 65536), ("bf16", 16384), ("float64", 65536)):
+        res[(precision, chunk)] = search_topk(q, blocks_of(t, 10), 3, precision=precision, chunk=chunk)
+    base = res[("float64", 65536)]
+    check_against_reference(base, q, t, 3)
+    assert base.indices[:, 0].tolist() == [3, 17]
+    for r in res.values():
+        assert_same(r, base)
+
+
+def test_progress_and_validation(gaussian) -> None:
+    q, t = gaussian
+    seen: list[int] = []
+    search_topk(q, blocks_of(t, 100), 2, progress=seen.append)
+    assert seen == [100, 100, 100]
+    with pytest.raises(InputError):
+        search_topk(q, blocks_of(t, 100), 0)
+    with pytest.raises(InputError, match="did you mean 'bf16'"):
+        search_topk(q, blocks_of(t, 100), 2, precision="bf61")
+    with pytest.raises(InputError, match="d=256"):
+        search_topk(q, lambda: iter([(0, t[:, :10])]), 2)
+    with pytest.raises(InputError, match="expected start 0"):
+        search_topk(q, lambda: iter([(5, t)]), 2)
+    with pytest.raises(InputError):
+        resolve_precision("tf32", "cpu")
+
+
+def test_resolve_precision() -> None:
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "float32")
+    assert resolve_precision("float64", "cpu") == "float64"
+
+
+# --------------------------------------------------------------------------------------------------
+# the bound itself
+
+
+def _screen_error(x: np.ndarray, y: np.ndarray, precision: str, chunk: int) -> float:
+    """Max |screened - exact| of the engine's screen for the normalised rows of x against y."""
+    mx, nx = item_stats(x)
+    my, ny = item_stats(y)
+    sc = engine._Screen(x, mx, nx, engine._valid(mx, nx), precision, "cpu", chunk, 1)
+    out = sc.screen(sc.prepare(0, y))
+    s = out.scores.double().numpy()
+    qi = np.repeat(np.arange(len(x)), len(y))
+    ti = np.tile(np.arange(len(y)), len(x))
+    exact = exact_correlation(x, mx, nx, qi, y, my, ny, ti).reshape(len(x), len(y))
+    return float(np.max(np.abs(s - exact)))
+
+
+def adversarial(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """A few huge entries plus sign-alternating tiny ones, and values that round badly in bf16."""
+    a = np.empty((n, d))
+    signs = np.where(np.arange(d) % 2 == 0, 1.0, -1.0)
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            a[i] = signs * (1 + 2.0**-9) * 1e-3  # bf16 round-to-even worst case, alternating
+            a[i, rng.integers(0, d, 3)] = rng.choice([-1.0, 1.0], 3) * 50.0
+        elif kind == 1:
+            a[i] = (1 + 2.0**-9 + rng.random(d) * 2.0**-12) * signs
+        else:
+            a[i] = rng.standard_normal(d) * np.exp(rng.normal(0, 3, d))
+    return a
+
+
+def worst_rounding_row(d: int, precision: str) -> np.ndarray:
+    """Zero-mean, unit-norm row whose entries nearly all round DOWN by ≈ u (relative) in the format.
+
+    Entries are ±α (α = (1 + u - 64u²)·2^e, just below a rounding midpoint) and ±β with β chosen so the
+    norm is 1 and β also rounds down as much as possible; signs alternate so the mean is 0. Then
+    ``x̃·x̃ ≈ (1 - u)²``: the input-rounding part of ε is attained, not just bounded.
+    """
+    u = {"bf16": 2.0**-8, "fp16": 2.0**-11}[precision]
+    fmt = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    m = 1 + u - 64 * u * u
+    best = (-1.0, 0.0, 0, 0.0)
+    n_a = np.arange(2, d, 2)
+    for e in range(-int(np.log2(d)) // 2 - 3, 0):
+        alpha = m * 2.0**e
+        rest = 1 - n_a * alpha**2
+        ok = rest > 0
+        beta = np.sqrt(rest[ok] / (d - n_a[ok]))
+        beta = beta[beta > 2.0**-13]  # stay clear of subnormals
+        if beta.size == 0:
+            continue
+        rounded = torch.from_numpy(beta).to(fmt).double().numpy()
+        rel = (beta - rounded) / beta
+        i = int(np.argmax(rel))
+        if rel[i] > best[0]:
+            best = (float(rel[i]), alpha, int(n_a[ok][i]), float(beta[i]))
+    _, alpha, na, beta = best
+    row = np.full(d, beta)
+    row[:na] = alpha
+    row[1::2] *= -1
+    return row
+
+
+@pytest.mark.parametrize(("precision", "d"), [("bf16", 4096), ("bf16", 300_000), ("fp16", 16384)])
+def test_worst_case_rounding_attains_most_of_epsilon(precision: str, d: int) -> None:
+    r = worst_rounding_row(d, precision)
+    x = r[None]
+    y = np.vstack([r, -r, np.roll(r, 2)])
+    err = _screen_error(x, y, precision, 65536)
+    eps = screen_epsilon(precision, d, 65536)
+    assert err <= eps, (err, eps)
+    if precision == "bf16":
+        assert err >= 0.45 * eps  # the bound is not loose by orders of magnitude
+
+
+@pytest.mark.parametrize(("precision", "d", "chunk"), [
+    ("bf16", 4096, 65536),
+    ("bf16", 131_072, 65536),
+    ("bf16", 300_000, 65536),
+    ("bf16", 300_000, 16384),
+    ("fp16", 16384, 65536),
+    ("float32", 65536, 65536),
+    ("float64", 16384, 65536),
+])
+def test_observed_screen_error_within_epsilon(precision: str, d: int, chunk: int) -> None:
+    rng = np.random.default_rng(d + chunk)
+    x = adversarial(6, d, rng)
+    y = np.vstack([x, adversarial(6, d, rng)[::-1], -x[:2]])
+    err = _screen_error(x, y, precision, chunk)
+    eps = screen_epsilon(precision, d, chunk)
+    assert err <= eps, (err, eps)
+    assert err > 0 or precision == "float64"
+
+
+def test_epsilon_values() -> None:
+    assert 8.8e-3 < screen_epsilon("bf16", 16384, rounded_output=False) < 8.82e-3  # ARCHITECTURE.md §4
+    assert screen_epsilon("bf16", 16384) > screen_epsilon("bf16", 16384, rounded_output=False)
+    assert screen_epsilon("bf16", 327_680, 16384) < screen_epsilon("bf16", 327_680, 65536)
+    assert screen_epsilon("float64", 327_680) < 1e-10
+    with pytest.raises(InputError):
+        screen_epsilon("bf16", 10**9, 10**9)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32", "float32", "float64"])
+def test_cuda_identical_to_cpu(near_ties, gaussian, precision: str) -> None:
+    for q, t in (near_ties, gaussian):
+        cpu = search_topk(q, blocks_of(t, 17), 5, precision="float64", device="cpu")
+        gpu = search_topk(q, blocks_of(t, 17), 5, precision=precision, device="cuda")
+        assert_same(gpu, cpu)
