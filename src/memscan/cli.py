@@ -82,7 +82,9 @@ def prepare(
     axis: Annotated[str, typer.Option(help="Slicing axis of volumes: x | y | z.")] = "z",
     slice_range: Annotated[str | None, typer.Option(help="Keep slices START:STOP only.")] = None,
     volumes: Annotated[bool, typer.Option("--volumes", help="Keep whole 3D volumes, not slices.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")
+    ] = False,
 ) -> None:
     """Turn medical images (PNG/JPEG/TIFF, DICOM, NIfTI, NumPy; BraTS; chest x-ray) into a dataset folder.
 
@@ -92,9 +94,16 @@ def prepare(
     from memscan.summary import dataset_table
 
     opts = PrepareOptions(
-        layout=layout, recipe=recipe, size=size, subject_pattern=subject_pattern,
-        test_subjects=test_subjects, seed=seed, modalities=parse_modalities(modalities), axis=axis,
-        slice_range=parse_slice_range(slice_range), volumes=volumes,
+        layout=layout,
+        recipe=recipe,
+        size=size,
+        subject_pattern=subject_pattern,
+        test_subjects=test_subjects,
+        seed=seed,
+        modalities=parse_modalities(modalities),
+        axis=axis,
+        slice_range=parse_slice_range(slice_range),
+        volumes=volumes,
     )
     ds = prepare_dataset(src, out, opts, overwrite=overwrite)
     console.print(dataset_table(ds))
@@ -112,7 +121,9 @@ def scan(
         str, typer.Option(help="Screen precision: auto | bf16 | fp16 | float32 | exact (results are exact)")
     ] = "auto",
     flips: Annotated[bool, typer.Option("--flips", help="Also compare left-right mirrored items.")] = False,
-    max_shift: Annotated[int, typer.Option(help="Tolerate shifts up to PX pixels (on re-rank candidates).")] = 0,
+    max_shift: Annotated[
+        int, typer.Option(help="Tolerate shifts up to PX pixels (on re-rank candidates).")
+    ] = 0,
     mask: Annotated[str, typer.Option(help="none | foreground | FILE (one mask for all items)")] = "none",
     channel: Annotated[str | None, typer.Option(help="Compare this channel only (e.g. flair).")] = None,
     threshold: Annotated[float, typer.Option(help="Flag items whose max correlation exceeds R.")] = 0.95,
@@ -133,8 +144,16 @@ def scan(
     from memscan.summary import run_table
 
     opts = ScanOptions(
-        top_k=top_k, device=device, precision=precision, flips=flips, max_shift=max_shift, mask=mask,
-        channel=channel, threshold=threshold, fail_above=fail_above, memory_budget=parse_bytes(memory_budget),
+        top_k=top_k,
+        device=device,
+        precision=precision,
+        flips=flips,
+        max_shift=max_shift,
+        mask=mask,
+        channel=channel,
+        threshold=threshold,
+        fail_above=fail_above,
+        memory_budget=parse_bytes(memory_budget),
     )
     command = "memscan " + " ".join(sys.argv[1:])
     try:

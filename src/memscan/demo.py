@@ -31,7 +31,9 @@ def run_demo(out: Path, *, n_subjects: int = 8, n_patients: int = 12, seed: int 
         cxr_raw.mkdir(parents=True)
         phantoms.write_cxr_tree(cxr_raw, n_patients, seed=seed)
     n_test = max(1, n_subjects // 4)
-    brats = prepare_dataset(brats_raw, out / "brats", PrepareOptions(layout="brats", test_subjects=n_test, seed=seed))
+    brats = prepare_dataset(
+        brats_raw, out / "brats", PrepareOptions(layout="brats", test_subjects=n_test, seed=seed)
+    )
     cxr = prepare_dataset(cxr_raw, out / "chest_xray", PrepareOptions(layout="cxr"))
     console.print(dataset_table(brats))
     console.print(dataset_table(cxr))

@@ -139,8 +139,11 @@ def _load_mask(spec: str, train: Dataset, channels: list[int] | None, budget: in
                 mask = mask[0]
         mask = np.asarray(mask) != 0
         if mask.shape not in (tuple(shape), tuple(shape[1:])):
-            raise InputError(f"mask shape {list(mask.shape)} does not match the items' {list(shape)} "
-                             f"(or their spatial shape {list(shape[1:])})", path)
+            raise InputError(
+                f"mask shape {list(mask.shape)} does not match the items' {list(shape)} "
+                f"(or their spatial shape {list(shape[1:])})",
+                path,
+            )
     if mask.shape == tuple(shape[1:]):
         mask = np.broadcast_to(mask, shape)
     if not mask.any():
@@ -215,7 +218,12 @@ def _train_stream(train: Dataset, feats: Features, block: int, cache: list | Non
 
 
 def _search_query_block(
-    items: np.ndarray, train: Dataset, feats: Features, stream: Callable, opts: ScanOptions, device: str,
+    items: np.ndarray,
+    train: Dataset,
+    feats: Features,
+    stream: Callable,
+    opts: ScanOptions,
+    device: str,
     stats: dict[str, Any],
 ) -> dict[str, np.ndarray]:
     """Top-k of one block of query items ``[n, C, *S]`` over every variant; returns arrays for the tables."""
@@ -237,12 +245,14 @@ def _search_query_block(
     return {"values": values[:, :k], "indices": indices[:, :k], "transforms": transforms[:, :k].astype(str)}
 
 
-def _shift_rerank(items, values, indices, transforms, train: Dataset, feats: Features, opts: ScanOptions,
-                  k: int):
+def _shift_rerank(
+    items, values, indices, transforms, train: Dataset, feats: Features, opts: ScanOptions, k: int
+):
     """Re-rank each query's candidates over integer shifts (candidate-based, see variants.shift_rerank).
 
     Candidates are the ``shift_candidates`` best unshifted (or flipped) matches; for each, the best shift
-    within ``max_shift`` is found exactly over the overlapping region. Arrays in: ``[n, k']``; out: ``[n, k]``.
+    within ``max_shift`` is found exactly over the overlapping region.
+    Arrays in: ``[n, k']``; out: ``[n, k]``.
     """
     uniq = np.unique(indices[indices >= 0])
     cand_items = train.take(uniq)
@@ -260,7 +270,9 @@ def _shift_rerank(items, values, indices, transforms, train: Dataset, feats: Fea
                 continue
             image = variants.flip_lr(items[q : q + 1])[0] if base == "flip" else items[q]
             cands = indices[q][sel]
-            best, shifts = variants.shift_rerank(image, cand_items[[row_of[int(t)] for t in cands]], opts.max_shift)
+            best, shifts = variants.shift_rerank(
+                image, cand_items[[row_of[int(t)] for t in cands]], opts.max_shift
+            )
             for t, v, (dy, dx) in zip(cands, best, shifts, strict=True):
                 shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
                 label = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
@@ -292,9 +304,19 @@ def _check_run_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
     if out.exists() and any(out.iterdir()):
-        known = {*RUN_TABLES, "summary.json", STATE_DIR, ".prepared", "report.html", "figures", "options.json"}
+        known = {
+            *RUN_TABLES,
+            "summary.json",
+            STATE_DIR,
+            ".prepared",
+            "report.html",
+            "figures",
+            "options.json",
+        }
         if not any((out / n).exists() for n in ("summary.json", STATE_DIR)):
-            raise InputError("exists, is not empty and is not a memscan run folder; refusing to write there", out)
+            raise InputError(
+                "exists, is not empty and is not a memscan run folder; refusing to write there", out
+            )
         unknown = [p.name for p in out.iterdir() if p.name not in known and not p.name.startswith(".")]
         if unknown:
             log.debug("run folder has other files, left alone: %s", unknown)
@@ -302,8 +324,15 @@ def _check_run_folder(out: Path) -> None:
         raise InputError("parent folder does not exist", out.parent)
 
 
-def scan(train: str | Path, synthetic: str | Path, out: str | Path, options: ScanOptions | None = None, *,
-         subject_pattern: str | None = None, command: str | None = None) -> ScanResult:
+def scan(
+    train: str | Path,
+    synthetic: str | Path,
+    out: str | Path,
+    options: ScanOptions | None = None,
+    *,
+    subject_pattern: str | None = None,
+    command: str | None = None,
+) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item.
 
     Args:
@@ -349,23 +378,40 @@ def scan(train: str | Path, synthetic: str | Path, out: str | Path, options: Sca
     # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
     fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and synth_ds.n_items > qb
     stream = _train_stream(train_ds, feats, tb, [] if fits else None)
-    key = hashlib.sha256(json.dumps(
-        [_dataset_key(train_ds), _dataset_key(synth_ds), {**opts.to_dict(), "threshold": None,
-         "fail_above": None}, qb], default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                _dataset_key(train_ds),
+                _dataset_key(synth_ds),
+                {**opts.to_dict(), "threshold": None, "fail_above": None},
+                qb,
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()
     ckpt = _Checkpoints(out, key)
     stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
     parts = []
     n_blocks = -(-synth_ds.n_items // qb)
-    log.info("scan: %d synthetic x %d training items, d=%d, %d query block(s) of %d, training blocks of %d, %s",
-             synth_ds.n_items, train_ds.n_items, d, n_blocks, qb, tb, device)
+    log.info(
+        "scan: %d synthetic x %d training items, d=%d, %d query block(s) of %d, training blocks of %d, %s",
+        synth_ds.n_items,
+        train_ds.n_items,
+        d,
+        n_blocks,
+        qb,
+        tb,
+        device,
+    )
     with progress(n_blocks, "scan") as advance:
         for start in range(0, synth_ds.n_items, qb):
             stop = min(start + qb, synth_ds.n_items)
             done = ckpt.load("synthetic", start, stop)
             if done is None:
                 block_stats = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
-                done = _search_query_block(synth_ds.read(start, stop), train_ds, feats, stream, opts, device,
-                                           block_stats)
+                done = _search_query_block(
+                    synth_ds.read(start, stop), train_ds, feats, stream, opts, device, block_stats
+                )
                 done.update({k: np.asarray(v) for k, v in block_stats.items() if v is not None})
                 ckpt.save("synthetic", start, stop, **done)
             stats["n_candidates"] += int(done["n_candidates"])
@@ -423,35 +469,47 @@ def scan(train: str | Path, synthetic: str | Path, out: str | Path, options: Sca
     return result
 
 
-def build_tables(train: Dataset, synth: Dataset, values: np.ndarray, indices: np.ndarray,
-                 transforms: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
+def build_tables(
+    train: Dataset,
+    synth: Dataset,
+    values: np.ndarray,
+    indices: np.ndarray,
+    transforms: np.ndarray,
+    threshold: float,
+) -> dict[str, pd.DataFrame]:
     """The run folder's tables from the top-k arrays ``[n_synthetic, k]``."""
     n, k = values.shape
     train_ids = train.ids
     train_subjects = train.subjects
     valid = indices >= 0
     safe = np.where(valid, indices, 0)
-    matches = pd.DataFrame({
-        "synthetic_id": np.repeat(synth.ids, k),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-        "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
-        "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
-        "correlation": values.reshape(-1).astype(np.float64),
-        "transform": np.where(valid, transforms, None).reshape(-1),
-    })
+    matches = pd.DataFrame(
+        {
+            "synthetic_id": np.repeat(synth.ids, k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+            "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
+            "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
+            "correlation": values.reshape(-1).astype(np.float64),
+            "transform": np.where(valid, transforms, None).reshape(-1),
+        }
+    )
     matches = matches[valid.reshape(-1)].reset_index(drop=True)
     for col in ("synthetic_id", "train_id", "train_subject", "transform"):
         matches[col] = matches[col].astype("string")
     top = values[:, 0]
-    synthetic = pd.DataFrame({
-        "synthetic_id": pd.array(synth.ids, dtype="string"),
-        "max_correlation": top.astype(np.float64),
-        "nearest_train_id": pd.array(np.where(valid[:, 0], train_ids[safe[:, 0]], None), dtype="string"),
-        "nearest_subject": pd.array(np.where(valid[:, 0], train_subjects[safe[:, 0]], None), dtype="string"),
-        "transform": pd.array(np.where(valid[:, 0], transforms[:, 0], None), dtype="string"),
-        "p_value": pd.array([None] * n, dtype="Float64"),
-        "flagged": np.nan_to_num(top, nan=-np.inf) > threshold,
-    })
+    synthetic = pd.DataFrame(
+        {
+            "synthetic_id": pd.array(synth.ids, dtype="string"),
+            "max_correlation": top.astype(np.float64),
+            "nearest_train_id": pd.array(np.where(valid[:, 0], train_ids[safe[:, 0]], None), dtype="string"),
+            "nearest_subject": pd.array(
+                np.where(valid[:, 0], train_subjects[safe[:, 0]], None), dtype="string"
+            ),
+            "transform": pd.array(np.where(valid[:, 0], transforms[:, 0], None), dtype="string"),
+            "p_value": pd.array([None] * n, dtype="Float64"),
+            "flagged": np.nan_to_num(top, nan=-np.inf) > threshold,
+        }
+    )
     nearest = np.where(valid[:, 0], indices[:, 0], -1)
     return {
         "synthetic": synthetic,
@@ -466,6 +524,14 @@ def load_run(run: str | Path) -> ScanResult:
     run = Path(run)
     if not (run / "summary.json").is_file():
         raise InputError("is not a finished memscan run folder (no summary.json)", run)
-    tables = {n: pd.read_parquet(run / f"{n}.parquet") for n in ("synthetic", "matches", "subjects", "train_items")}
-    return ScanResult(run, tables["synthetic"], tables["matches"], tables["subjects"], tables["train_items"],
-                      json.loads((run / "summary.json").read_text()))
+    tables = {
+        n: pd.read_parquet(run / f"{n}.parquet") for n in ("synthetic", "matches", "subjects", "train_items")
+    }
+    return ScanResult(
+        run,
+        tables["synthetic"],
+        tables["matches"],
+        tables["subjects"],
+        tables["train_items"],
+        json.loads((run / "summary.json").read_text()),
+    )

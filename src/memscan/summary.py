@@ -36,16 +36,27 @@ def run_table(result) -> Table:
     table = Table(title=f"run {result.run}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value")
-    table.add_row("compared", f"{s['n_synthetic']} synthetic x {s['n_train']} training items "
-                  f"(d={s['feature_dim']}, top-{s['top_k']})")
-    table.add_row("flagged", f"{s['n_flagged']} ({s['flagged_fraction']:.1%}) with max correlation > "
-                  f"{s['threshold']} ({s['threshold_source']} threshold)")
+    table.add_row(
+        "compared",
+        f"{s['n_synthetic']} synthetic x {s['n_train']} training items "
+        f"(d={s['feature_dim']}, top-{s['top_k']})",
+    )
+    table.add_row(
+        "flagged",
+        f"{s['n_flagged']} ({s['flagged_fraction']:.1%}) with max correlation > "
+        f"{s['threshold']} ({s['threshold_source']} threshold)",
+    )
     table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']}")
-    table.add_row("engine", f"{s['device']}, {s['precision']} screen + exact float64 re-rank "
-                  f"({s['n_rerank_pairs']} pairs re-ranked)")
+    table.add_row(
+        "engine",
+        f"{s['device']}, {s['precision']} screen + exact float64 re-rank "
+        f"({s['n_rerank_pairs']} pairs re-ranked)",
+    )
     table.add_row("time", f"{s['seconds']:.2f} s")
     top = result.synthetic.sort_values("max_correlation", ascending=False, na_position="last").head(5)
     for _, row in top.iterrows():
-        table.add_row(f"  {row['synthetic_id']}", f"{row['max_correlation']:.4f} ~ {row['nearest_train_id']} "
-                      f"[{row['transform']}]")
+        table.add_row(
+            f"  {row['synthetic_id']}",
+            f"{row['max_correlation']:.4f} ~ {row['nearest_train_id']} [{row['transform']}]",
+        )
     return table

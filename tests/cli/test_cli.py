@@ -11,8 +11,13 @@ from memscan import __version__
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "memscan", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "memscan", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_version_and_help():

@@ -30,8 +30,9 @@ def cxr_tree(tmp_path_factory):
 
 
 def test_prepare_brats_study_recipe(brats_tree, tmp_path):
-    ds = prepare_dataset(brats_tree, tmp_path / "ds",
-                         PrepareOptions(layout="auto", size=64, test_subjects=2, seed=0))
+    ds = prepare_dataset(
+        brats_tree, tmp_path / "ds", PrepareOptions(layout="auto", size=64, test_subjects=2, seed=0)
+    )
     assert ds.info["layout"] == "brats" and ds.info["recipe"]["name"] == "study"
     assert ds.item_shape == (5, 64, 64) and ds.dtype == np.uint8
     assert ds.channels == ("t1", "t2", "t1ce", "flair", "seg")
@@ -63,16 +64,21 @@ def test_prepare_brats_matches_recipe_by_hand(brats_tree, tmp_path):
     for c, mod in enumerate(("t1", "t2", "t1ce", "flair")):
         vol = np.asarray(nib.load(brats_tree / subj / f"{subj}_{mod}.nii.gz").dataobj).astype(np.float64)
         expected = np.floor(vol[:, :, z] / vol.max() * 255).astype(np.uint8)
-        np.testing.assert_array_equal(item[c, pad:pad + SHAPE[0], pad:pad + SHAPE[1]], expected)
+        np.testing.assert_array_equal(item[c, pad : pad + SHAPE[0], pad : pad + SHAPE[1]], expected)
         assert item[c, :pad].max() == 0
     seg = np.asarray(nib.load(brats_tree / subj / f"{subj}_seg.nii.gz").dataobj)[:, :, z]
-    np.testing.assert_array_equal(item[4, pad:pad + SHAPE[0], pad:pad + SHAPE[1]],
-                                  (seg.astype(np.float32) * 255 / 5).astype(np.uint8))
+    np.testing.assert_array_equal(
+        item[4, pad : pad + SHAPE[0], pad : pad + SHAPE[1]],
+        (seg.astype(np.float32) * 255 / 5).astype(np.uint8),
+    )
 
 
 def test_prepare_brats_volumes_and_options(brats_tree, tmp_path):
-    ds = prepare_dataset(brats_tree, tmp_path / "vol",
-                         PrepareOptions(layout="brats", volumes=True, modalities=("flair", "t1"), size=48))
+    ds = prepare_dataset(
+        brats_tree,
+        tmp_path / "vol",
+        PrepareOptions(layout="brats", volumes=True, modalities=("flair", "t1"), size=48),
+    )
     assert ds.item_shape == (2, 48, 48, SHAPE[2]) and ds.spatial_dims == 3 and ds.n_items == 5
     assert ds.channels == ("flair", "t1")
     assert ds.manifest["id"].iloc[0].endswith("_flair.nii.gz")
@@ -94,7 +100,9 @@ def test_prepare_folder_of_volumes_and_images(tmp_path):
     (src / "subjA").mkdir(parents=True)
     (src / "subjB").mkdir()
     rng = np.random.default_rng(0)
-    nib.save(nib.Nifti1Image(rng.random((16, 16, 5)).astype(np.float32), np.eye(4)), src / "subjA" / "t1.nii.gz")
+    nib.save(
+        nib.Nifti1Image(rng.random((16, 16, 5)).astype(np.float32), np.eye(4)), src / "subjA" / "t1.nii.gz"
+    )
     np.save(src / "subjB" / "vol.npy", rng.random((16, 16, 3)).astype(np.float32))
     ds = prepare_dataset(src, tmp_path / "ds")
     assert ds.info["layout"] == "folder" and ds.item_shape == (1, 16, 16)

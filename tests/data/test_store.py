@@ -12,11 +12,18 @@ from memscan.errors import InputError
 def _write(out, n=10, shape=(2, 4, 5), dtype="float32", chunk_items=3, split=True):
     rng = np.random.default_rng(0)
     items = rng.normal(size=(n, *shape)).astype(dtype)
-    with DatasetWriter(out, item_shape=shape, dtype=dtype, channels=("a", "b"), recipe={"name": "t"},
-                       chunk_items=chunk_items) as w:
+    with DatasetWriter(
+        out, item_shape=shape, dtype=dtype, channels=("a", "b"), recipe={"name": "t"}, chunk_items=chunk_items
+    ) as w:
         for i in range(n):
-            w.add(items[i], {"id": f"img{i:02d}.png", "subject": f"s{i // 3}",
-                             "split": ("train" if i < 7 else "test") if split else None})
+            w.add(
+                items[i],
+                {
+                    "id": f"img{i:02d}.png",
+                    "subject": f"s{i // 3}",
+                    "split": ("train" if i < 7 else "test") if split else None,
+                },
+            )
         ds = w.commit()
     return items, ds
 
@@ -60,8 +67,14 @@ def test_interrupted_write_leaves_nothing(tmp_path):
 def test_failed_rewrite_keeps_old_dataset(tmp_path):
     items, _ = _write(tmp_path / "ds")
     with pytest.raises(InputError, match="differs from the dataset's"):
-        with DatasetWriter(tmp_path / "ds", item_shape=(2, 4, 5), dtype="float32", channels=("a", "b"),
-                           recipe={}, overwrite=True) as w:
+        with DatasetWriter(
+            tmp_path / "ds",
+            item_shape=(2, 4, 5),
+            dtype="float32",
+            channels=("a", "b"),
+            recipe={},
+            overwrite=True,
+        ) as w:
             w.add(np.zeros((2, 4, 5), np.float32), {"id": "x", "subject": "x"})
             w.add(np.zeros((2, 4, 6), np.float32), {"id": "y", "subject": "y"}, source_path="y.png")
     np.testing.assert_array_equal(Dataset.open(tmp_path / "ds").read(0, 10), items)
@@ -91,7 +104,9 @@ def test_open_errors(tmp_path):
 
 def test_duplicate_ids_rejected(tmp_path):
     with pytest.raises(InputError, match="duplicate item id"):
-        with DatasetWriter(tmp_path / "ds", item_shape=(1, 2, 2), dtype="uint8", channels=("g",), recipe={}) as w:
+        with DatasetWriter(
+            tmp_path / "ds", item_shape=(1, 2, 2), dtype="uint8", channels=("g",), recipe={}
+        ) as w:
             w.add(np.ones((1, 2, 2), np.uint8), {"id": "a", "subject": "a"})
             w.add(np.ones((1, 2, 2), np.uint8), {"id": "a", "subject": "a"})
             w.commit()

@@ -123,7 +123,8 @@ def test_item_stats_and_exact_values_do_not_depend_on_the_batch() -> None:
     qi = np.repeat(np.arange(5), 70)
     ti = np.tile(np.arange(70), 5)
     many = exact_correlation(a, m_all, n_all, qi, a, m_all, n_all, ti)
-    one = [exact_correlation(a, m_all, n_all, qi[p : p + 1], a, m_all, n_all, ti[p : p + 1])[0] for p in (0, 77, 349)]
+    one = [exact_correlation(a, m_all, n_all, qi[p : p + 1], a, m_all, n_all, ti[p : p + 1])[0]
+           for p in (0, 77, 349)]
     assert one == [many[0], many[77], many[349]]
 
 
@@ -357,7 +358,7 @@ def test_epsilon_values() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32", "float32", "float64"])
 def test_cuda_identical_to_cpu(near_ties, gaussian, precision: str) -> None:
     for q, t in (near_ties, gaussian):

@@ -29,15 +29,19 @@ def train_item_counts(train: Dataset, nearest: np.ndarray, max_corr: np.ndarray)
     best = np.full(n_t, -np.inf)
     np.maximum.at(best, nearest[ok], max_corr[ok])
     best[np.isinf(best)] = np.nan
-    return pd.DataFrame({
-        "train_id": pd.array(train.ids, dtype="string"),
-        "subject": pd.array(train.subjects, dtype="string"),
-        "n_synthetic_nearest": counts.astype(np.int64),
-        "max_correlation": best,
-    })
+    return pd.DataFrame(
+        {
+            "train_id": pd.array(train.ids, dtype="string"),
+            "subject": pd.array(train.subjects, dtype="string"),
+            "n_synthetic_nearest": counts.astype(np.int64),
+            "max_correlation": best,
+        }
+    )
 
 
-def subject_rollup(train: Dataset, nearest: np.ndarray, max_corr: np.ndarray, flagged: np.ndarray) -> pd.DataFrame:
+def subject_rollup(
+    train: Dataset, nearest: np.ndarray, max_corr: np.ndarray, flagged: np.ndarray
+) -> pd.DataFrame:
     """One row per training subject, the riskiest first.
 
     Columns: ``subject``, ``n_items`` (training items of the subject), ``n_synthetic_matched`` (synthetic
@@ -55,9 +59,14 @@ def subject_rollup(train: Dataset, nearest: np.ndarray, max_corr: np.ndarray, fl
     )
     grouped["n_flagged"] = flagged_subjects.reindex(grouped.index).fillna(0).astype(np.int64)
     grouped["leaked"] = grouped["n_flagged"] > 0
-    out = grouped.reset_index()[["subject", "n_items", "n_synthetic_matched", "n_flagged", "max_correlation",
-                                 "leaked"]]
-    out = out.sort_values(["leaked", "max_correlation", "subject"], ascending=[False, False, True],
-                          na_position="last", kind="stable").reset_index(drop=True)
+    out = grouped.reset_index()[
+        ["subject", "n_items", "n_synthetic_matched", "n_flagged", "max_correlation", "leaked"]
+    ]
+    out = out.sort_values(
+        ["leaked", "max_correlation", "subject"],
+        ascending=[False, False, True],
+        na_position="last",
+        kind="stable",
+    ).reset_index(drop=True)
     out["subject"] = out["subject"].astype("string")
     return out

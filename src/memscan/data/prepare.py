@@ -87,7 +87,11 @@ class _LazyWriter:
 
     def __init__(self, out: Path, channels_for, recipe, info: dict[str, Any], overwrite: bool) -> None:
         self.out, self.channels_for, self.recipe, self.info, self.overwrite = (
-            out, channels_for, recipe, info, overwrite,
+            out,
+            channels_for,
+            recipe,
+            info,
+            overwrite,
         )
         self.writer: DatasetWriter | None = None
         self.pending_excluded: list[tuple[str, str]] = []
@@ -132,8 +136,9 @@ def _is_constant(item: np.ndarray) -> bool:
     return bool(flat.size == 0 or np.all(flat == flat[0]))
 
 
-def prepare_dataset(src: str | Path, out: str | Path, options: PrepareOptions | None = None, *,
-                    overwrite: bool = False) -> Dataset:
+def prepare_dataset(
+    src: str | Path, out: str | Path, options: PrepareOptions | None = None, *, overwrite: bool = False
+) -> Dataset:
     """Prepare ``src`` (folder or file) into the dataset folder ``out``.
 
     Args:
@@ -160,8 +165,12 @@ def prepare_dataset(src: str | Path, out: str | Path, options: PrepareOptions | 
     if check_output_folder(out, overwrite=overwrite, fingerprint=fingerprint):
         log.info("%s is up to date (same inputs and options)", out)
         return Dataset.open(out)
-    info = {"layout": layout, "fingerprint": fingerprint, "source_name": src.name,
-            "options": {k: v for k, v in options.__dict__.items()}}
+    info = {
+        "layout": layout,
+        "fingerprint": fingerprint,
+        "source_name": src.name,
+        "options": {k: v for k, v in options.__dict__.items()},
+    }
     if layout == "brats":
         return _prepare_brats(src, out, recipe, options, info, overwrite)
     if layout == "cxr":
@@ -169,7 +178,9 @@ def prepare_dataset(src: str | Path, out: str | Path, options: PrepareOptions | 
     return _prepare_folder(src, out, recipe, options, info, overwrite)
 
 
-def _prepare_brats(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+def _prepare_brats(
+    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
+) -> Dataset:
     needed = tuple(dict.fromkeys((*recipe.modalities, "t1") if not recipe.volumes else recipe.modalities))
     subjects = layouts.discover_brats(src, modalities=needed)
     split = (
@@ -212,8 +223,13 @@ def _prepare_cxr(src: Path, out: Path, recipe, info: dict, overwrite: bool) -> D
             for it in items:
                 image = read_image(it.path, spatial_dims=2)
                 item = recipes.cxr_item(image.array, recipe)
-                row = {"id": it.relpath, "subject": it.subject, "source": it.relpath,
-                       "split": it.split, "label": it.label}
+                row = {
+                    "id": it.relpath,
+                    "subject": it.subject,
+                    "source": it.relpath,
+                    "split": it.split,
+                    "label": it.label,
+                }
                 writer.add(item, row, it.path)
                 advance(1)
         return writer.commit()
@@ -226,7 +242,9 @@ def _channel_names(c: int) -> tuple[str, ...]:
     return ("gray",) if c == 1 else ("red", "green", "blue") if c == 3 else tuple(f"c{i}" for i in range(c))
 
 
-def _prepare_folder(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+def _prepare_folder(
+    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
+) -> Dataset:
     items = layouts.discover_folder(src, subject_pattern=opts.subject_pattern)
     writer = _LazyWriter(out, _channel_names, recipe, info, overwrite)
     try:
@@ -251,8 +269,14 @@ def _prepare_folder(src: Path, out: Path, recipe, opts: PrepareOptions, info: di
         raise
 
 
-def open_or_prepare(path: str | Path, cache_dir: Path, *, name: str, subject_pattern: str | None = None,
-                    size: int | None = None) -> Dataset:
+def open_or_prepare(
+    path: str | Path,
+    cache_dir: Path,
+    *,
+    name: str,
+    subject_pattern: str | None = None,
+    size: int | None = None,
+) -> Dataset:
     """A dataset folder (or ``DATASET/SPLIT``) as is; a raw folder/file prepared with the generic recipe.
 
     Raw inputs are prepared into ``cache_dir/name`` (reused while the inputs are unchanged).

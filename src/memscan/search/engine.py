@@ -99,6 +99,8 @@ _ROW_ELEMS = 2**26
 # elements per float64 temporary in the exact re-rank / the row statistics
 _EXACT_ELEMS = 2**21
 _STATS_ELEMS = 2**18
+# centred float64 queries are cached for the re-rank up to this size
+_QUERY_CACHE_BYTES = 2**30
 
 
 @dataclass
@@ -414,6 +416,42 @@ def exact_correlation(
     return np.concatenate(list(_executor().map(run, ranges)))
 
 
+def _exact_grouped(
+    q_centred: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
+    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+) -> np.ndarray:
+    """:func:`exact_correlation` with the queries already centred, grouped by train row.
+
+    Bitwise identical to :func:`exact_correlation` (the same centred float64 values, the same
+    elementwise products — multiplication commutes exactly — and the same contiguous row sums), but
+    each train row is centred once and the products are formed in place: ~2.5× less memory traffic.
+    """
+    p = len(qi)
+    out = np.empty(p, dtype=np.float64)
+    if p == 0:
+        return out
+    order = np.argsort(ti, kind="stable")
+    ts = ti[order]
+    uniq, starts = np.unique(ts, return_index=True)
+    ends = np.append(starts[1:], p)
+    d = q_centred.shape[1]
+    rows_per_task = max(1, _STATS_ELEMS // max(d, 1))
+
+    def run(u0: int) -> None:
+        u1 = min(len(uniq), u0 + rows_per_task)
+        tc = _rows_f64(traw[uniq[u0:u1]], 0, u1 - u0)
+        tc -= t_mean[uniq[u0:u1], None]
+        for j in range(u0, u1):
+            pos = order[starts[j]:ends[j]]
+            qs = qi[pos]
+            a = q_centred[qs]
+            a *= tc[j - u0]
+            out[pos] = a.sum(axis=1) / (q_norm[qs] * t_norm[uniq[j]])
+
+    list(_executor().map(run, range(0, len(uniq), rows_per_task)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # candidates and merge
 
@@ -685,6 +723,13 @@ def search_topk(
     logger.debug("search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e",
                  nq, d, k, precision, device, eps)
 
+    # centred float64 queries, kept when they fit in _QUERY_CACHE_BYTES (faster exact re-rank)
+    q_centred: np.ndarray | None = None
+    if nq * d * 8 <= _QUERY_CACHE_BYTES:
+        q_centred = np.empty((nq, d), dtype=np.float64)
+        for r in range(0, nq, 1024):
+            q_centred[r:r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
+            q_centred[r:r + 1024] -= q_mean[r:r + 1024, None]
     best_v = np.full((nq, k), -np.inf)
     best_i = np.full((nq, k), -1, dtype=np.int64)
     n_cand = 0
@@ -731,7 +776,10 @@ def search_topk(
             ti = np.concatenate([ti, np.tile(vt, len(fq))])
             n_fallback += n_over
         del mask, sc.scores
-        vals = exact_correlation(queries, q_mean, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
+        if q_centred is not None:
+            vals = _exact_grouped(q_centred, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
+        else:
+            vals = exact_correlation(queries, q_mean, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
         n_cand += len(qi)
         best_v, best_i = _merge(best_v, best_i, qi, ti.astype(np.int64) + prep.start, vals)
 

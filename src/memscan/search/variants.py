@@ -20,6 +20,8 @@ import numpy as np
 from memscan.errors import InputError
 from memscan.search.engine import SearchResult
 
+_TIE_TOL = 1e-12
+
 __all__ = ["apply_mask", "flip_lr", "foreground_mask", "merge_variants", "shift_label", "shift_rerank"]
 
 
@@ -183,7 +185,8 @@ def shift_rerank(
     Shift ``(dy, dx)`` compares ``query[:, y, x]`` with ``train[:, y - dy, x - dx]``: both are cropped
     to the overlap (``H - |dy|`` by ``W - |dx|`` pixels, all channels) and correlated in float64
     (centre, elementwise product, pairwise sum, divide by the norms). The zero shift wins ties, then the
-    smaller shift (|dy| + |dx|), then the lower (dy, dx).
+    smaller shift (|dy| + |dx|), then the lower (dy, dx); values within 1e-12 (float64 rounding of
+    sums over differently cropped regions) count as ties.
 
     Args:
         query: ``[C, H, W]``.
@@ -212,7 +215,9 @@ def shift_rerank(
         qc = q64[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)].reshape(1, -1)
         tc = t64[:, :, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)].reshape(m, -1)
         vals = _pearson_rows(qc, tc)
-        better = vals > best  # strict: earlier shifts ((0,0) first) win ties; NaN never wins
+        # a later shift must win by more than the rounding of the overlap sums: earlier shifts, (0, 0)
+        # first, win ties; NaN never wins
+        better = vals > best + _TIE_TOL
         best[better] = vals[better]
         for i in np.flatnonzero(better):
             shifts[i] = (dy, dx)

@@ -1,0 +1,128 @@
+"""Flips, masks, variant merging and shift re-ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memscan.errors import InputError
+from memscan.search.engine import SearchResult
+from memscan.search.variants import (
+    apply_mask,
+    flip_lr,
+    foreground_mask,
+    merge_variants,
+    shift_label,
+    shift_rerank,
+)
+
+
+def result(values: list[list[float]], indices: list[list[int]]) -> SearchResult:
+    return SearchResult(values=np.array(values, dtype=np.float64), indices=np.array(indices, dtype=np.int64),
+                        n_candidates=0, n_fallback=0, precision="float64", epsilon=0.0)
+
+
+def test_flip_lr_2d_mirrors_width() -> None:
+    a = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    f = flip_lr(a)
+    assert f.shape == a.shape and f.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(f[..., 0], a[..., 4])
+    np.testing.assert_array_equal(flip_lr(f), a)
+
+
+def test_flip_lr_3d_mirrors_x_axis() -> None:
+    a = np.arange(1 * 2 * 3 * 4 * 5).reshape(1, 2, 3, 4, 5)
+    f = flip_lr(a)
+    np.testing.assert_array_equal(f[:, :, 0], a[:, :, 2])
+    np.testing.assert_array_equal(f[..., 0], a[:, :, ::-1, :, 0])
+
+
+def test_flip_lr_bad_shape() -> None:
+    with pytest.raises(InputError, match=r"\(3, 4\)"):
+        flip_lr(np.zeros((3, 4)))
+
+
+def test_apply_mask_spatial_and_channel_masks() -> None:
+    items = np.arange(2 * 2 * 3 * 3).reshape(2, 2, 3, 3)
+    m = np.zeros((3, 3), dtype=bool)
+    m[1, 1] = m[0, 2] = True
+    out = apply_mask(items, m)
+    assert out.shape == (2, 4)
+    expected = [items[0, 0, 0, 2], items[0, 0, 1, 1], items[0, 1, 0, 2], items[0, 1, 1, 1]]
+    np.testing.assert_array_equal(out[0], expected)
+    mc = np.zeros((2, 3, 3), dtype=bool)
+    mc[1, 2, 2] = True
+    np.testing.assert_array_equal(apply_mask(items, mc), items[:, 1, 2, 2][:, None])
+
+
+def test_apply_mask_shape_mismatch_names_both_shapes() -> None:
+    with pytest.raises(InputError, match=r"\(4, 4\).*\(2, 2, 3, 3\)"):
+        apply_mask(np.zeros((2, 2, 3, 3)), np.ones((4, 4), dtype=bool))
+
+
+def test_apply_mask_rejects_non_bool_and_empty() -> None:
+    with pytest.raises(InputError, match="boolean"):
+        apply_mask(np.zeros((2, 1, 3, 3)), np.ones((3, 3)))
+    with pytest.raises(InputError, match="no pixel"):
+        apply_mask(np.zeros((2, 1, 3, 3)), np.zeros((3, 3), dtype=bool))
+
+
+def test_foreground_mask() -> None:
+    mean = np.array([[0.0, 0.04, 0.06], [1.0, 0.5, 0.0]])
+    np.testing.assert_array_equal(foreground_mask(mean), [[False, False, True], [True, True, False]])
+    with pytest.raises(InputError):
+        foreground_mask(mean, fraction=1.5)
+    with pytest.raises(InputError):
+        foreground_mask(np.zeros((3, 3)))
+
+
+def test_merge_variants_best_value_and_tie_rules() -> None:
+    none = result([[0.9, 0.8, 0.7], [0.5, np.nan, np.nan]], [[1, 2, 3], [4, -1, -1]])
+    flip = result([[0.95, 0.8, 0.6], [0.5, 0.4, np.nan]], [[3, 0, 2], [4, 7, -1]])
+    v, i, tr = merge_variants([("none", none), ("flip", flip)], k=4)
+    # query 0: item 3 best via flip (0.95); item 1 0.9; items 0 and 2 tie at 0.8 -> lower index 0 first
+    assert i[0].tolist() == [3, 1, 0, 2]
+    assert v[0].tolist() == [0.95, 0.9, 0.8, 0.8]
+    assert tr[0].tolist() == ["flip", "none", "flip", "none"]  # item 2: equal 0.8 -> earlier variant 'none'
+    # query 1: item 4 ties at 0.5 in both -> 'none'; padding
+    assert i[1].tolist() == [4, 7, -1, -1]
+    assert tr[1].tolist() == ["none", "flip", None, None]
+    assert np.isnan(v[1, 2:]).all()
+    v2, i2, tr2 = merge_variants([("flip", flip), ("none", none)], k=2)
+    assert tr2[1, 0] == "flip"
+
+
+def test_shift_label() -> None:
+    assert shift_label(2, -1) == "shift(+2,-1)"
+    assert shift_label(0, 3) == "shift(+0,+3)"
+
+
+def test_shift_rerank_finds_planted_shift() -> None:
+    rng = np.random.default_rng(0)
+    h = w = 32
+    base = rng.random((1, h + 8, w + 8))
+    query = base[:, 4:4 + h, 4:4 + w]
+    # train item 1 is the query moved by (dy, dx) = (+3, -2): query[y, x] == train[y - 3, x + 2]
+    shifted = base[:, 4 + 3:4 + 3 + h, 4 - 2:4 - 2 + w]
+    train = np.stack([rng.random((1, h, w)), shifted, query.copy()])
+    best, shifts = shift_rerank(query, train, max_shift=4)
+    assert shifts[1] == (3, -2)
+    assert best[1] == pytest.approx(1.0, abs=1e-12)
+    assert shifts[2] == (0, 0) and best[2] == pytest.approx(1.0, abs=1e-12)
+    assert best[0] < 0.5
+
+
+def test_shift_rerank_prefers_zero_shift_on_ties() -> None:
+    # a constant-along-x image correlates equally at every dx: (0, 0) must win
+    col = np.random.default_rng(1).random(16)
+    img = np.repeat(col[:, None], 16, axis=1)[None]
+    best, shifts = shift_rerank(img, img[None].copy(), max_shift=3)
+    assert shifts == [(0, 0)]
+    assert best[0] == pytest.approx(1.0)
+
+
+def test_shift_rerank_validation() -> None:
+    with pytest.raises(InputError):
+        shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 9)), 1)
+    with pytest.raises(InputError):
+        shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 8)), 7)
