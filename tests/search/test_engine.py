@@ -365,3 +365,66 @@ def test_cuda_identical_to_cpu(near_ties, gaussian, precision: str) -> None:
         cpu = search_topk(q, blocks_of(t, 17), 5, precision="float64", device="cpu")
         gpu = search_topk(q, blocks_of(t, 17), 5, precision=precision, device="cuda")
         assert_same(gpu, cpu)
+
+
+# --------------------------------------------------------------------------------------------------
+# the exact integer path (uint8 items)
+
+
+def test_auto_takes_the_integer_path_for_uint8() -> None:
+    assert resolve_precision("auto", "cpu", np.uint8, 1000) == "int8"
+    assert resolve_precision("auto", "cpu", np.float32, 1000) != "int8"
+    assert resolve_precision("auto", "cpu", np.uint8, engine.INT8_MAX_D + 1) != "int8"
+    with pytest.raises(InputError, match="uint8"):
+        resolve_precision("int8", "cpu", np.float32, 1000)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_int8_near_ties_exact_for_every_block_size(near_ties, block: int) -> None:
+    q, t = near_ties
+    res = search_topk(q, blocks_of(t, block), 5, precision="int8")
+    assert res.precision == "int8" and res.epsilon == 0.0
+    check_against_reference(res, q, t, 5)
+    assert_same(res, search_topk(q, blocks_of(t, len(t)), 5, precision="int8"))
+    # agrees with the float64 routine to rounding (a different exact formula: not bitwise)
+    f64 = search_topk(q, blocks_of(t, block), 5, precision="float64")
+    np.testing.assert_array_equal(res.indices, f64.indices)
+    np.testing.assert_allclose(res.values, f64.values, atol=1e-13, rtol=0)
+
+
+def test_int8_ties_constants_and_padding() -> None:
+    rng = np.random.default_rng(7)
+    t = rng.integers(0, 256, size=(40, 333), dtype=np.uint8)  # d not a multiple of 8
+    t[9] = t[4]  # exact duplicate: the lower index must win
+    t[20] = 17  # constant: never matched
+    q = np.concatenate([t[[4, 20]], rng.integers(0, 256, size=(3, 333), dtype=np.uint8)])
+    res = search_topk(q, blocks_of(t, 6), 3, precision="int8")
+    assert list(res.indices[0, :2]) == [4, 9] and res.values[0, 0] == res.values[0, 1] == 1.0
+    assert (res.indices[1] == -1).all() and np.isnan(res.values[1]).all()  # constant query
+    assert 20 not in res.indices
+    check_against_reference(res, q, t, 3)
+    # k larger than the valid items pads with -1 / NaN
+    small = search_topk(q[:1], blocks_of(t[:3], 2), 5, precision="int8")
+    assert sorted(small.indices[0, :3]) == [0, 1, 2] and list(small.indices[0, 3:]) == [-1, -1]
+    assert np.isnan(small.values[0, 3:]).all()
+
+
+def test_int8_long_items_are_chunked_exactly() -> None:
+    """d above one int8 chunk (131,064): chunk sums are added exactly in int64."""
+    rng = np.random.default_rng(8)
+    d = engine.INT8_CHUNK + 5_000
+    t = rng.integers(0, 256, size=(6, d), dtype=np.uint8)
+    t[3] = 255 - t[1]  # correlation exactly -1 with item 1
+    q = np.concatenate([t[[1]], np.full((1, d), 255, np.uint8) - t[[1]]])
+    res = search_topk(q, blocks_of(t, 4), 6, precision="int8")
+    check_against_reference(res, q, t, 6)
+    assert res.values[0, 0] == 1.0 and res.values[0, -1] == -1.0 and res.indices[0, -1] == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")
+def test_cuda_int8_identical_to_cpu(near_ties) -> None:
+    q, t = near_ties
+    cpu = search_topk(q, blocks_of(t, 17), 5, precision="int8", device="cpu")
+    gpu = search_topk(q, blocks_of(t, 17), 5, precision="int8", device="cuda")
+    assert_same(gpu, cpu)

@@ -27,6 +27,17 @@ set from disk block by block. This module does all three:
 So ``precision='bf16'`` and ``precision='float64'`` return bitwise identical results; the screen
 precision only changes how many candidates are re-ranked.
 
+**Exact integer path** (``precision='int8'``, the default for 8-bit data such as the study's PNG-like
+slices): Pearson correlation is invariant to shifts, so with ``x' = x - 128`` (int8, exact) it is
+``(d Σx'y' - Σx' Σy') / sqrt((d Σx'² - (Σx')²) (d Σy'² - (Σy')²))``. ``Σx'y'`` comes from the int8
+matrix unit (``torch._int_mm``: AMX/VNNI on CPUs, int8 tensor cores on GPUs) with int32 accumulation,
+which is *exact* as long as a chunk has fewer than 2^31 / 2^14 = 131,072 terms; chunk sums add up in
+int64, and the numerator and variances are exact int64 for d ≤ 2^24. The only rounding is in the
+final float64 division and square roots (a few ulp), performed in the same order for every pair, so
+values are bitwise reproducible across block sizes, devices and thread counts. No screen margin and no
+re-rank are needed: ε = 0, candidates are just the block's top-k and exact ties. Values agree with the
+float64 routine to ~1e-15 (not bitwise: a different, equally exact formula).
+
 The error bound follows the standard rounding-error model and the inner-product bound
 ``|fl(xᵀy) - xᵀy| <= γ_m Σ|x_i y_i|``, ``γ_m = m u / (1 - m u)``, valid for any summation order
 (N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., SIAM 2002, §2.2, Lemma 3.1,
@@ -73,10 +84,14 @@ __all__ = [
 ]
 
 #: Accepted values of ``precision`` ('tf32' only on CUDA).
-PRECISIONS = ("auto", "bf16", "fp16", "tf32", "float32", "float64")
+PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64")
 #: Reduction length of one screened product used by :func:`search_topk` (≤ 65,536). Smaller chunks
 #: shrink γ_m and cost nothing in the output-rounding term (the chunks' |partial sums| add up to ≤ ~1).
 SCREEN_CHUNK = 16384
+#: Reduction length of one int8 product: |Σ x'y'| <= m 2^14 < 2^31 needs m < 131,072 (multiple of 8).
+INT8_CHUNK = 131064
+#: Largest d for the exact integer path: |d Σx'y' - Σx'Σy'| <= 2 d² 2^14 < 2^63.
+INT8_MAX_D = 2**24
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -236,25 +251,34 @@ def _cpu_has_bf16() -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """Resolve ``'auto'`` and validate the screen precision for a device.
+def resolve_precision(precision: str, device: str, dtype: np.dtype | None = None, d: int | None = None) -> str:
+    """Resolve ``'auto'`` and validate the screen precision for a device (and the data's dtype).
 
     Args:
-        precision: 'auto' | 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64'.
+        precision: 'auto' | 'int8' | 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64'.
         device: 'cpu' | 'cuda'.
+        dtype: the items' dtype, when known: 8-bit unsigned data takes the exact integer path.
+        d: values per item, when known (the integer path needs d ≤ 2^24).
 
     Returns:
-        'auto' → 'bf16' on CUDA; on the CPU 'bf16' if it has AMX-BF16 or AVX512-BF16, else 'float32'.
-        Other values are returned unchanged ('tf32' is CUDA-only).
+        'auto' → 'int8' for uint8 items (d ≤ 2^24); else 'bf16' on CUDA; on the CPU 'bf16' if it has
+        AMX-BF16 or AVX512-BF16, else 'float32'. Other values are returned unchanged ('tf32' is
+        CUDA-only; 'int8' needs uint8 items).
     """
     if device not in ("cpu", "cuda"):
         raise InputError(_unknown("device", device, ("cpu", "cuda")))
     if precision not in PRECISIONS:
         raise InputError(_unknown("precision", precision, PRECISIONS))
+    int8_ok = dtype is not None and np.dtype(dtype) == np.uint8 and (d is None or d <= INT8_MAX_D)
     if precision == "auto":
+        if int8_ok:
+            return "int8"
         if device == "cuda":
             return "bf16"
         return "bf16" if _cpu_has_bf16() else "float32"
+    if precision == "int8" and dtype is not None and not int8_ok:
+        raise InputError(f"precision 'int8' is exact for uint8 items with d <= 2^24 only; these are "
+                         f"{np.dtype(dtype)} with d={d} (use 'bf16' or 'float64')")
     if precision == "tf32" and device != "cuda":
         raise InputError("precision 'tf32' needs device 'cuda'; on the CPU use 'bf16' or 'float32'")
     return precision
@@ -529,6 +553,7 @@ class _Prepared:
     z: torch.Tensor | None  # normalised rows on the device (screen dtype), or pending copy
     raw_dev: torch.Tensor | None = None
     copied: torch.cuda.Event | None = None
+    int_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # int8 path: Σx' and d²·variance
 
 
 @dataclass
@@ -540,6 +565,8 @@ class _Screened:
 
 class _Screen:
     """Holds the normalised queries on the device and screens train sub-blocks against them."""
+
+    exact_scores = False
 
     def __init__(self, queries: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, q_valid: np.ndarray,
                  precision: str, device: str, chunk: int, k: int) -> None:
@@ -641,6 +668,104 @@ class _Screen:
         return _Screened(prep, scores, s_k)
 
 
+def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
+    return max(minimum, -(-n // multiple) * multiple)
+
+
+class _IntScreen:
+    """The exact integer path for uint8 items: int8 products with exact integer sums (see module doc).
+
+    ``screen`` returns *exact* float64 correlations for the whole block (invalid items ``-inf``), so
+    ``ε = 0`` and no re-rank is needed. Shapes are padded with zeros (which add nothing to the sums) to
+    what ``torch._int_mm`` needs on CUDA (rows > 16, inner and column sizes multiples of 8).
+    """
+
+    exact_scores = True
+    precision = "int8"
+    rounded_output = False
+
+    def __init__(self, queries: np.ndarray, device: str, k: int) -> None:
+        if queries.dtype != np.uint8:
+            raise InputError(f"precision 'int8' needs uint8 items, got {queries.dtype}")
+        self.device = torch.device(device)
+        self.cuda = device == "cuda"
+        self.k = k
+        self.nq, self.d = queries.shape
+        if self.d > INT8_MAX_D:
+            raise InputError(f"precision 'int8' supports d <= 2^24, got d={self.d}")
+        self.dp = _pad_to(self.d, 8)
+        self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
+        self.copy_stream = torch.cuda.Stream() if self.cuda else None
+        zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
+        self.zq = zq.to(self.device)
+        self.q_s1 = torch.from_numpy(s1).to(self.device)
+        self.q_sqrt = torch.from_numpy(sq).to(self.device)
+        self.q_valid = var[: self.nq] > 0
+
+    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None):
+        """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx' int64, d²·variance int64, same as float64)."""
+        if raw.dtype != np.uint8:
+            raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
+        n = raw.shape[0]
+        rows = n if pad_rows is None else max(n, pad_rows)
+        z = np.zeros((rows, self.dp), dtype=np.int8)
+        np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
+        t = torch.from_numpy(z[:n, : self.d])
+        s1 = np.zeros(rows, dtype=np.int64)
+        s2 = np.zeros(rows, dtype=np.int64)
+        step = max(1, _STATS_ELEMS * 4 // max(self.d, 1))
+        for r in range(0, n, step):
+            e = min(n, r + step)
+            part = t[r:e].to(torch.int32)
+            s1[r:e] = part.sum(dim=1, dtype=torch.int64).numpy()
+            s2[r:e] = (part * part).sum(dim=1, dtype=torch.int64).numpy()
+        var = self.d * s2 - s1 * s1  # = d² · population variance, exact
+        return torch.from_numpy(z), s1, var, var.astype(np.float64)
+
+    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
+        n = raw.shape[0]
+        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8))
+        valid = var[:n] > 0
+        prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
+        if self.cuda:
+            assert self.copy_stream is not None
+            with torch.cuda.stream(self.copy_stream):
+                prep.raw_dev = z.pin_memory().to(self.device, non_blocking=True)
+                prep.copied = torch.cuda.Event()
+                prep.copied.record(self.copy_stream)
+        else:
+            prep.raw_dev = z
+        prep.int_stats = (torch.from_numpy(s1).to(self.device), torch.from_numpy(sq).to(self.device))
+        return prep
+
+    def screen(self, prep: _Prepared) -> _Screened:
+        assert prep.raw_dev is not None
+        if self.cuda:
+            assert prep.copied is not None
+            torch.cuda.current_stream().wait_event(prep.copied)
+            prep.raw_dev.record_stream(torch.cuda.current_stream())
+        zt = prep.raw_dev
+        prep.raw_dev = None
+        acc: torch.Tensor | None = None
+        for a, b in self.bounds:
+            part = torch._int_mm(self.zq[:, a:b], zt[:, a:b].t())
+            acc = part.to(torch.int64) if acc is None else acc.add_(part)
+        assert acc is not None
+        n = len(prep.valid)
+        t_s1, t_sq = prep.int_stats
+        num = acc[: self.nq, :n].mul_(self.d).sub_(self.q_s1[: self.nq, None] * t_s1[None, :n])
+        # sqrt(fl(v_q v_t)) rather than sqrt(v_q) sqrt(v_t): an item against itself gives exactly 1
+        scores = num.to(torch.float64).div_((self.q_sqrt[: self.nq, None] * t_sq[None, :n]).sqrt_())
+        invalid = torch.from_numpy(~prep.valid).to(self.device)
+        if bool(invalid.any()):
+            scores.masked_fill_(invalid[None, :], -math.inf)
+        if int(prep.valid.sum()) >= self.k:
+            s_k = torch.topk(scores, self.k, dim=1, largest=True, sorted=True).values[:, -1]
+        else:
+            s_k = torch.full((self.nq,), -math.inf, dtype=scores.dtype, device=self.device)
+        return _Screened(prep, scores, s_k)
+
+
 def _fill_normalised(raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray,
                      z: np.ndarray) -> None:
     n, d = raw.shape
@@ -709,23 +834,30 @@ def search_topk(
         raise InputError(f"candidate_cap must be >= 1, got {candidate_cap}")
     if not 1 <= chunk <= 65536:
         raise InputError(f"chunk must be in 1..65536, got {chunk}")
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, queries.dtype, queries.shape[1])
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but torch.cuda.is_available() is False")
     nq, d = queries.shape
     if d == 0:
         raise InputError("items have no values (d = 0)")
 
-    q_mean, q_norm = item_stats(queries)
-    q_valid = _valid(q_mean, q_norm)
-    screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
-    eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+    screen: _Screen | _IntScreen
+    if precision == "int8":
+        screen = _IntScreen(queries, device, k)
+        q_valid = screen.q_valid
+        q_mean = q_norm = np.zeros(0)
+        eps = 0.0
+    else:
+        q_mean, q_norm = item_stats(queries)
+        q_valid = _valid(q_mean, q_norm)
+        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
+        eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
     logger.debug("search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e",
                  nq, d, k, precision, device, eps)
 
     # centred float64 queries, kept when they fit in _QUERY_CACHE_BYTES (faster exact re-rank)
     q_centred: np.ndarray | None = None
-    if nq * d * 8 <= _QUERY_CACHE_BYTES:
+    if not screen.exact_scores and nq * d * 8 <= _QUERY_CACHE_BYTES:
         q_centred = np.empty((nq, d), dtype=np.float64)
         for r in range(0, nq, 1024):
             q_centred[r:r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
@@ -761,6 +893,15 @@ def search_topk(
         else:
             thr_t = torch.from_numpy(thr).to(screen.device)
         mask = sc.scores >= thr_t[:, None]
+        if screen.exact_scores:  # exact values: the block's top-k and exact ties, nothing to re-rank
+            pairs_t = torch.nonzero(mask)
+            vals = sc.scores[pairs_t[:, 0], pairs_t[:, 1]].cpu().numpy()
+            pairs = pairs_t.cpu().numpy()
+            del mask, sc.scores
+            ti = pairs[:, 1].astype(np.int64)
+            n_cand += len(ti)
+            best_v, best_i = _merge(best_v, best_i, pairs[:, 0].astype(np.intp), ti + prep.start, vals)
+            return
         counts = mask.sum(dim=1)
         over = counts > candidate_cap
         n_over = int(over.sum())
