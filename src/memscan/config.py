@@ -9,7 +9,7 @@ from typing import Any
 from memscan.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "float32", "float64", "exact")
+PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64", "exact")
 _UNITS = {
     "": 1,
     "b": 1,
@@ -45,7 +45,9 @@ class ScanOptions:
     Attributes:
         top_k: matches kept per synthetic item.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        precision: screen precision; ``exact``/``float64`` is the plain float64 path.
+        precision: screen precision (results are exact whatever it is): ``auto`` takes the exact integer
+            path for 8-bit data and a bf16 screen + float64 re-rank otherwise; ``exact`` (= ``float64``) is
+            the plain float64 path, for comparison.
         flips: also compare each synthetic item mirrored left-right.
         max_shift: translation tolerance in pixels, evaluated on the re-rank candidates.
         mask: ``none``, ``foreground`` (derived from the training set) or a path to a mask file.
@@ -54,6 +56,8 @@ class ScanOptions:
         memory_budget: bytes of RAM the scan may use for its blocks.
         fail_above: release gate: exit code 3 when the flagged fraction exceeds it.
         shift_candidates: candidates per item re-ranked under shifts.
+        query_block: items per query block (default: from the memory budget); never changes results.
+        train_block: items per training block (default: from the memory budget); never changes results.
     """
 
     top_k: int = 5
@@ -67,6 +71,8 @@ class ScanOptions:
     memory_budget: int = 4 * 2**30
     fail_above: float | None = None
     shift_candidates: int = 20
+    query_block: int | None = None
+    train_block: int | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -81,8 +87,17 @@ class ScanOptions:
             raise InputError(f"--threshold must be a correlation in [-1, 1], got {self.threshold}")
         if self.memory_budget < 64 * 2**20:
             raise InputError(f"--memory-budget must be at least 64MiB, got {self.memory_budget} bytes")
+        for name in ("query_block", "train_block", "shift_candidates"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
         if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
             raise InputError(f"--fail-above must be a fraction in [0, 1], got {self.fail_above}")
+
+    @property
+    def engine_precision(self) -> str:
+        """The engine's name for the precision (``exact`` is the float64 path)."""
+        return "float64" if self.precision == "exact" else self.precision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -234,7 +234,7 @@ def _search_query_block(
     if opts.flips:
         variant_items.append(("flip", variants.flip_lr(items)))
     for name, vitems in variant_items:
-        res = engine.search_topk(feats(vitems), stream, k_search, precision=opts.precision, device=device)
+        res = engine.search_topk(feats(vitems), stream, k_search, precision=opts.engine_precision, device=device)
         stats["n_candidates"] += int(res.n_candidates)
         stats["n_fallback"] += int(res.n_fallback)
         stats["precision"], stats["epsilon"] = res.precision, float(res.epsilon)
@@ -375,6 +375,7 @@ def scan(
     d = feats.dim(train_ds.item_shape)
     itemsize = train_ds.dtype.itemsize
     qb, tb = plan_blocks(train_ds.n_items, synth_ds.n_items, d, itemsize, opts.memory_budget)
+    qb, tb = min(opts.query_block or qb, synth_ds.n_items), min(opts.train_block or tb, train_ds.n_items)
     # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
     fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and synth_ds.n_items > qb
     stream = _train_stream(train_ds, feats, tb, [] if fits else None)

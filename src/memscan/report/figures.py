@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "HistogramSeries",
+    "PairCanvas",
     "PairPanel",
     "align_to_train",
     "display_plane",
@@ -235,22 +237,150 @@ class PairPanel:
     message: str | None = None
 
 
-def _image_axis(ax, image: np.ndarray | None, title: str, vmin: float, vmax: float, message: str | None = None):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=9.5)
-    if image is None:
-        ax.set_facecolor("#f3f3f3")
-        ax.set_aspect("equal")
+# Panel rectangles in inches (left, bottom, width, height) on a 13 x 3 inch canvas (1300 x 300 px).
+_FIG_SIZE = (13.0, 3.0)
+_IMG = 2.35
+_RECTS = [
+    (0.15, 0.12, _IMG, _IMG),  # training
+    (2.65, 0.12, _IMG, _IMG),  # synthetic
+    (5.80, 0.55, 1.85, 1.85),  # scatter
+    (8.10, 0.12, _IMG, _IMG),  # previous slice
+    (10.6, 0.12, _IMG, _IMG),  # next slice
+]
+
+
+class PairCanvas:
+    """A reusable five-panel figure of one matched pair (the study's layout).
+
+    training image | synthetic image (aligned) | pixel-intensity 2D histogram with r | previous slice |
+    next slice of the training subject. The figure and its axes are built once and only their data are
+    replaced for each pair, which makes a gallery of dozens of pairs take seconds, not minutes.
+    """
+
+    def __init__(self) -> None:
+        w, h = _FIG_SIZE
+        self.fig = Figure(figsize=_FIG_SIZE, dpi=100, facecolor="white")
+        FigureCanvasAgg(self.fig)
+        self.axes = [self.fig.add_axes((x / w, y / h, aw / w, ah / h)) for x, y, aw, ah in _RECTS]
+        blank = np.zeros((2, 2))
+        self.images = []
+        self.messages = []
+        for i in (0, 1, 3, 4):
+            ax = self.axes[i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            self.images.append(ax.imshow(blank, cmap="gray", interpolation="nearest"))
+            self.messages.append(ax.text(0.5, 0.5, "", transform=ax.transAxes, ha="center", va="center",
+                                         fontsize=9, color="#555555", linespacing=1.5))
+        ax = self.axes[2]
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+        self.density = ax.imshow(np.ma.masked_all((2, 2)), cmap=cmap, origin="lower", aspect="equal",
+                                 interpolation="nearest", norm=LogNorm(vmin=1, vmax=10), extent=(0, 1, 0, 1))
+        (self.diagonal,) = ax.plot([0, 1], [0, 1], color=SYNTHETIC_COLOUR, linewidth=0.9, linestyle="--")
+        ax.set_xlabel("training pixel value", fontsize=8.5)
+        ax.set_ylabel("synthetic pixel value", fontsize=8.5)
+        ax.tick_params(labelsize=7.5)
+        ax.spines[["top", "right"]].set_visible(False)
+
+    def _panel(self, slot: int, image: np.ndarray | None, title: str, vmin: float, vmax: float,
+               message: str | None = None) -> None:
+        ax = self.axes[(0, 1, 3, 4)[slot]]
+        im, text = self.images[slot], self.messages[slot]
+        ax.set_title(title, fontsize=9.5, linespacing=1.3)
+        if image is None:
+            im.set_visible(False)
+            text.set_text(message or "not available")
+            ax.set_facecolor("#f1f3f5")
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_edgecolor("#b8c0c8")
+                spine.set_linestyle((0, (3, 2)))
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            return
+        im.set_visible(True)
+        text.set_text("")
+        ax.set_facecolor("white")
         for spine in ax.spines.values():
-            spine.set_edgecolor("#bbbbbb")
-            spine.set_linestyle((0, (3, 2)))
-        ax.text(0.5, 0.5, message or "not available", transform=ax.transAxes, ha="center", va="center",
-                fontsize=8.5, color="#555555", wrap=True)
-        return
-    ax.imshow(np.ma.masked_invalid(image), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+            spine.set_visible(False)
+        img = np.ma.masked_invalid(image)
+        im.set_data(img)
+        im.set_cmap(matplotlib.colormaps["gray"].with_extremes(bad="#f4e1dc"))
+        im.set_clim(vmin, vmax)
+        rows, cols = image.shape
+        im.set_extent((-0.5, cols - 0.5, rows - 0.5, -0.5))
+        ax.set_xlim(-0.5, cols - 0.5)
+        ax.set_ylim(rows - 0.5, -0.5)
+        ax.set_aspect("equal", adjustable="box")
+
+    def draw(
+        self,
+        train_item: np.ndarray,
+        synthetic_aligned: np.ndarray,
+        valid: np.ndarray,
+        out: Path,
+        *,
+        channel: int,
+        compared_channels: Sequence[int] | None,
+        spatial_dims: int,
+        synthetic_title: str,
+        train_title: str,
+        neighbours: Sequence[PairPanel],
+        max_points: int = 400_000,
+    ) -> tuple[Path, float]:
+        """Draw one pair and save it as PNG.
+
+        Args:
+            train_item: the training item ``[C, *S]``.
+            synthetic_aligned: the synthetic item after ``align_to_train`` (float64, NaN outside the overlap).
+            valid: overlap mask from ``align_to_train``.
+            out: PNG path.
+            channel: channel shown in the image panels.
+            compared_channels: channels in the scatter plot and r (None: all of them, as in the scan).
+            spatial_dims: 2 or 3 (3D items show their middle axial slice).
+            synthetic_title, train_title: panel titles.
+            neighbours: the two neighbour panels (previous, next).
+            max_points: pixels counted in the 2D histogram at most (an even subsample beyond).
+
+        Returns:
+            ``(out, r)``: r is the Pearson correlation over the compared channels and the overlap.
+        """
+        chans = list(range(train_item.shape[0])) if compared_channels is None else list(compared_channels)
+        t = np.asarray(train_item, dtype=np.float64)[chans]
+        s = np.asarray(synthetic_aligned, dtype=np.float64)[chans]
+        v = np.asarray(valid)[chans]
+        r = pearson(s, t, v)
+        t_plane = display_plane(train_item, channel, spatial_dims)
+        s_plane = display_plane(synthetic_aligned, channel, spatial_dims)
+        finite = np.concatenate([t_plane.reshape(-1), s_plane[np.isfinite(s_plane)]])
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if vmax <= vmin:
+            vmax = vmin + 1.0
+        self._panel(0, t_plane, train_title, vmin, vmax)
+        self._panel(1, s_plane, synthetic_title, vmin, vmax)
+        panels = list(neighbours)[:2] + [PairPanel("", None, "")] * (2 - min(2, len(neighbours)))
+        for slot, panel in zip((2, 3), panels, strict=True):
+            self._panel(slot, panel.image, panel.title, vmin, vmax, panel.message)
+
+        ax = self.axes[2]
+        xs, ys = t[v], s[v]
+        if xs.size > max_points:
+            step = int(np.ceil(xs.size / max_points))
+            xs, ys = xs[::step], ys[::step]
+        lo = float(min(xs.min(), ys.min())) if xs.size else 0.0
+        hi = float(max(xs.max(), ys.max())) if xs.size else 1.0
+        if hi <= lo:
+            hi = lo + 1.0
+        counts, _, _ = np.histogram2d(xs, ys, bins=80, range=[[lo, hi], [lo, hi]])
+        self.density.set_data(np.ma.masked_less(counts.T, 1))
+        self.density.set_extent((lo, hi, lo, hi))
+        self.density.set_clim(1, max(2.0, float(counts.max())))
+        self.diagonal.set_data([lo, hi], [lo, hi])
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"pixel intensities, r = {r:.4f}" if np.isfinite(r) else "pixel intensities, r = n/a",
+                     fontsize=9.5)
+        return _save(self.fig, out), r
 
 
 def pair_figure(
@@ -258,73 +388,7 @@ def pair_figure(
     synthetic_aligned: np.ndarray,
     valid: np.ndarray,
     out: Path,
-    *,
-    channel: int,
-    compared_channels: Sequence[int] | None,
-    spatial_dims: int,
-    synthetic_title: str,
-    train_title: str,
-    neighbours: Sequence[PairPanel],
-    max_points: int = 200_000,
+    **kwargs,
 ) -> tuple[Path, float]:
-    """The study's figure of one matched pair, in one row of five panels.
-
-    training image | synthetic image (aligned) | pixel-intensity 2D histogram with r | previous slice |
-    next slice of the training subject.
-
-    Args:
-        train_item: the training item ``[C, *S]``.
-        synthetic_aligned: the synthetic item after ``align_to_train`` (float64, NaN outside the overlap).
-        valid: overlap mask from ``align_to_train``.
-        out: PNG path.
-        channel: channel shown in the image panels.
-        compared_channels: channels that enter the scatter plot and r (None: all, as in the scan).
-        spatial_dims: 2 or 3 (3D items show their middle axial slice).
-        synthetic_title, train_title: panel titles.
-        neighbours: the two neighbour panels (previous, next).
-        max_points: pixels drawn in the 2D histogram at most (an even subsample beyond).
-
-    Returns:
-        ``(out, r)`` with r the Pearson correlation over the compared channels and the overlap.
-    """
-    chans = list(range(train_item.shape[0])) if compared_channels is None else list(compared_channels)
-    t = np.asarray(train_item, dtype=np.float64)[chans]
-    s = synthetic_aligned[chans]
-    v = valid[chans]
-    r = pearson(s, t, v)
-    t_plane = display_plane(train_item, channel, spatial_dims)
-    s_plane = display_plane(synthetic_aligned, channel, spatial_dims)
-    finite = np.concatenate([t_plane.reshape(-1), s_plane[np.isfinite(s_plane)].reshape(-1)])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmax <= vmin:
-        vmax = vmin + 1.0
-
-    fig = Figure(figsize=(13.0, 2.95), layout="constrained")
-    axes = fig.subplots(1, 5, gridspec_kw={"width_ratios": [1, 1, 1.1, 1, 1]})
-    _image_axis(axes[0], t_plane, train_title, vmin, vmax)
-    _image_axis(axes[1], s_plane, synthetic_title, vmin, vmax)
-
-    ax = axes[2]
-    xs, ys = t[v].reshape(-1), s[v].reshape(-1)
-    if xs.size > max_points:
-        step = int(np.ceil(xs.size / max_points))
-        xs, ys = xs[::step], ys[::step]
-    if xs.size:
-        lo = float(min(xs.min(), ys.min()))
-        hi = float(max(xs.max(), ys.max()))
-        if hi <= lo:
-            hi = lo + 1.0
-        ax.hist2d(xs, ys, bins=64, range=[[lo, hi], [lo, hi]], cmap="viridis", norm=LogNorm(), cmin=1)
-        ax.plot([lo, hi], [lo, hi], color="#D55E00", linewidth=0.8, linestyle="--")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("training pixel", fontsize=8.5)
-    ax.set_ylabel("synthetic pixel", fontsize=8.5)
-    ax.tick_params(labelsize=7.5)
-    ax.set_title(f"pixel intensities, r = {r:.4f}" if np.isfinite(r) else "pixel intensities, r = n/a",
-                 fontsize=9.5)
-
-    for ax, panel in zip(axes[3:], list(neighbours)[:2], strict=False):
-        _image_axis(ax, panel.image, panel.title, vmin, vmax, panel.message)
-    return _save(fig, out), r
+    """One pair figure on a fresh ``PairCanvas`` (see ``PairCanvas.draw`` for the arguments)."""
+    return PairCanvas().draw(train_item, synthetic_aligned, valid, out, **kwargs)

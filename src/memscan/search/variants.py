@@ -180,13 +180,20 @@ def _shift_order(max_shift: int) -> list[tuple[int, int]]:
 def shift_rerank(
     query: np.ndarray, train_items: np.ndarray, max_shift: int
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Best correlation over integer shifts, exactly, on the overlapping region only.
+    """Best correlation over integer shifts, on the overlapping region only, all shifts at once.
 
     Shift ``(dy, dx)`` compares ``query[:, y, x]`` with ``train[:, y - dy, x - dx]``: both are cropped
-    to the overlap (``H - |dy|`` by ``W - |dx|`` pixels, all channels) and correlated in float64
-    (centre, elementwise product, pairwise sum, divide by the norms). The zero shift wins ties, then the
-    smaller shift (|dy| + |dx|), then the lower (dy, dx); values within 1e-12 (float64 rounding of
-    sums over differently cropped regions) count as ties.
+    to the overlap (``H - |dy|`` by ``W - |dx|`` pixels, all channels) and correlated:
+    ``(n Σqt - Σq Σt) / sqrt((n Σq² - (Σq)²)(n Σt² - (Σt)²))``. The cross sums ``Σqt`` of every shift
+    come from one FFT cross-correlation per candidate (zero-padded, so no wrap-around); the crop sums
+    ``Σq, Σq²`` from integral images.
+
+    Exactness: for integer items (e.g. uint8) every sum is an integer below 2^42, the FFT's rounding
+    error is far below 0.5 and ``Σqt`` is rounded back to the exact integer; the value is then computed
+    exactly as the int8 engine does (bitwise equal to it at shift (0, 0)). For float items the sums are
+    float64 after centring on the full-image mean (relative error ~1e-12). The zero shift wins ties,
+    then the smaller shift (|dy| + |dx|), then the lower (dy, dx); for float items values within 1e-12
+    count as ties.
 
     Args:
         query: ``[C, H, W]``.
@@ -196,6 +203,8 @@ def shift_rerank(
     Returns:
         ``(best float64 [m] (NaN if constant on every overlap), shifts [(dy, dx)] * m)``.
     """
+    from scipy import fft as sfft
+
     query = np.asarray(query)
     train_items = np.asarray(train_items)
     if query.ndim != 3 or train_items.ndim != 4 or train_items.shape[1:] != query.shape:
@@ -203,21 +212,47 @@ def shift_rerank(
             f"shift_rerank expects query [C, H, W] and train_items [m, C, H, W]; got {query.shape} and "
             f"{train_items.shape}"
         )
-    _, h, w = query.shape
+    c, h, w = query.shape
     if not isinstance(max_shift, int | np.integer) or max_shift < 0 or max_shift > min(h, w) - 2:
         raise InputError(f"max_shift must be an integer in 0..{min(h, w) - 2}, got {max_shift!r}")
+    s = int(max_shift)
     m = train_items.shape[0]
+    if m == 0:
+        return np.zeros(0), []
+    integer = _exact_integer(query, train_items)
+    q = query.astype(np.float64)
+    t = train_items.astype(np.float64)
+    if not integer:  # centring (shift-invariant) keeps the float sums well conditioned
+        q -= q.mean()
+        t -= t.mean(axis=(1, 2, 3), keepdims=True)
+    fh, fw = sfft.next_fast_len(h + s, real=True), sfft.next_fast_len(w + s, real=True)
+    fq = sfft.rfft2(q, s=(fh, fw), workers=-1)
+    cross = np.empty((m, fh, fw))
+    for a in range(0, m, 16):  # bounded memory: 16 candidates' spectra at a time
+        ft = sfft.rfft2(t[a : a + 16], s=(fh, fw), workers=-1)
+        cross[a : a + 16] = sfft.irfft2((ft.conj() * fq[None]).sum(axis=1), s=(fh, fw), workers=-1)
+    dtype = np.int64 if integer else np.float64
+    if integer:
+        q, t, cross = q.astype(np.int64), t.astype(np.int64), np.rint(cross).astype(np.int64)
+    q1, q2 = _integral(q.sum(axis=0)), _integral((q * q).sum(axis=0))
+    t1, t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))
     best = np.full(m, -np.inf)
     shifts: list[tuple[int, int]] = [(0, 0)] * m
-    q64 = query.astype(np.float64)
-    t64 = train_items.astype(np.float64)
-    for dy, dx in _shift_order(int(max_shift)):
-        qc = q64[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)].reshape(1, -1)
-        tc = t64[:, :, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)].reshape(m, -1)
-        vals = _pearson_rows(qc, tc)
-        # a later shift must win by more than the rounding of the overlap sums: earlier shifts, (0, 0)
-        # first, win ties; NaN never wins
-        better = vals > best + _TIE_TOL
+    tol = 0.0 if integer else _TIE_TOL
+    for dy, dx in _shift_order(s):
+        qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
+        ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
+        n = dtype(c * (qy[1] - qy[0]) * (qx[1] - qx[0]))
+        sq, sqq = _box(q1, qy, qx), _box(q2, qy, qx)
+        st, stt = _box(t1, ty, tx), _box(t2, ty, tx)
+        sqt = cross[:, dy % fh, dx % fw]
+        num = n * sqt - sq * st
+        vq, vt = n * sqq - sq * sq, n * stt - st * st
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals = num.astype(np.float64) / np.sqrt(np.float64(vq) * vt.astype(np.float64))
+        vals[(vt <= 0) | (vq <= 0) | ~np.isfinite(vals)] = np.nan
+        # a later shift must win by more than the tie tolerance: earlier shifts, (0, 0) first, win ties
+        better = vals > best + tol
         best[better] = vals[better]
         for i in np.flatnonzero(better):
             shifts[i] = (dy, dx)
@@ -225,15 +260,24 @@ def shift_rerank(
     return best, shifts
 
 
-def _pearson_rows(q: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Correlation of one row ``q [1, n]`` with each row of ``t [m, n]`` (float64, NaN if constant)."""
-    qc = q - q.sum(axis=1, keepdims=True) / q.shape[1]
-    tc = t - t.sum(axis=1, keepdims=True) / t.shape[1]
-    qn = np.sqrt((qc * qc).sum(axis=1))
-    tn = np.sqrt((tc * tc).sum(axis=1))
-    q_const = q.max() == q.min()
-    t_const = t.max(axis=1) == t.min(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vals = (qc * tc).sum(axis=1) / (qn * tn)
-    vals[t_const | q_const | ~np.isfinite(vals)] = np.nan
-    return vals
+def _exact_integer(query: np.ndarray, train_items: np.ndarray) -> bool:
+    """Integer items whose sums all stay below 2^42 (FFT error << 0.5, int64 formula exact)."""
+    if not (np.issubdtype(query.dtype, np.integer) and np.issubdtype(train_items.dtype, np.integer)):
+        return False
+    if query.size == 0 or min(int(query.min()), int(train_items.min())) < 0:
+        return False
+    peak = max(int(query.max()), int(train_items.max()), 1)
+    return query.size * peak * peak < 2**42
+
+
+def _integral(a: np.ndarray) -> np.ndarray:
+    """Integral image over the last two axes with a zero row/column in front: ``[..., H+1, W+1]``."""
+    out = np.zeros((*a.shape[:-2], a.shape[-2] + 1, a.shape[-1] + 1), dtype=a.dtype)
+    out[..., 1:, 1:] = a.cumsum(axis=-2).cumsum(axis=-1)
+    return out
+
+
+def _box(ii: np.ndarray, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
+    """Sum over rows ``ys[0]:ys[1]`` and columns ``xs[0]:xs[1]`` from an integral image."""
+    (y0, y1), (x0, x1) = ys, xs
+    return ii[..., y1, x1] - ii[..., y0, x1] - ii[..., y1, x0] + ii[..., y0, x0]

@@ -1,0 +1,593 @@
+"""``memscan report RUN``: one self-contained, auditable HTML report of a scan run.
+
+What is written into the run folder (all relative links, no external assets, no JavaScript, so the
+folder can be zipped, mailed and opened offline)::
+
+    RUN/report.html            verdict, key numbers, histogram, gallery page 1, subjects, how to read it
+    RUN/gallery-2.html, ...    further gallery pages (``per_page`` pairs each, ``max_gallery`` in all)
+    RUN/figures/histogram.png  maximum correlation: synthetic vs held-out vs train-vs-train
+    RUN/figures/pairs/pair-NNN.png   one matched pair per file, in the study's layout
+    RUN/synthetic.csv, matches.csv, subjects.csv (+ holdout.csv, baseline.csv when present)
+
+Files are written to temporary names and renamed into place; the figures folder is built beside the
+old one and swapped in whole, so a reader never sees a half-written report.
+
+The synthetic image of a pair is shown **after undoing its transform** (mirrored back, shifted back)
+so that it lies pixel-aligned on the training image; the transform is named in the caption and in the
+panel title. Images need the dataset folders named in ``summary.json``; when they cannot be opened
+(moved, deleted, another machine) the report is written without images and says so.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from memscan.data.store import Dataset
+from memscan.report import figures
+from memscan.scan import ScanResult, load_run
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = "figures"
+PAIRS_DIR = "pairs"
+REPORT_FILE = "report.html"
+SUBJECT_ROWS = 100  # rows of the per-subject table in the HTML (the CSV has all)
+READ_BUDGET = 256 * 2**20  # bytes of items read at once for the gallery
+_GALLERY_PAGE = re.compile(r"^gallery-(\d+)\.html$")
+
+
+# ----------------------------------------------------------------------------------------------- data model
+
+
+@dataclass
+class PairEntry:
+    """One gallery entry: a synthetic item and its nearest training item."""
+
+    rank: int
+    synthetic_id: str
+    train_id: str
+    subject: str
+    correlation: float
+    transform: str
+    p_value: float | None
+    flagged: bool
+    image: str | None = None  # relative path of the PNG
+    width: int | None = None
+    height: int | None = None
+    r_display: float | None = None  # r over the pixels of the scatter plot
+    note: str | None = None  # why there is no image, or what to keep in mind
+
+
+@dataclass
+class GalleryPage:
+    """One page of the gallery."""
+
+    number: int
+    href: str
+    entries: list[PairEntry] = field(default_factory=list)
+
+
+@dataclass
+class Images:
+    """The opened datasets behind a run, or why they could not be opened."""
+
+    train: Dataset | None
+    synthetic: Dataset | None
+    problem: str | None
+    warning: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.train is not None and self.synthetic is not None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_optional(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    if not path.is_file():
+        return None, None
+    try:
+        return pd.read_parquet(path), None
+    except Exception as exc:  # noqa: BLE001 - a damaged optional table must not stop the report
+        return None, f"{path.name} could not be read ({type(exc).__name__}: {exc})"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+def _open_one(recorded: str | None, run: Path, role: str) -> tuple[Dataset | None, str | None]:
+    if not recorded:
+        return None, f"summary.json names no {role} dataset"
+    p = Path(recorded)
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, run / p, run.parent / p]
+    errors = []
+    for cand in dict.fromkeys(candidates):
+        try:
+            return Dataset.open(cand), None
+        except Exception as exc:  # noqa: BLE001 - InputError, zarr errors, permissions: all mean "no images"
+            errors.append(str(exc))
+    return None, f"the {role} dataset {recorded!s} cannot be opened from here ({errors[0]})"
+
+
+def open_images(result: ScanResult) -> Images:
+    """Open the training and synthetic datasets recorded in the run's summary, if they are reachable."""
+    s = result.summary
+    train, p1 = _open_one(s.get("train"), result.run, "training")
+    synth, p2 = _open_one(s.get("synthetic"), result.run, "synthetic")
+    problem = "; ".join(p for p in (p1, p2) if p) or None
+    if train is None or synth is None:
+        return Images(None, None, problem)
+    warnings = []
+    if train.item_shape != synth.item_shape:
+        return Images(None, None, f"the datasets' item shapes differ ({list(train.item_shape)} vs "
+                                  f"{list(synth.item_shape)}): they are not the ones that were scanned")
+    for ds, key in ((train, "n_train"), (synth, "n_synthetic")):
+        if s.get(key) is not None and ds.n_items != int(s[key]):
+            warnings.append(f"{ds.path} now holds {ds.n_items} items but the scan saw {s[key]}: it may have "
+                            "changed since the scan")
+    return Images(train, synth, None, "; ".join(warnings) or None)
+
+
+# ----------------------------------------------------------------------------------------------- gallery
+
+
+def select_gallery(synthetic: pd.DataFrame, max_gallery: int) -> pd.DataFrame:
+    """Flagged items by decreasing correlation; free slots filled with the best unflagged items.
+
+    Items without a match (no nearest training item) are left out.
+    """
+    df = synthetic[synthetic["nearest_train_id"].notna()].copy()
+    df["_corr"] = pd.to_numeric(df["max_correlation"], errors="coerce").astype("float64")
+    df = df.sort_values(["_corr", "synthetic_id"], ascending=[False, True], kind="mergesort",
+                        na_position="last")
+    flagged = df["flagged"].fillna(False).astype(bool)
+    chosen = pd.concat([df[flagged].head(max_gallery), df[~flagged].head(max(0, max_gallery - int(flagged.sum())))])
+    return chosen.drop(columns="_corr").reset_index(drop=True)
+
+
+def _entries(chosen: pd.DataFrame) -> list[PairEntry]:
+    out = []
+    for i, row in enumerate(chosen.itertuples(index=False), start=1):
+        p = row.p_value if "p_value" in chosen.columns else None
+        out.append(PairEntry(
+            rank=i,
+            synthetic_id=str(row.synthetic_id),
+            train_id=str(row.nearest_train_id),
+            subject=str(row.nearest_subject),
+            correlation=float(row.max_correlation),
+            transform=str(row.transform) if pd.notna(row.transform) else "none",
+            p_value=_num(p) if p is not None and not pd.isna(p) else None,
+            flagged=bool(row.flagged) if pd.notna(row.flagged) else False,
+        ))
+    return out
+
+
+def _display_channel(train: Dataset, options: dict[str, Any]) -> tuple[int, list[int] | None, str]:
+    names = list(train.channels)
+    wanted = options.get("channel")
+    if wanted and wanted in names:
+        idx = names.index(wanted)
+        return idx, [idx], f"channel {wanted!r} (the channel the scan compared)"
+    text = f"channel {names[0]!r}" + (f" (1 of {len(names)}: {', '.join(names)})" if len(names) > 1 else "")
+    return 0, None, text
+
+
+def _batches(entries: list[PairEntry], per_pair_bytes: int) -> Iterator[list[PairEntry]]:
+    size = max(1, READ_BUDGET // max(1, per_pair_bytes))
+    for i in range(0, len(entries), size):
+        yield entries[i:i + size]
+
+
+def _render_pairs(entries: list[PairEntry], images: Images, options: dict[str, Any], pairs_dir: Path) -> str:
+    """Draw one PNG per entry into ``pairs_dir``; fills ``image``/``note``; returns the channel text."""
+    train, synth = images.train, images.synthetic
+    assert train is not None and synth is not None
+    channel, compared, channel_text = _display_channel(train, options)
+    dims = train.spatial_dims
+    tman = train.manifest.reset_index(drop=True)
+    train_pos = {str(v): i for i, v in enumerate(tman["id"])}
+    synth_pos = {str(v): i for i, v in enumerate(synth.manifest["id"])}
+    slices: dict[tuple[str, str, int], int] = {}
+    sliced = tman[tman["slice_index"].notna()]
+    for pos, src, axis, idx in zip(sliced.index, sliced["source"], sliced["slice_axis"], sliced["slice_index"],
+                                   strict=True):
+        slices[(str(src), str(axis), int(idx))] = int(pos)
+
+    def neighbours_of(pos: int) -> list[tuple[str, int | None, str | None]]:
+        row = tman.iloc[pos]
+        if dims == 3:
+            return [("previous slice", None, "3D volume:\nno neighbouring slices")] * 2
+        if pd.isna(row["slice_index"]):
+            return [("previous slice", None, "not a slice\nof a volume"), ("next slice", None, "not a slice\nof a volume")]
+        axis = None if pd.isna(row["slice_axis"]) else str(row["slice_axis"])
+        out = []
+        for step, name in ((-1, "previous slice"), (1, "next slice")):
+            label = figures.neighbour_label(axis, int(row["slice_index"]), step)
+            key = (str(row["source"]), str(axis), int(row["slice_index"]) + step)
+            sign = "\u2212" if step < 0 else "+"
+            if key in slices:
+                out.append((f"{name} {label}", slices[key], None))
+            else:
+                out.append((f"{name} {label}", None, f"slice {axis or ''}{sign}1 ({label})\nnot in the training set"))
+        return out
+
+    canvas = figures.PairCanvas()
+    for batch in _batches(entries, 4 * train.item_nbytes):
+        todo = []
+        for e in batch:
+            tp, sp = train_pos.get(e.train_id), synth_pos.get(e.synthetic_id)
+            if tp is None or sp is None:
+                which = "training" if tp is None else "synthetic"
+                e.note = f"The {which} item is not in the dataset any more: no images."
+                continue
+            todo.append((e, tp, sp, neighbours_of(tp)))
+        need_t = sorted({tp for _, tp, _, _ in todo} | {p for *_, nb in todo for _, p, _ in nb if p is not None})
+        need_s = sorted({sp for _, _, sp, _ in todo})
+        t_items = dict(zip(need_t, train.take(need_t), strict=True)) if need_t else {}
+        s_items = dict(zip(need_s, synth.take(need_s), strict=True)) if need_s else {}
+        for e, tp, sp, nb in todo:
+            flip, dy, dx, unknown = figures.parse_transform(e.transform)
+            aligned, valid = figures.align_to_train(s_items[sp], e.transform, dims)
+            undone = [w for w, on in (("flip", flip), ("shift", bool(dy or dx))) if on]
+            s_title = "synthetic" + (f" ({' + '.join(undone)} undone)" if undone else "")
+            t_row = tman.iloc[tp]
+            t_title = "training" + (f" {figures.neighbour_label(t_row['slice_axis'], int(t_row['slice_index']), 0)}"
+                                    if dims == 2 and pd.notna(t_row["slice_index"]) else "")
+            panels = []
+            for title, pos, message in nb:
+                if pos is None:
+                    panels.append(figures.PairPanel(title, None, message))
+                    continue
+                chans = compared if compared is not None else list(range(aligned.shape[0]))
+                r_nb = figures.pearson(aligned[chans], t_items[pos][chans], valid[chans])
+                panels.append(figures.PairPanel(f"{title}\nr with synthetic {r_nb:.4f}",
+                                                figures.display_plane(t_items[pos], channel, dims)))
+            name = f"pair-{e.rank:03d}.png"
+            path, r = canvas.draw(
+                t_items[tp], aligned, valid, pairs_dir / name, channel=channel, compared_channels=compared,
+                spatial_dims=dims, synthetic_title=s_title, train_title=t_title, neighbours=panels,
+            )
+            e.image = f"{FIGURES_DIR}/{PAIRS_DIR}/{name}"
+            e.r_display = r if math.isfinite(r) else None
+            from PIL import Image
+
+            with Image.open(path) as im:
+                e.width, e.height = im.size
+            if unknown:
+                e.note = f"Transform part(s) {', '.join(unknown)} not undone in the image."
+    return channel_text
+
+
+def _paginate(entries: list[PairEntry], per_page: int) -> list[GalleryPage]:
+    per_page = max(1, int(per_page))
+    n_pages = max(1, math.ceil(len(entries) / per_page))
+    pages = []
+    for n in range(1, n_pages + 1):
+        href = f"{REPORT_FILE}#gallery" if n == 1 else f"gallery-{n}.html"
+        pages.append(GalleryPage(n, href, entries[(n - 1) * per_page:n * per_page]))
+    return pages
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
+    """The sentence about how flags are decided, and whether the threshold is calibrated."""
+    thr = _num(s.get("threshold"))
+    thr_text = f"{thr:.4f}" if thr is not None else "n/a"
+    n_hold = int(s.get("n_holdout") or 0)
+    cal = s.get("calibration") or {}
+    if s.get("threshold_source") == "holdout" and n_hold:
+        method = str(cal.get("method", "")).lower()
+        alpha = _num(cal.get("alpha"))
+        if method == "fdr":
+            a = f" \u03b1 = {alpha:g}" if alpha is not None else ""
+            pt = _num(cal.get("p_threshold"))
+            ptxt = f", p \u2264 {_fmt_p(pt)}" if pt is not None else ""
+            return (f"Flags are calibrated on {n_hold:,} held-out real images: Benjamini\u2013Hochberg false "
+                    f"discovery rate{a}, which here flags correlations above {thr_text}{ptxt}."), True
+        if method == "quantile":
+            q = f"the {1 - alpha:.3g} quantile" if alpha is not None else "a quantile"
+            return (f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images: {q} of "
+                    "their maximum correlation with the training set."), True
+        return f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images.", True
+    return (f"The threshold r > {thr_text} is FIXED AND NOT CALIBRATED: no held-out real images were "
+            "given, so nothing measures how similar a new, unseen patient would be to the training set. "
+            "Rerun the scan with --holdout to calibrate it."), False
+
+
+def _verdict(s: dict[str, Any]) -> str:
+    n_s = int(s.get("n_synthetic") or 0)
+    n_f = int(s.get("n_flagged") or 0)
+    tot = int(s.get("subjects_total") or 0)
+    leaked = int(s.get("subjects_leaked") or 0)
+    images = "image is" if n_f == 1 else "images are"
+    subj = "subject is" if leaked == 1 else "subjects are"
+    return (f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {images} flagged as copies of training "
+            f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {subj} reproduced.")
+
+
+def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple[str, str]]:
+    s = result.summary
+    opts = s.get("options") or {}
+    n_s, n_f = int(s.get("n_synthetic") or 0), int(s.get("n_flagged") or 0)
+    tot, leaked = int(s.get("subjects_total") or 0), int(s.get("subjects_leaked") or 0)
+    thr = _num(s.get("threshold"))
+    rows = [
+        ("Synthetic images scanned", f"{n_s:,}"),
+        ("Training images (subjects)", f"{int(s.get('n_train') or 0):,} ({tot:,})"),
+        ("Held-out real images", f"{int(s.get('n_holdout') or 0):,}" if s.get("n_holdout") else
+         "none \u2014 the threshold is not calibrated"),
+        ("Threshold", (f"r > {thr:.4f}" if thr is not None else "n/a")
+         + (" (calibrated on held-out images)" if s.get("threshold_source") == "holdout" else " (fixed)")),
+    ]
+    cal = s.get("calibration") or {}
+    if cal:
+        parts = [f"method {cal.get('method')}"]
+        if cal.get("alpha") is not None:
+            parts.append(f"\u03b1 = {cal['alpha']}")
+        if _num(cal.get("p_threshold")) is not None:
+            parts.append(f"p threshold {_fmt_p(_num(cal.get('p_threshold')))}")
+        rows.append(("Calibration", ", ".join(parts)))
+        q = cal.get("null_quantiles") or {}
+        if q:
+            names = {"q50": "median", "q90": "90%", "q95": "95%", "q99": "99%", "max": "max"}
+            rows.append(("Held-out max correlation",
+                         " \u00b7 ".join(f"{names.get(k, k)} {float(v):.4f}" for k, v in q.items()
+                                         if _num(v) is not None)))
+    elif holdout is not None and len(holdout):
+        hv = pd.to_numeric(holdout["max_correlation"], errors="coerce").dropna()
+        if len(hv):
+            rows.append(("Held-out max correlation",
+                         f"median {hv.median():.4f} \u00b7 99% {hv.quantile(0.99):.4f} \u00b7 max {hv.max():.4f}"))
+    rows += [
+        ("Flagged synthetic images", f"{n_f:,} ({_pct(n_f, n_s)})"),
+        ("Training subjects reproduced", f"{leaked:,} of {tot:,} ({_pct(leaked, tot)})"),
+    ]
+    corr = pd.to_numeric(result.synthetic["max_correlation"], errors="coerce")
+    if corr.notna().any():
+        rows.append(("Highest / median max correlation", f"{corr.max():.4f} / {corr.median():.4f}"))
+    if s.get("n_unmatched"):
+        rows.append(("Synthetic images without any match", f"{int(s['n_unmatched']):,}"))
+    search = [f"top-{s.get('top_k')}", "flips " + ("on" if opts.get("flips") else "off"),
+              f"max shift {opts.get('max_shift', 0)} px", f"mask {opts.get('mask', 'none')}",
+              f"channel {opts.get('channel') or 'all'}"]
+    rows.append(("Search", ", ".join(search)))
+    rows.append(("Engine", f"{s.get('device')}, {s.get('precision')} screen + exact float64 re-rank"))
+    if _num(s.get("seconds")) is not None:
+        rows.append(("Scan time", f"{float(s['seconds']):.2f} s"))
+    return rows
+
+
+def _subject_rows(subjects: pd.DataFrame) -> tuple[list[dict[str, Any]], int]:
+    df = subjects
+    if "n_synthetic_matched" in df.columns:
+        df = df[(df["n_synthetic_matched"] > 0) | df.get("leaked", False)]
+    rows = []
+    for row in df.head(SUBJECT_ROWS).to_dict("records"):
+        rows.append({
+            "subject": str(row.get("subject")),
+            "n_items": row.get("n_items"),
+            "n_synthetic_matched": row.get("n_synthetic_matched"),
+            "n_flagged": row.get("n_flagged", ""),
+            "max_correlation": f"{row['max_correlation']:.4f}" if _num(row.get("max_correlation")) is not None
+            else "",
+            "leaked": bool(row.get("leaked")),
+        })
+    return rows, len(df)
+
+
+def _provenance(s: dict[str, Any]) -> dict[str, Any]:
+    opts = s.get("options") or {}
+    options = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in opts.items()]
+    versions = [
+        ("memscan (scan)", str(s.get("memscan_version", "unknown"))),
+        ("memscan (report)", _version("memscan")),
+        ("numpy", _version("numpy")),
+        ("torch", _version("torch")),
+        ("python", platform.python_version()),
+        ("matplotlib", _version("matplotlib")),
+    ]
+    scanned = s.get("versions")
+    if isinstance(scanned, dict):
+        versions += [(f"{k} (scan)", str(v)) for k, v in scanned.items() if k != "memscan"]
+    inputs = [(k, str(s[k])) for k in ("train", "synthetic", "holdout") if s.get(k)]
+    return {"command": s.get("command"), "options": options, "versions": versions, "inputs": inputs}
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["p"] = _fmt_p
+    return env
+
+
+def _swap_folder(new: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) -> Path:
+    """Write ``RUN/report.html`` (and its gallery pages, figures and CSV exports) for a finished scan.
+
+    Args:
+        run: the run folder written by ``memscan scan``.
+        max_gallery: matched pairs shown in the gallery at most.
+        per_page: pairs per gallery page (page 1 is in ``report.html``).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        InputError: ``run`` is not a finished run folder.
+    """
+    run = Path(run)
+    result = load_run(run)
+    s = result.summary
+    holdout, h_err = _read_optional(run / "holdout.parquet")
+    baseline, b_err = _read_optional(run / "baseline.parquet")
+    notes = [e for e in (h_err, b_err) if e]
+
+    # CSV exports
+    exports = [("synthetic.csv", result.synthetic), ("matches.csv", result.matches), ("subjects.csv", result.subjects)]
+    if holdout is not None:
+        exports.append(("holdout.csv", holdout))
+    if baseline is not None:
+        exports.append(("baseline.csv", baseline))
+    for name, df in exports:
+        _atomic_csv(df, run / name)
+
+    tmp_fig = run / f".{FIGURES_DIR}.tmp-{uuid.uuid4().hex[:6]}"
+    (tmp_fig / PAIRS_DIR).mkdir(parents=True)
+    try:
+        # histogram
+        series = [figures.HistogramSeries("synthetic", result.synthetic["max_correlation"].to_numpy(dtype=float),
+                                          figures.SYNTHETIC_COLOUR, filled=True)]
+        if holdout is not None:
+            series.append(figures.HistogramSeries("held-out real (null)",
+                                                  holdout["max_correlation"].to_numpy(dtype=float),
+                                                  figures.HOLDOUT_COLOUR))
+        if baseline is not None:
+            if "nn_correlation_other_subject" in baseline:
+                series.append(figures.HistogramSeries(
+                    "training vs training, other subjects",
+                    baseline["nn_correlation_other_subject"].to_numpy(dtype=float), figures.BASELINE_COLOUR))
+            if "nn_correlation_any" in baseline:
+                series.append(figures.HistogramSeries(
+                    "training vs training, same subject allowed",
+                    baseline["nn_correlation_any"].to_numpy(dtype=float), figures.BASELINE_COLOUR, dashed=True))
+        calibrated = s.get("threshold_source") == "holdout"
+        figures.histogram_figure(series, _num(s.get("threshold")), tmp_fig / "histogram.png",
+                                 threshold_label="threshold (calibrated)" if calibrated else "threshold (fixed)")
+
+        # gallery
+        entries = _entries(select_gallery(result.synthetic, max(0, int(max_gallery))))
+        images = open_images(result) if entries else Images(None, None, None)
+        channel_text = None
+        if images.ok and entries:
+            channel_text = _render_pairs(entries, images, s.get("options") or {}, tmp_fig / PAIRS_DIR)
+        elif entries:
+            for e in entries:
+                e.note = "Images not available (see the note above)."
+        _swap_folder(tmp_fig, run / FIGURES_DIR)
+    except BaseException:
+        shutil.rmtree(tmp_fig, ignore_errors=True)
+        raise
+
+    pages = _paginate(entries, per_page)
+    threshold_text, is_calibrated = _threshold_text(s)
+    subject_rows, n_subject_rows = _subject_rows(result.subjects)
+    opts = s.get("options") or {}
+    context = {
+        "run_name": run.resolve().name,
+        "summary": s,
+        "verdict": _verdict(s),
+        "threshold_text": threshold_text,
+        "calibrated": is_calibrated,
+        "any_flagged": int(s.get("n_flagged") or 0) > 0,
+        "key_numbers": _key_numbers(result, holdout),
+        "has_holdout": holdout is not None and len(holdout) > 0,
+        "has_baseline": baseline is not None and len(baseline) > 0,
+        "pages": pages,
+        "n_entries": len(entries),
+        "n_flagged_shown": sum(e.flagged for e in entries),
+        "images_problem": images.problem,
+        "images_warning": images.warning,
+        "channel_text": channel_text,
+        "mask": opts.get("mask", "none"),
+        "subject_rows": subject_rows,
+        "n_subject_rows": n_subject_rows,
+        "exports": [name for name, _ in exports],
+        "notes": notes,
+        "provenance": _provenance(s),
+        "max_gallery": max_gallery,
+    }
+    env = _environment()
+    for page in pages[1:]:
+        html = env.get_template("gallery.html.j2").render(**context, page=page)
+        _atomic_write_text(run / f"gallery-{page.number}.html", html)
+    for old in run.iterdir():
+        m = _GALLERY_PAGE.match(old.name)
+        if m and int(m.group(1)) > len(pages):
+            old.unlink()
+    html = env.get_template("report.html.j2").render(**context, page=pages[0])
+    out = run / REPORT_FILE
+    _atomic_write_text(out, html)
+    log.info("wrote %s (%d gallery page(s), %d pairs)", out, len(pages), len(entries))
+    return out
