@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/memscan demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium + its driver for the report's browser test (tests/report/test_report_browser.py).
+# Installed with apt-get when missing and we are root on a Debian/Ubuntu machine; otherwise explains why
+# that test will be skipped. Never fails.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser: /usr/bin/chromium and /usr/bin/chromedriver present"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: installing chromium and chromium-driver with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+			>/dev/null) || echo "browser: apt-get install failed; the browser test will be skipped"; \
+	else \
+		echo "browser: /usr/bin/chromium or /usr/bin/chromedriver missing and cannot install them here" \
+			"(needs root and apt-get); the browser test will be skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from memscan.data.store import Dataset
-    from memscan.scan import ScanResult
+    from memscan.scanner import ScanResult
 
 
 def prepare(src: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any) -> Dataset:
@@ -36,7 +36,7 @@ def scan(train: str | Path, synthetic: str | Path, out: str | Path, **options: A
     Keyword options are those of ``ScanOptions`` (top_k, device, precision, flips, max_shift, mask, ...).
     """
     from memscan.config import ScanOptions
-    from memscan.scan import scan as _scan
+    from memscan.scanner import scan as _scan
 
     subject_pattern = options.pop("subject_pattern", None)
     return _scan(train, synthetic, out, ScanOptions(**options), subject_pattern=subject_pattern)

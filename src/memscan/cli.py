@@ -140,7 +140,7 @@ def scan(
     Example: memscan scan brats/train synthetic/ --out run --flips
     """
     from memscan.config import ScanOptions, parse_bytes
-    from memscan.scan import scan as run_scan
+    from memscan.scanner import scan as run_scan
     from memscan.summary import run_table
 
     opts = ScanOptions(
@@ -160,7 +160,7 @@ def scan(
         result = run_scan(train, synthetic, out, opts, subject_pattern=subject_pattern, command=command)
     except MemscanError as exc:
         if exc.exit_code == 3:
-            from memscan.scan import load_run
+            from memscan.scanner import load_run
 
             console.print(run_table(load_run(out)))
         raise

@@ -31,7 +31,7 @@ def dataset_table(ds: Dataset) -> Table:
 
 
 def run_table(result) -> Table:
-    """Key numbers of a scan run (``memscan.scan.ScanResult``) and its riskiest matches."""
+    """Key numbers of a scan run (``memscan.scanner.ScanResult``) and its riskiest matches."""
     s = result.summary
     table = Table(title=f"run {result.run}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")

@@ -273,10 +273,11 @@ class PairCanvas:
             self.messages.append(ax.text(0.5, 0.5, "", transform=ax.transAxes, ha="center", va="center",
                                          fontsize=9, color="#555555", linespacing=1.5))
         ax = self.axes[2]
-        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))
         self.density = ax.imshow(np.ma.masked_all((2, 2)), cmap=cmap, origin="lower", aspect="equal",
-                                 interpolation="nearest", norm=LogNorm(vmin=1, vmax=10), extent=(0, 1, 0, 1))
-        (self.diagonal,) = ax.plot([0, 1], [0, 1], color=SYNTHETIC_COLOUR, linewidth=0.9, linestyle="--")
+                                 interpolation="nearest", norm=LogNorm(vmin=1, vmax=10), extent=(0, 1, 0, 1),
+                                 zorder=2)
+        (self.diagonal,) = ax.plot([0, 1], [0, 1], color="#9aa5b1", linewidth=0.8, linestyle="--", zorder=1)
         ax.set_xlabel("training pixel value", fontsize=8.5)
         ax.set_ylabel("synthetic pixel value", fontsize=8.5)
         ax.tick_params(labelsize=7.5)

@@ -40,7 +40,7 @@ import pandas as pd
 
 from memscan.data.store import Dataset
 from memscan.report import figures
-from memscan.scan import ScanResult, load_run
+from memscan.scanner import ScanResult, load_run
 
 log = logging.getLogger(__name__)
 

@@ -234,7 +234,9 @@ def _search_query_block(
     if opts.flips:
         variant_items.append(("flip", variants.flip_lr(items)))
     for name, vitems in variant_items:
-        res = engine.search_topk(feats(vitems), stream, k_search, precision=opts.engine_precision, device=device)
+        res = engine.search_topk(
+            feats(vitems), stream, k_search, precision=opts.engine_precision, device=device
+        )
         stats["n_candidates"] += int(res.n_candidates)
         stats["n_fallback"] += int(res.n_fallback)
         stats["precision"], stats["epsilon"] = res.precision, float(res.epsilon)
@@ -262,29 +264,29 @@ def _shift_rerank(
     out_v = np.full((len(items), k), np.nan)
     out_i = np.full((len(items), k), -1, dtype=np.int64)
     out_t = np.full((len(items), k), None, dtype=object)
+    bases = ("none", "flip") if opts.flips else ("none",)
     for q in range(len(items)):
-        cand_v, cand_i, cand_t = [], [], []
-        for base in ("none", "flip"):
-            sel = (indices[q] >= 0) & (transforms[q] == base)
-            if not sel.any():
-                continue
-            image = variants.flip_lr(items[q : q + 1])[0] if base == "flip" else items[q]
-            cands = indices[q][sel]
-            best, shifts = variants.shift_rerank(
-                image, cand_items[[row_of[int(t)] for t in cands]], opts.max_shift
-            )
-            for t, v, (dy, dx) in zip(cands, best, shifts, strict=True):
-                shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
-                label = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
-                cand_v.append(float(v))
-                cand_i.append(int(t))
-                cand_t.append(label)
-        if not cand_i:
+        cands = indices[q][indices[q] >= 0]
+        if not len(cands):
             continue
-        order = np.lexsort((np.asarray(cand_i), -np.asarray(cand_v)))[:k]
-        out_v[q, : len(order)] = np.asarray(cand_v)[order]
-        out_i[q, : len(order)] = np.asarray(cand_i)[order]
-        out_t[q, : len(order)] = np.asarray(cand_t, dtype=object)[order]
+        rows = cand_items[[row_of[int(t)] for t in cands]]
+        best_v = np.full(len(cands), -np.inf)
+        best_t = np.full(len(cands), None, dtype=object)
+        # every candidate under every base transform: a shifted copy may have surfaced via the other one
+        for base in bases:
+            image = variants.flip_lr(items[q : q + 1])[0] if base == "flip" else items[q]
+            vals, shifts = variants.shift_rerank(image, rows, opts.max_shift)
+            for j, (v, (dy, dx)) in enumerate(zip(vals, shifts, strict=True)):
+                if v > best_v[j]:  # strict: 'none' wins ties over 'flip'
+                    shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
+                    best_v[j] = v
+                    best_t[j] = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
+        keep = np.isfinite(best_v)
+        cand_v, cand_i, cand_t = best_v[keep], cands[keep], best_t[keep]
+        order = np.lexsort((cand_i, -cand_v))[:k]
+        out_v[q, : len(order)] = cand_v[order]
+        out_i[q, : len(order)] = cand_i[order]
+        out_t[q, : len(order)] = cand_t[order]
     return out_v, out_i, out_t
 
 

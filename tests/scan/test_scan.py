@@ -1,0 +1,276 @@
+"""End-to-end scans on phantom data: planted copies found, contract tables, resume, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memscan import scanner as scan_module
+from memscan.config import ScanOptions
+from memscan.data import phantoms
+from memscan.data.planted import plant_copies
+from memscan.data.prepare import PrepareOptions, prepare_dataset
+from memscan.data.store import Dataset, DatasetWriter
+from memscan.errors import GateFailed, InputError
+from memscan.scanner import load_run, scan
+
+SYNTH_COLUMNS = [
+    "synthetic_id",
+    "max_correlation",
+    "nearest_train_id",
+    "nearest_subject",
+    "transform",
+    "p_value",
+    "flagged",
+]
+MATCH_COLUMNS = ["synthetic_id", "rank", "train_id", "train_subject", "correlation", "transform"]
+SUBJECT_COLUMNS = ["subject", "n_items", "n_synthetic_matched", "max_correlation", "leaked"]
+SUMMARY_KEYS = [
+    "n_train",
+    "n_synthetic",
+    "n_holdout",
+    "top_k",
+    "threshold",
+    "threshold_source",
+    "n_flagged",
+    "flagged_fraction",
+    "subjects_total",
+    "subjects_leaked",
+    "device",
+    "precision",
+    "seconds",
+    "memscan_version",
+    "options",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    phantoms.write_brats_tree(root / "raw", 5, seed=11, shape=(48, 48, 20))
+    ds = prepare_dataset(
+        root / "raw", root / "brats", PrepareOptions(layout="brats", size=48, test_subjects=1)
+    )
+    train = Dataset.open(root / "brats" / "train")
+    test = Dataset.open(root / "brats" / "test")
+    synth = plant_copies(train, test, root / "synth", n_copies=10, n_novel=4, seed=5)
+    return {"root": root, "dataset": ds, "train": train, "test": test, "synth": synth}
+
+
+def _truth(synth: Dataset) -> pd.DataFrame:
+    return synth.manifest.set_index("id")
+
+
+def test_planted_copies_found_with_source_and_transform(data, tmp_path):
+    res = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "run",
+        ScanOptions(top_k=3, flips=True, max_shift=3),
+    )
+    truth = _truth(data["synth"])
+    planted = truth[truth["planted_transform"] != "novel"]
+    got = res.synthetic.set_index("synthetic_id").loc[planted.index]
+    assert (got["nearest_train_id"] == planted["planted_train_id"]).all()
+    assert (got["transform"] == planted["expected_transform"]).all()
+    assert (got["max_correlation"] > 0.97).all() and got["flagged"].all()
+    exact = planted[planted["planted_transform"].isin(["exact", "flip", "shift"])].index
+    assert (got.loc[exact, "max_correlation"] == 1.0).all()
+
+
+def test_contract_tables_and_summary(data, tmp_path):
+    res = scan(data["train"].path, data["synth"].path, tmp_path / "run", ScanOptions(top_k=4))
+    run = tmp_path / "run"
+    syn = pd.read_parquet(run / "synthetic.parquet")
+    mat = pd.read_parquet(run / "matches.parquet")
+    sub = pd.read_parquet(run / "subjects.parquet")
+    items = pd.read_parquet(run / "train_items.parquet")
+    assert list(syn.columns) == SYNTH_COLUMNS
+    assert list(mat.columns) == MATCH_COLUMNS
+    assert all(c in sub.columns for c in SUBJECT_COLUMNS)
+    summary = json.loads((run / "summary.json").read_text())
+    assert all(k in summary for k in SUMMARY_KEYS)
+    n_s, n_t = data["synth"].n_items, data["train"].n_items
+    assert summary["n_synthetic"] == len(syn) == n_s and summary["n_train"] == n_t
+    assert len(mat) == 4 * n_s and mat["rank"].tolist() == [1, 2, 3, 4] * n_s
+    assert mat["correlation"].dtype == np.float64
+    assert summary["threshold_source"] == "fixed" and summary["threshold"] == 0.95
+    assert summary["n_flagged"] == int((syn["max_correlation"] > 0.95).sum()) == int(syn["flagged"].sum())
+    assert summary["precision"] == "int8"  # uint8 study data take the exact integer path
+    # rank-1 of matches is the synthetic table's nearest item
+    first = mat[mat["rank"] == 1].set_index("synthetic_id")
+    assert (first.loc[syn["synthetic_id"], "train_id"].to_numpy() == syn["nearest_train_id"].to_numpy()).all()
+    # subject roll-up and per-item counts are consistent
+    assert sub["n_synthetic_matched"].sum() == n_s == items["n_synthetic_nearest"].sum()
+    assert set(sub["subject"]) == set(data["train"].subjects)
+    leaked = set(syn.loc[syn["flagged"], "nearest_subject"])
+    assert set(sub.loc[sub["leaked"], "subject"]) == leaked
+    assert summary["subjects_leaked"] == len(leaked)
+    assert isinstance(res.summary["seconds"], float)
+    loaded = load_run(run)
+    pd.testing.assert_frame_equal(loaded.matches, res.matches)
+
+
+def test_correlations_match_float64_brute_force(data, tmp_path):
+    res = scan(data["train"].path, data["synth"].path, tmp_path / "run", ScanOptions(top_k=5))
+    t = data["train"].read(0, data["train"].n_items).reshape(data["train"].n_items, -1).astype(np.float64)
+    q = data["synth"].read(0, data["synth"].n_items).reshape(data["synth"].n_items, -1).astype(np.float64)
+    t = (t - t.mean(1, keepdims=True)) / np.linalg.norm(t - t.mean(1, keepdims=True), axis=1, keepdims=True)
+    q = (q - q.mean(1, keepdims=True)) / np.linalg.norm(q - q.mean(1, keepdims=True), axis=1, keepdims=True)
+    full = q @ t.T
+    order = np.lexsort((np.tile(np.arange(t.shape[0]), (q.shape[0], 1)), -full), axis=1)[:, :6]
+    ids = data["train"].ids
+    mat = res.matches
+    for i, sid in enumerate(data["synth"].ids):
+        rows = mat[mat["synthetic_id"] == sid]
+        gap = full[i, order[i, 4]] - full[i, order[i, 5]]
+        if gap > 1e-12:
+            assert rows["train_id"].tolist() == [ids[j] for j in order[i, :5]]
+        np.testing.assert_allclose(rows["correlation"].to_numpy(), full[i, order[i, :5]], atol=1e-6, rtol=0)
+
+
+def _tables(run):
+    return {
+        n: (run / f"{n}.parquet").read_bytes() for n in ("synthetic", "matches", "subjects", "train_items")
+    }
+
+
+def test_block_sizes_and_precision_change_nothing(data, tmp_path):
+    base = scan(data["train"].path, data["synth"].path, tmp_path / "a", ScanOptions(top_k=3, flips=True))
+    small = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "b",
+        ScanOptions(top_k=3, flips=True, query_block=3, train_block=7),
+    )
+    assert _tables(tmp_path / "a") == _tables(tmp_path / "b")
+    exact = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "c",
+        ScanOptions(top_k=3, flips=True, precision="exact", train_block=11),
+    )
+    assert exact.summary["precision"] == "float64"
+    pd.testing.assert_series_equal(exact.matches["train_id"], base.matches["train_id"])
+    np.testing.assert_allclose(exact.matches["correlation"], base.matches["correlation"], atol=1e-12, rtol=0)
+    bf16 = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "d",
+        ScanOptions(top_k=3, flips=True, precision="bf16", query_block=5),
+    )
+    assert bf16.summary["precision"] == "bf16" and bf16.summary["n_rerank_pairs"] > 0
+    assert _tables(tmp_path / "c") == _tables(tmp_path / "d")  # both use the float64 exact routine
+    assert small.summary["query_block"] == 3
+
+
+def test_resume_after_interruption_is_identical_and_skips_done_blocks(data, tmp_path, monkeypatch):
+    opts = ScanOptions(top_k=3, query_block=4)
+    scan(data["train"].path, data["synth"].path, tmp_path / "ref", opts)
+    calls = {"n": 0}
+    real = scan_module._search_query_block
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "_search_query_block", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        scan(data["train"].path, data["synth"].path, tmp_path / "run", opts)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert len(list((tmp_path / "run" / scan_module.STATE_DIR).glob("synthetic-*.npz"))) == 2
+    calls["n"] = 10  # no more failures; count the blocks actually computed
+    scan(data["train"].path, data["synth"].path, tmp_path / "run", opts)
+    n_blocks = -(-data["synth"].n_items // 4)
+    assert calls["n"] - 10 == n_blocks - 2
+    assert _tables(tmp_path / "run") == _tables(tmp_path / "ref")
+    assert not (tmp_path / "run" / scan_module.STATE_DIR).exists()
+
+
+def test_release_gate_writes_outputs_then_fails(data, tmp_path):
+    with pytest.raises(GateFailed, match="release gate failed"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "run", ScanOptions(fail_above=0.1))
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "synthetic.parquet").exists()
+    scan(data["train"].path, data["synth"].path, tmp_path / "run2", ScanOptions(fail_above=0.99))
+
+
+def test_masks_channels_and_raw_inputs(data, tmp_path):
+    res = scan(data["train"].path, data["synth"].path, tmp_path / "fg", ScanOptions(mask="foreground"))
+    assert res.summary["feature_dim"] < int(np.prod(data["train"].item_shape))
+    flair = scan(data["train"].path, data["synth"].path, tmp_path / "ch", ScanOptions(channel="flair"))
+    assert flair.summary["feature_dim"] == 48 * 48
+    mask = np.zeros((48, 48), bool)
+    mask[8:40, 8:40] = True
+    np.save(tmp_path / "mask.npy", mask)
+    boxed = scan(
+        data["train"].path, data["synth"].path, tmp_path / "box", ScanOptions(mask=str(tmp_path / "mask.npy"))
+    )
+    assert boxed.summary["feature_dim"] == 5 * 32 * 32
+    with pytest.raises(InputError, match="did you mean 'flair'"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "x", ScanOptions(channel="fliar"))
+    np.save(tmp_path / "bad.npy", np.ones((10, 10), bool))
+    with pytest.raises(InputError, match=r"mask shape \[10, 10\]"):
+        scan(
+            data["train"].path,
+            data["synth"].path,
+            tmp_path / "y",
+            ScanOptions(mask=str(tmp_path / "bad.npy")),
+        )
+
+
+def test_raw_folder_inputs_are_prepared_on_the_fly(tmp_path):
+    phantoms.write_folder_tree(tmp_path / "train_png", 3, seed=2, size=32)
+    phantoms.write_folder_tree(tmp_path / "synth_png", 1, seed=2, size=32)  # subject 0 again: copies
+    res = scan(tmp_path / "train_png", tmp_path / "synth_png", tmp_path / "run", ScanOptions(top_k=1))
+    assert (res.synthetic["max_correlation"] > 0.999).all()
+    assert (res.synthetic["nearest_subject"] == "subj_000").all()
+    assert (tmp_path / "run" / ".prepared" / "train" / "dataset.json").exists()
+
+
+def test_3d_volumes(tmp_path):
+    phantoms.write_brats_tree(tmp_path / "raw", 3, seed=4, shape=(24, 24, 16))
+    ds = prepare_dataset(
+        tmp_path / "raw",
+        tmp_path / "vol",
+        PrepareOptions(layout="brats", volumes=True, size=24, modalities=("t1", "flair")),
+    )
+    flipped = ds.read(1, 2)[:, :, ::-1].copy()  # mirrored along x (left-right)
+    with DatasetWriter(
+        tmp_path / "syn", item_shape=ds.item_shape, dtype="uint8", channels=ds.channels, recipe={}
+    ) as w:
+        w.add(ds.read(2, 3)[0], {"id": "copy", "subject": "model"})
+        w.add(flipped[0], {"id": "mirror", "subject": "model"})
+        w.commit()
+    res = scan(ds.path, tmp_path / "syn", tmp_path / "run", ScanOptions(top_k=2, flips=True))
+    syn = res.synthetic.set_index("synthetic_id")
+    assert syn.loc["copy", "nearest_train_id"] == ds.ids[2] and syn.loc["copy", "max_correlation"] == 1.0
+    assert syn.loc["mirror", "nearest_train_id"] == ds.ids[1] and syn.loc["mirror", "transform"] == "flip"
+    with pytest.raises(InputError, match="2D images only"):
+        scan(ds.path, tmp_path / "syn", tmp_path / "run2", ScanOptions(top_k=2, max_shift=1))
+
+
+def test_bad_inputs(data, tmp_path):
+    phantoms.write_folder_tree(tmp_path / "png", 1, seed=0, size=16)
+    with pytest.raises(InputError, match=r"item shapes differ.*\[5, 48, 48\].*\[1, 16, 16\]"):
+        scan(data["train"].path, tmp_path / "png", tmp_path / "r1")
+    with pytest.raises(InputError, match="larger than the training set"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "r2", ScanOptions(top_k=10_000))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            scan(data["train"].path, data["synth"].path, tmp_path / "r3", ScanOptions(device="cuda"))
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "notrun" / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="not a memscan run folder"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "notrun")
+    assert (tmp_path / "notrun" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(InputError, match="does not exist"):
+        scan(tmp_path / "missing", data["synth"].path, tmp_path / "r4")
+    with pytest.raises(InputError, match="no such split"):
+        scan(data["root"] / "brats" / "validation", data["synth"].path, tmp_path / "r5")
