@@ -55,6 +55,11 @@ class ScanOptions:
         threshold: fixed correlation threshold used for flags without a held-out set.
         memory_budget: bytes of RAM the scan may use for its blocks.
         fail_above: release gate: exit code 3 when the flagged fraction exceeds it.
+        fail_on_leaked_subjects: release gate: exit code 3 when at least this many training subjects leak.
+        calibration: with a held-out set: ``fdr`` (Benjamini–Hochberg at ``alpha``) or ``quantile``
+            (flag p <= alpha).
+        alpha: the FDR level (or per-image level for ``quantile``).
+        baseline_items: training items sampled for the train-vs-train baselines (0: none).
         shift_candidates: candidates per item re-ranked under shifts.
         query_block: items per query block (default: from the memory budget); never changes results.
         train_block: items per training block (default: from the memory budget); never changes results.
@@ -70,6 +75,10 @@ class ScanOptions:
     threshold: float = 0.95
     memory_budget: int = 4 * 2**30
     fail_above: float | None = None
+    fail_on_leaked_subjects: int | None = None
+    calibration: str = "fdr"
+    alpha: float = 0.05
+    baseline_items: int = 500
     shift_candidates: int = 20
     query_block: int | None = None
     train_block: int | None = None
@@ -87,6 +96,14 @@ class ScanOptions:
             raise InputError(f"--threshold must be a correlation in [-1, 1], got {self.threshold}")
         if self.memory_budget < 64 * 2**20:
             raise InputError(f"--memory-budget must be at least 64MiB, got {self.memory_budget} bytes")
+        if self.calibration not in ("fdr", "quantile"):
+            raise InputError(f"--calibration must be fdr or quantile, got {self.calibration!r}")
+        if not 0.0 < self.alpha < 1.0:
+            raise InputError(f"--fdr must be in (0, 1), got {self.alpha}")
+        if self.baseline_items < 0:
+            raise InputError(f"--baseline-items must be >= 0, got {self.baseline_items}")
+        if self.fail_on_leaked_subjects is not None and self.fail_on_leaked_subjects < 1:
+            raise InputError(f"--fail-on-leaked-subjects must be >= 1, got {self.fail_on_leaked_subjects}")
         for name in ("query_block", "train_block", "shift_candidates"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from memscan import __version__
+from memscan.audit.calibrate import calibrate
 from memscan.audit.subjects import subject_rollup, train_item_counts
 from memscan.config import ScanOptions
 from memscan.data.prepare import open_or_prepare
@@ -36,7 +37,8 @@ from memscan.search import engine, variants
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".scan-state"
-RUN_TABLES = ("synthetic.parquet", "matches.parquet", "subjects.parquet", "train_items.parquet")
+RUN_TABLES = ("synthetic.parquet", "matches.parquet", "subjects.parquet", "train_items.parquet",
+              "holdout.parquet", "baseline.parquet")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class ScanResult:
     subjects: pd.DataFrame
     train_items: pd.DataFrame
     summary: dict[str, Any]
+    holdout: pd.DataFrame | None = None
+    baseline: pd.DataFrame | None = None
 
 
 @dataclass
@@ -225,17 +229,24 @@ def _search_query_block(
     opts: ScanOptions,
     device: str,
     stats: dict[str, Any],
+    k: int,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Top-k of one block of query items ``[n, C, *S]`` over every variant; returns arrays for the tables."""
-    k = min(opts.top_k, train.n_items)
+    """Top-k of one block of query items ``[n, C, *S]`` over every variant; returns arrays for the tables.
+
+    ``groups`` = (query group ids ``[n]``, train group ids ``[n_train]``) excludes same-group pairs (the
+    train-vs-train baselines).
+    """
     k_search = max(k, min(opts.shift_candidates, train.n_items)) if opts.max_shift else k
     found = []
     variant_items = [("none", items)]
     if opts.flips:
         variant_items.append(("flip", variants.flip_lr(items)))
+    q_groups, t_groups = groups if groups is not None else (None, None)
     for name, vitems in variant_items:
         res = engine.search_topk(
-            feats(vitems), stream, k_search, precision=opts.engine_precision, device=device
+            feats(vitems), stream, k_search, precision=opts.engine_precision, device=device,
+            query_groups=q_groups, train_groups=t_groups,
         )
         stats["n_candidates"] += int(res.n_candidates)
         stats["n_fallback"] += int(res.n_fallback)
@@ -245,6 +256,49 @@ def _search_query_block(
     if opts.max_shift:
         values, indices, transforms = _shift_rerank(items, values, indices, transforms, train, feats, opts, k)
     return {"values": values[:, :k], "indices": indices[:, :k], "transforms": transforms[:, :k].astype(str)}
+
+
+@dataclass
+class _Searcher:
+    """Everything one scan shares between its query sets (synthetic, holdout, baselines)."""
+
+    train: Dataset
+    feats: Features
+    stream: Callable
+    opts: ScanOptions
+    device: str
+    ckpt: _Checkpoints
+    query_block: int
+    stats: dict[str, Any]
+
+    def run(self, name: str, n: int, read: Callable[[int, int], np.ndarray], k: int,
+            groups: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Search ``n`` query items (``read(start, stop)`` → ``[m, C, *S]``) block by block, checkpointed.
+
+        Returns:
+            ``(values [n, k], indices [n, k], transforms [n, k])``.
+        """
+        parts = []
+        n_blocks = -(-n // self.query_block)
+        with progress(n_blocks, f"scan {name}") as advance:
+            for start in range(0, n, self.query_block):
+                stop = min(start + self.query_block, n)
+                done = self.ckpt.load(name, start, stop)
+                if done is None:
+                    block_stats = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
+                    g = None if groups is None else (groups[0][start:stop], groups[1])
+                    done = _search_query_block(read(start, stop), self.train, self.feats, self.stream,
+                                               self.opts, self.device, block_stats, k, g)
+                    done.update({key: np.asarray(v) for key, v in block_stats.items() if v is not None})
+                    self.ckpt.save(name, start, stop, **done)
+                self.stats["n_candidates"] += int(done["n_candidates"])
+                self.stats["n_fallback"] += int(done["n_fallback"])
+                self.stats["precision"], self.stats["epsilon"] = str(done["precision"]), float(done["epsilon"])
+                parts.append(done)
+                advance(1)
+        return (np.concatenate([p["values"] for p in parts]),
+                np.concatenate([p["indices"] for p in parts]),
+                np.concatenate([p["transforms"] for p in parts]).astype(object))
 
 
 def _shift_rerank(
@@ -332,6 +386,7 @@ def scan(
     out: str | Path,
     options: ScanOptions | None = None,
     *,
+    holdout: str | Path | None = None,
     subject_pattern: str | None = None,
     command: str | None = None,
 ) -> ScanResult:
@@ -342,6 +397,8 @@ def scan(
         synthetic: synthetic dataset folder, or a raw folder/file.
         out: the run folder to write (resumes an interrupted scan of the same inputs and options).
         options: see ``ScanOptions``.
+        holdout: real images of subjects never used for training (dataset folder or raw): their
+            nearest-training correlations calibrate the flags (p-values, FDR).
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
 
@@ -349,7 +406,7 @@ def scan(
         The tables and summary written to ``out``.
 
     Raises:
-        InputError: bad input (exit 2). GateFailed: ``fail_above`` exceeded, after writing (exit 3).
+        InputError: bad input (exit 2). GateFailed: a release gate was exceeded, after writing (exit 3).
     """
     t0 = time.perf_counter()
     opts = options or ScanOptions()
@@ -360,11 +417,18 @@ def scan(
     cache = out / ".prepared"
     train_ds = open_or_prepare(train, cache, name="train", subject_pattern=subject_pattern)
     synth_ds = open_or_prepare(synthetic, cache, name="synthetic", subject_pattern=subject_pattern)
-    if train_ds.n_items == 0:
-        raise InputError("the training dataset has no items", train_ds.path)
-    if synth_ds.n_items == 0:
-        raise InputError("the synthetic dataset has no items", synth_ds.path)
+    hold_ds = (open_or_prepare(holdout, cache, name="holdout", subject_pattern=subject_pattern)
+               if holdout is not None else None)
+    for what, ds in (("training", train_ds), ("synthetic", synth_ds), ("held-out", hold_ds)):
+        if ds is not None and ds.n_items == 0:
+            raise InputError(f"the {what} dataset has no items", ds.path)
     _check_compatible(train_ds, synth_ds)
+    if hold_ds is not None:
+        _check_compatible(train_ds, hold_ds, "HOLDOUT")
+        overlap = set(hold_ds.subjects) & set(train_ds.subjects)
+        if overlap:
+            raise InputError(f"held-out subjects must not be in the training set; {len(overlap)} are, e.g. "
+                             f"{sorted(overlap)[0]!r}", hold_ds.path)
     if opts.top_k > train_ds.n_items:
         raise InputError(f"--top-k {opts.top_k} is larger than the training set ({train_ds.n_items} items)")
     if opts.max_shift and train_ds.spatial_dims != 2:
@@ -376,100 +440,164 @@ def scan(
     feats = Features(channels, mask)
     d = feats.dim(train_ds.item_shape)
     itemsize = train_ds.dtype.itemsize
-    qb, tb = plan_blocks(train_ds.n_items, synth_ds.n_items, d, itemsize, opts.memory_budget)
-    qb, tb = min(opts.query_block or qb, synth_ds.n_items), min(opts.train_block or tb, train_ds.n_items)
+    n_queries = synth_ds.n_items + (hold_ds.n_items if hold_ds is not None else 0)
+    qb, tb = plan_blocks(train_ds.n_items, n_queries, d, itemsize, opts.memory_budget)
+    qb, tb = min(opts.query_block or qb, n_queries), min(opts.train_block or tb, train_ds.n_items)
     # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
-    fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and synth_ds.n_items > qb
+    fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and n_queries > qb
     stream = _train_stream(train_ds, feats, tb, [] if fits else None)
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                _dataset_key(train_ds),
-                _dataset_key(synth_ds),
-                {**opts.to_dict(), "threshold": None, "fail_above": None},
-                qb,
-            ],
-            default=str,
-        ).encode()
-    ).hexdigest()
-    ckpt = _Checkpoints(out, key)
+    key = hashlib.sha256(json.dumps(
+        [_dataset_key(train_ds), _dataset_key(synth_ds), hold_ds and _dataset_key(hold_ds),
+         {**opts.to_dict(), "threshold": None, "fail_above": None, "fail_on_leaked_subjects": None}, qb],
+        default=str).encode()).hexdigest()
     stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
-    parts = []
-    n_blocks = -(-synth_ds.n_items // qb)
-    log.info(
-        "scan: %d synthetic x %d training items, d=%d, %d query block(s) of %d, training blocks of %d, %s",
-        synth_ds.n_items,
-        train_ds.n_items,
-        d,
-        n_blocks,
-        qb,
-        tb,
-        device,
-    )
-    with progress(n_blocks, "scan") as advance:
-        for start in range(0, synth_ds.n_items, qb):
-            stop = min(start + qb, synth_ds.n_items)
-            done = ckpt.load("synthetic", start, stop)
-            if done is None:
-                block_stats = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
-                done = _search_query_block(
-                    synth_ds.read(start, stop), train_ds, feats, stream, opts, device, block_stats
-                )
-                done.update({k: np.asarray(v) for k, v in block_stats.items() if v is not None})
-                ckpt.save("synthetic", start, stop, **done)
-            stats["n_candidates"] += int(done["n_candidates"])
-            stats["n_fallback"] += int(done["n_fallback"])
-            stats["precision"], stats["epsilon"] = str(done["precision"]), float(done["epsilon"])
-            parts.append(done)
-            advance(1)
-    values = np.concatenate([p["values"] for p in parts])
-    indices = np.concatenate([p["indices"] for p in parts])
-    transforms = np.concatenate([p["transforms"] for p in parts]).astype(object)
-    tables = build_tables(train_ds, synth_ds, values, indices, transforms, opts.threshold)
+    searcher = _Searcher(train_ds, feats, stream, opts, device, _Checkpoints(out, key), qb, stats)
+    log.info("scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
+             synth_ds.n_items, train_ds.n_items, d, qb, tb, device)
+    values, indices, transforms = searcher.run("synthetic", synth_ds.n_items, synth_ds.read, opts.top_k)
+    extra: dict[str, pd.DataFrame] = {}
+    hold_top = None
+    if hold_ds is not None:
+        hv, hi, ht = searcher.run("holdout", hold_ds.n_items, hold_ds.read, 1)
+        hold_top = hv[:, 0]
+        extra["holdout"] = nearest_table(train_ds, hold_ds, "holdout_id", hv, hi, ht)
+    if opts.baseline_items:
+        extra["baseline"] = _baselines(searcher, train_ds, opts.baseline_items)
+    top = values[:, 0]
+    fixed_flags = np.nan_to_num(top, nan=-np.inf) > opts.threshold
+    calibration = None
+    if hold_top is not None:
+        p_values, flagged, calibration = calibrate(hold_top, top, method=opts.calibration, alpha=opts.alpha)
+    else:
+        p_values, flagged = None, fixed_flags
+    tables = build_tables(train_ds, synth_ds, values, indices, transforms, flagged, p_values)
+    tables.update(extra)
     for name, df in tables.items():
         _write_parquet(df, out / f"{name}.parquet")
-    synth_df = tables["synthetic"]
+    synth_df, subjects = tables["synthetic"], tables["subjects"]
     n_flagged = int(synth_df["flagged"].sum())
-    subjects = tables["subjects"]
     summary = {
         "n_train": train_ds.n_items,
         "n_synthetic": synth_ds.n_items,
-        "n_holdout": 0,
+        "n_holdout": hold_ds.n_items if hold_ds is not None else 0,
         "top_k": opts.top_k,
-        "threshold": opts.threshold,
-        "threshold_source": "fixed",
+        "threshold": calibration.threshold if calibration else opts.threshold,
+        "threshold_source": "holdout" if calibration else "fixed",
         "n_flagged": n_flagged,
         "flagged_fraction": n_flagged / synth_ds.n_items,
+        "fixed_threshold": opts.threshold,
+        "n_above_fixed_threshold": int(fixed_flags.sum()),
+        "calibration": calibration.to_dict() if calibration else None,
         "n_unmatched": int(synth_df["nearest_train_id"].isna().sum()),
         "subjects_total": int(len(subjects)),
         "subjects_leaked": int(subjects["leaked"].sum()),
         "subjects_leaked_fraction": float(subjects["leaked"].mean()) if len(subjects) else 0.0,
+        "holdout_max_correlation": _describe(hold_top) if hold_top is not None else None,
+        "baseline": _describe_baseline(extra.get("baseline")),
         "device": device,
         "precision": stats["precision"],
         "screen_epsilon": stats["epsilon"],
         "n_rerank_pairs": stats["n_candidates"],
         "n_fallback_blocks": stats["n_fallback"],
         "item_shape": list(train_ds.item_shape),
+        "channels": list(train_ds.channels),
         "feature_dim": d,
         "query_block": qb,
         "train_block": tb,
         "train": str(train_ds.path),
         "synthetic": str(synth_ds.path),
+        "holdout": str(hold_ds.path) if hold_ds is not None else None,
         "options": opts.to_dict(),
         "command": command,
         "memscan_version": __version__,
     }
     summary["seconds"] = round(time.perf_counter() - t0, 4)
     _write_json(summary, out / "summary.json")
-    ckpt.remove()
+    searcher.ckpt.remove()
     log.info("wrote %s (%.1f s)", out, summary["seconds"])
-    result = ScanResult(out, synth_df, tables["matches"], subjects, tables["train_items"], summary)
+    result = ScanResult(out, synth_df, tables["matches"], subjects, tables["train_items"], summary,
+                        extra.get("holdout"), extra.get("baseline"))
+    check_gates(summary, opts, out)
+    return result
+
+
+def check_gates(summary: dict[str, Any], opts: ScanOptions, out: Path) -> None:
+    """Raise GateFailed (exit 3) when a release gate is exceeded; call after everything is written."""
     if opts.fail_above is not None and summary["flagged_fraction"] > opts.fail_above:
         raise GateFailed(
             f"release gate failed: {summary['flagged_fraction']:.2%} of synthetic items flagged "
             f"(> --fail-above {opts.fail_above:.2%}); results are in {out}"
         )
-    return result
+    if opts.fail_on_leaked_subjects is not None and summary["subjects_leaked"] >= opts.fail_on_leaked_subjects:
+        raise GateFailed(
+            f"release gate failed: {summary['subjects_leaked']} training subjects leaked "
+            f"(>= --fail-on-leaked-subjects {opts.fail_on_leaked_subjects}); results are in {out}"
+        )
+
+
+def _describe(values: np.ndarray) -> dict[str, float] | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return None
+    return {"n": int(v.size), "median": float(np.median(v)), "q95": float(np.quantile(v, 0.95)),
+            "max": float(v.max())}
+
+
+def _describe_baseline(df: pd.DataFrame | None) -> dict[str, Any] | None:
+    if df is None:
+        return None
+    return {"n_items": int(len(df)), "any": _describe(df["nn_correlation_any"].to_numpy(dtype=float)),
+            "other_subject": _describe(df["nn_correlation_other_subject"].to_numpy(dtype=float))}
+
+
+def baseline_sample(n_train: int, n_items: int) -> np.ndarray:
+    """Training positions used for the train-vs-train baselines: evenly spread, deterministic."""
+    if n_items >= n_train:
+        return np.arange(n_train)
+    return np.unique(np.linspace(0, n_train - 1, n_items).round().astype(np.int64))
+
+
+def _baselines(searcher: _Searcher, train: Dataset, n_items: int) -> pd.DataFrame:
+    """Nearest other training item of sampled training items: any other item, and another subject's.
+
+    Neighbouring slices of one volume are near-duplicates (correlation ~0.99 in real brain MRI), so the
+    first baseline is high by construction; the second (another subject) is the fair comparison for
+    "how similar are two different patients".
+    """
+    pos = baseline_sample(train.n_items, n_items)
+    _, subject_codes = np.unique(train.subjects.astype(str), return_inverse=True)
+    subject_codes = subject_codes.astype(np.int64)
+
+    def read(a: int, b: int) -> np.ndarray:
+        return train.take(pos[a:b])
+
+    av, ai, _ = searcher.run("baseline-any", len(pos), read, 1, (pos, np.arange(train.n_items)))
+    ov, oi, _ = searcher.run("baseline-other", len(pos), read, 1, (subject_codes[pos], subject_codes))
+    ids = train.ids
+    return pd.DataFrame({
+        "train_id": pd.array(ids[pos], dtype="string"),
+        "subject": pd.array(train.subjects[pos], dtype="string"),
+        "nn_correlation_any": av[:, 0],
+        "nn_id_any": pd.array(np.where(ai[:, 0] >= 0, ids[np.maximum(ai[:, 0], 0)], None), dtype="string"),
+        "nn_correlation_other_subject": ov[:, 0],
+        "nn_id_other_subject": pd.array(np.where(oi[:, 0] >= 0, ids[np.maximum(oi[:, 0], 0)], None),
+                                        dtype="string"),
+    })
+
+
+def nearest_table(train: Dataset, queries: Dataset, id_column: str, values: np.ndarray, indices: np.ndarray,
+                  transforms: np.ndarray) -> pd.DataFrame:
+    """One row per query item: its nearest training item (used for held-out items)."""
+    valid = indices[:, 0] >= 0
+    safe = np.where(valid, indices[:, 0], 0)
+    return pd.DataFrame({
+        id_column: pd.array(queries.ids, dtype="string"),
+        "max_correlation": values[:, 0].astype(np.float64),
+        "nearest_train_id": pd.array(np.where(valid, train.ids[safe], None), dtype="string"),
+        "nearest_subject": pd.array(np.where(valid, train.subjects[safe], None), dtype="string"),
+        "transform": pd.array(np.where(valid, transforms[:, 0], None), dtype="string"),
+    })
 
 
 def build_tables(
@@ -478,41 +606,30 @@ def build_tables(
     values: np.ndarray,
     indices: np.ndarray,
     transforms: np.ndarray,
-    threshold: float,
+    flagged: np.ndarray,
+    p_values: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The run folder's tables from the top-k arrays ``[n_synthetic, k]``."""
+    """The run folder's tables from the top-k arrays ``[n_synthetic, k]`` and the flags ``[n_synthetic]``."""
     n, k = values.shape
     train_ids = train.ids
     train_subjects = train.subjects
     valid = indices >= 0
     safe = np.where(valid, indices, 0)
-    matches = pd.DataFrame(
-        {
-            "synthetic_id": np.repeat(synth.ids, k),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-            "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
-            "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
-            "correlation": values.reshape(-1).astype(np.float64),
-            "transform": np.where(valid, transforms, None).reshape(-1),
-        }
-    )
+    matches = pd.DataFrame({
+        "synthetic_id": np.repeat(synth.ids, k),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+        "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
+        "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
+        "correlation": values.reshape(-1).astype(np.float64),
+        "transform": np.where(valid, transforms, None).reshape(-1),
+    })
     matches = matches[valid.reshape(-1)].reset_index(drop=True)
     for col in ("synthetic_id", "train_id", "train_subject", "transform"):
         matches[col] = matches[col].astype("string")
+    synthetic = nearest_table(train, synth, "synthetic_id", values, indices, transforms)
+    synthetic["p_value"] = pd.array(p_values if p_values is not None else [None] * n, dtype="Float64")
+    synthetic["flagged"] = np.asarray(flagged, dtype=bool)
     top = values[:, 0]
-    synthetic = pd.DataFrame(
-        {
-            "synthetic_id": pd.array(synth.ids, dtype="string"),
-            "max_correlation": top.astype(np.float64),
-            "nearest_train_id": pd.array(np.where(valid[:, 0], train_ids[safe[:, 0]], None), dtype="string"),
-            "nearest_subject": pd.array(
-                np.where(valid[:, 0], train_subjects[safe[:, 0]], None), dtype="string"
-            ),
-            "transform": pd.array(np.where(valid[:, 0], transforms[:, 0], None), dtype="string"),
-            "p_value": pd.array([None] * n, dtype="Float64"),
-            "flagged": np.nan_to_num(top, nan=-np.inf) > threshold,
-        }
-    )
     nearest = np.where(valid[:, 0], indices[:, 0], -1)
     return {
         "synthetic": synthetic,
@@ -527,14 +644,8 @@ def load_run(run: str | Path) -> ScanResult:
     run = Path(run)
     if not (run / "summary.json").is_file():
         raise InputError("is not a finished memscan run folder (no summary.json)", run)
-    tables = {
-        n: pd.read_parquet(run / f"{n}.parquet") for n in ("synthetic", "matches", "subjects", "train_items")
-    }
-    return ScanResult(
-        run,
-        tables["synthetic"],
-        tables["matches"],
-        tables["subjects"],
-        tables["train_items"],
-        json.loads((run / "summary.json").read_text()),
-    )
+    names = ("synthetic", "matches", "subjects", "train_items", "holdout", "baseline")
+    tables = {n: pd.read_parquet(run / f"{n}.parquet") if (run / f"{n}.parquet").exists() else None
+              for n in names}
+    summary = json.loads((run / "summary.json").read_text())
+    return ScanResult(run, *(tables[n] for n in names[:4]), summary, tables["holdout"], tables["baseline"])

@@ -65,8 +65,13 @@ def base(tmp_path_factory) -> dict[str, Path]:
     prepare_dataset(root / "tree", root / "ds", PrepareOptions(layout="brats", size=32, test_subjects=1))
     train, test = Dataset.open(root / "ds" / "train"), Dataset.open(root / "ds" / "test")
     plant_copies(train, test, root / "syn", n_copies=6, n_novel=4, seed=1)
-    scan(root / "ds" / "train", root / "syn", root / "run",
-         ScanOptions(flips=True, max_shift=3, device="cpu", threshold=0.97), command="memscan scan ...")
+    scan(
+        root / "ds" / "train",
+        root / "syn",
+        root / "run",
+        ScanOptions(flips=True, max_shift=3, device="cpu", threshold=0.97),
+        command="memscan scan ...",
+    )
     return {"root": root, "run": root / "run", "train": root / "ds" / "train", "syn": root / "syn"}
 
 
@@ -197,9 +202,13 @@ def test_ids_are_escaped(run):
 
 def test_regeneration_is_idempotent(run):
     write_report(run, per_page=3)
-    first = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "parquet" not in p.name}
+    first = {
+        p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "parquet" not in p.name
+    }
     write_report(run, per_page=3)
-    second = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "parquet" not in p.name}
+    second = {
+        p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "parquet" not in p.name
+    }
     assert first.keys() == second.keys()
     for rel in first:
         if rel.suffix in (".html", ".csv"):
@@ -210,27 +219,44 @@ def test_regeneration_is_idempotent(run):
 def test_calibrated_run_with_holdout_and_baseline(run, base):
     rng = np.random.default_rng(0)
     synth = pd.read_parquet(run / "synthetic.parquet")
-    hold = pd.DataFrame({
-        "holdout_id": [f"test_{i}" for i in range(40)],
-        "max_correlation": rng.uniform(0.80, 0.93, 40),
-        "nearest_train_id": synth["nearest_train_id"].iloc[0],
-        "nearest_subject": synth["nearest_subject"].iloc[0],
-        "transform": "none",
-    })
+    hold = pd.DataFrame(
+        {
+            "holdout_id": [f"test_{i}" for i in range(40)],
+            "max_correlation": rng.uniform(0.80, 0.93, 40),
+            "nearest_train_id": synth["nearest_train_id"].iloc[0],
+            "nearest_subject": synth["nearest_subject"].iloc[0],
+            "transform": "none",
+        }
+    )
     hold.to_parquet(run / "holdout.parquet", index=False)
     items = pd.read_parquet(run / "train_items.parquet")
-    pd.DataFrame({
-        "train_id": items["train_id"], "subject": items["subject"],
-        "nn_correlation_any": rng.uniform(0.97, 0.995, len(items)), "nn_id_any": items["train_id"],
-        "nn_correlation_other_subject": rng.uniform(0.7, 0.9, len(items)), "nn_id_other_subject": items["train_id"],
-    }).to_parquet(run / "baseline.parquet", index=False)
+    pd.DataFrame(
+        {
+            "train_id": items["train_id"],
+            "subject": items["subject"],
+            "nn_correlation_any": rng.uniform(0.97, 0.995, len(items)),
+            "nn_id_any": items["train_id"],
+            "nn_correlation_other_subject": rng.uniform(0.7, 0.9, len(items)),
+            "nn_id_other_subject": items["train_id"],
+        }
+    ).to_parquet(run / "baseline.parquet", index=False)
     synth["p_value"] = pd.array(
-        [(1 + (hold["max_correlation"] >= v).sum()) / 41 for v in synth["max_correlation"]], dtype="Float64")
+        [(1 + (hold["max_correlation"] >= v).sum()) / 41 for v in synth["max_correlation"]], dtype="Float64"
+    )
     synth.to_parquet(run / "synthetic.parquet", index=False)
     s = json.loads((run / "summary.json").read_text())
-    s.update(n_holdout=40, threshold_source="holdout", threshold=0.93, holdout="/data/holdout",
-             calibration={"method": "fdr", "alpha": 0.05, "p_threshold": 0.0244,
-                          "null_quantiles": {"q50": 0.86, "q90": 0.92, "q95": 0.925, "q99": 0.929, "max": 0.93}})
+    s.update(
+        n_holdout=40,
+        threshold_source="holdout",
+        threshold=0.93,
+        holdout="/data/holdout",
+        calibration={
+            "method": "fdr",
+            "alpha": 0.05,
+            "p_threshold": 0.0244,
+            "null_quantiles": {"q50": 0.86, "q90": 0.92, "q95": 0.925, "q99": 0.929, "max": 0.93},
+        },
+    )
     (run / "summary.json").write_text(json.dumps(s))
     page = Page(write_report(run))
     text = page.plain
@@ -242,16 +268,28 @@ def test_calibrated_run_with_holdout_and_baseline(run, base):
 
 def test_volumes_and_channel_option(tmp_path, base):
     """3D items: the middle axial slice is shown, neighbour panels say why they are empty."""
-    vol = prepare_dataset(base["root"] / "tree", tmp_path / "vol",
-                          PrepareOptions(layout="brats", volumes=True, size=32, modalities=("t1", "flair")))
+    vol = prepare_dataset(
+        base["root"] / "tree",
+        tmp_path / "vol",
+        PrepareOptions(layout="brats", volumes=True, size=32, modalities=("t1", "flair")),
+    )
     items = vol.take([0, 1])
-    with DatasetWriter(tmp_path / "vsyn", item_shape=vol.item_shape, dtype=str(vol.dtype),
-                       channels=vol.channels, recipe={"name": "test"}) as w:
+    with DatasetWriter(
+        tmp_path / "vsyn",
+        item_shape=vol.item_shape,
+        dtype=str(vol.dtype),
+        channels=vol.channels,
+        recipe={"name": "test"},
+    ) as w:
         w.add(items[0], {"id": "v0", "subject": "s"})
         w.add(np.ascontiguousarray(items[1][:, ::-1]), {"id": "v1-flipped", "subject": "s"})
         w.commit()
-    scan(tmp_path / "vol", tmp_path / "vsyn", tmp_path / "vrun",
-         ScanOptions(flips=True, device="cpu", channel="flair", top_k=1))
+    scan(
+        tmp_path / "vol",
+        tmp_path / "vsyn",
+        tmp_path / "vrun",
+        ScanOptions(flips=True, device="cpu", channel="flair", top_k=1),
+    )
     page = Page(write_report(tmp_path / "vrun"))
     assert len(page.pairs) == 2
     assert "channel 'flair'" in page.plain and "middle axial slice" in page.plain

@@ -168,7 +168,7 @@ def test_block_sizes_and_precision_change_nothing(data, tmp_path):
 
 
 def test_resume_after_interruption_is_identical_and_skips_done_blocks(data, tmp_path, monkeypatch):
-    opts = ScanOptions(top_k=3, query_block=4)
+    opts = ScanOptions(top_k=3, query_block=4, baseline_items=0)
     scan(data["train"].path, data["synth"].path, tmp_path / "ref", opts)
     calls = {"n": 0}
     real = scan_module._search_query_block
@@ -274,3 +274,36 @@ def test_bad_inputs(data, tmp_path):
         scan(tmp_path / "missing", data["synth"].path, tmp_path / "r4")
     with pytest.raises(InputError, match="no such split"):
         scan(data["root"] / "brats" / "validation", data["synth"].path, tmp_path / "r5")
+
+
+def test_holdout_calibration_and_baselines(data, tmp_path):
+    # one held-out subject only: the smallest p-value is 1/(n+1) ~ 0.06, so test at FDR 0.2
+    res = scan(data["train"].path, data["synth"].path, tmp_path / "run",
+               ScanOptions(top_k=2, baseline_items=30, alpha=0.2), holdout=data["test"].path)
+    s = res.summary
+    assert s["threshold_source"] == "holdout" and s["n_holdout"] == data["test"].n_items
+    assert s["calibration"]["method"] == "fdr" and s["calibration"]["n_null"] == data["test"].n_items
+    truth = _truth(data["synth"])
+    syn = res.synthetic.set_index("synthetic_id")
+    copies = truth.index[truth["planted_transform"].isin(["exact", "rescale", "noisy"])]
+    assert syn.loc[copies, "flagged"].all()
+    assert syn["p_value"].notna().all() and (syn["p_value"] > 0).all()
+    hold = pd.read_parquet(tmp_path / "run" / "holdout.parquet")
+    assert len(hold) == data["test"].n_items and hold["max_correlation"].between(-1, 1).all()
+    base = pd.read_parquet(tmp_path / "run" / "baseline.parquet")
+    assert len(base) == 30
+    assert (base["nn_id_any"] != base["train_id"]).all()  # never itself
+    subj_of = dict(zip(data["train"].ids, data["train"].subjects, strict=True))
+    assert all(subj_of[a] != b for a, b in zip(base["nn_id_other_subject"], base["subject"], strict=True))
+    # neighbouring slices of the same subject are closer than other subjects' slices
+    assert (base["nn_correlation_any"] >= base["nn_correlation_other_subject"]).all()
+    assert s["baseline"]["any"]["median"] > s["baseline"]["other_subject"]["median"]
+    with pytest.raises(InputError, match="must not be in the training set"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "bad", holdout=data["train"].path)
+
+
+def test_leaked_subject_gate(data, tmp_path):
+    with pytest.raises(GateFailed, match="training subjects leaked"):
+        scan(data["train"].path, data["synth"].path, tmp_path / "run",
+             ScanOptions(fail_on_leaked_subjects=1, baseline_items=0))
+    assert (tmp_path / "run" / "subjects.parquet").exists()

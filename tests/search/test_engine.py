@@ -428,3 +428,22 @@ def test_cuda_int8_identical_to_cpu(near_ties) -> None:
     cpu = search_topk(q, blocks_of(t, 17), 5, precision="int8", device="cpu")
     gpu = search_topk(q, blocks_of(t, 17), 5, precision="int8", device="cuda")
     assert_same(gpu, cpu)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16", "float64"])
+def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str) -> None:
+    """Train against itself: excluding the item itself, and excluding its whole group (subject)."""
+    _, t = near_ties
+    n = len(t)
+    subject = np.arange(n) // 8  # 10 "subjects" of 8 neighbouring slices
+    ref_v, ref_i = reference_topk(t, t, n)
+    for groups in (np.arange(n), subject):
+        res = search_topk(t, blocks_of(t, 13), 3, precision=precision, query_groups=groups,
+                          train_groups=groups, candidate_cap=5)
+        for q in range(n):
+            allowed = groups[ref_i[q]] != groups[q]
+            exp_i, exp_v = ref_i[q][allowed][:3], ref_v[q][allowed][:3]
+            np.testing.assert_array_equal(res.indices[q], exp_i)
+            np.testing.assert_allclose(res.values[q], exp_v, atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match="go together"):
+        search_topk(t, blocks_of(t, 13), 3, query_groups=subject)

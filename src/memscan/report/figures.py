@@ -85,8 +85,13 @@ class HistogramSeries:
     dashed: bool = False
 
 
-def histogram_figure(series: Sequence[HistogramSeries], threshold: float | None, out: Path, *,
-                     threshold_label: str = "threshold") -> Path:
+def histogram_figure(
+    series: Sequence[HistogramSeries],
+    threshold: float | None,
+    out: Path,
+    *,
+    threshold_label: str = "threshold",
+) -> Path:
     """Histogram of maximum correlations, one curve per series, with the threshold as a vertical line.
 
     Each series is normalized to the share of its items per bin, so sets of very different sizes
@@ -130,21 +135,42 @@ def histogram_figure(series: Sequence[HistogramSeries], threshold: float | None,
             ax.hist(v, bins=bins, weights=weights, color=s.colour, alpha=0.35, label=label)
             ax.hist(v, bins=bins, weights=weights, color=s.colour, histtype="step", linewidth=1.4)
         else:
-            ax.hist(v, bins=bins, weights=weights, color=s.colour, histtype="step", linewidth=1.8,
-                    linestyle="--" if s.dashed else "-", label=label)
+            ax.hist(
+                v,
+                bins=bins,
+                weights=weights,
+                color=s.colour,
+                histtype="step",
+                linewidth=1.8,
+                linestyle="--" if s.dashed else "-",
+                label=label,
+            )
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(threshold, color=THRESHOLD_COLOUR, linewidth=1.6, linestyle=(0, (4, 2)),
-                   label=f"{threshold_label} = {threshold:.4f}")
+        ax.axvline(
+            threshold,
+            color=THRESHOLD_COLOUR,
+            linewidth=1.6,
+            linestyle=(0, (4, 2)),
+            label=f"{threshold_label} = {threshold:.4f}",
+        )
     if shares:
         nz = np.concatenate(shares)
         if nz.size and nz.max() / nz.min() > 100:
             ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
+    ax.set_xlim(lo, hi + 0.01 * (hi - lo))
     ax.set_xlabel("maximum Pearson correlation with any training image")
     ax.set_ylabel("share of items per bin")
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="upper left", frameon=False, fontsize=9)
+    ax.legend(
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.01, 1.0, 0.1),
+        ncols=2,
+        mode="expand",
+        frameon=False,
+        fontsize=9,
+        borderaxespad=0.2,
+    )
     if not pooled.size:
         ax.text(0.5, 0.5, "no correlations to show", transform=ax.transAxes, ha="center", va="center")
     return _save(fig, out)
@@ -170,7 +196,9 @@ def parse_transform(label: str | None) -> tuple[bool, int, int, list[str]]:
     return flip, dy, dx, unknown
 
 
-def align_to_train(item: np.ndarray, transform: str | None, spatial_dims: int) -> tuple[np.ndarray, np.ndarray]:
+def align_to_train(
+    item: np.ndarray, transform: str | None, spatial_dims: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Undo a synthetic item's transform so that it lies pixel-aligned on its training match.
 
     Args:
@@ -190,8 +218,8 @@ def align_to_train(item: np.ndarray, transform: str | None, spatial_dims: int) -
     if (dy or dx) and spatial_dims == 2:
         h, w = x.shape[-2:]
         out = np.full_like(x, np.nan)
-        out[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = x[
-            ..., max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)
+        out[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = x[
+            ..., max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)
         ]
         x = out
         valid = np.isfinite(out)
@@ -270,21 +298,46 @@ class PairCanvas:
             ax.set_xticks([])
             ax.set_yticks([])
             self.images.append(ax.imshow(blank, cmap="gray", interpolation="nearest"))
-            self.messages.append(ax.text(0.5, 0.5, "", transform=ax.transAxes, ha="center", va="center",
-                                         fontsize=9, color="#555555", linespacing=1.5))
+            self.messages.append(
+                ax.text(
+                    0.5,
+                    0.5,
+                    "",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="#555555",
+                    linespacing=1.5,
+                )
+            )
         ax = self.axes[2]
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))
-        self.density = ax.imshow(np.ma.masked_all((2, 2)), cmap=cmap, origin="lower", aspect="equal",
-                                 interpolation="nearest", norm=LogNorm(vmin=1, vmax=10), extent=(0, 1, 0, 1),
-                                 zorder=2)
+        self.density = ax.imshow(
+            np.ma.masked_all((2, 2)),
+            cmap=cmap,
+            origin="lower",
+            aspect="equal",
+            interpolation="nearest",
+            norm=LogNorm(vmin=1, vmax=10),
+            extent=(0, 1, 0, 1),
+            zorder=2,
+        )
         (self.diagonal,) = ax.plot([0, 1], [0, 1], color="#9aa5b1", linewidth=0.8, linestyle="--", zorder=1)
         ax.set_xlabel("training pixel value", fontsize=8.5)
         ax.set_ylabel("synthetic pixel value", fontsize=8.5)
         ax.tick_params(labelsize=7.5)
         ax.spines[["top", "right"]].set_visible(False)
 
-    def _panel(self, slot: int, image: np.ndarray | None, title: str, vmin: float, vmax: float,
-               message: str | None = None) -> None:
+    def _panel(
+        self,
+        slot: int,
+        image: np.ndarray | None,
+        title: str,
+        vmin: float,
+        vmax: float,
+        message: str | None = None,
+    ) -> None:
         ax = self.axes[(0, 1, 3, 4)[slot]]
         im, text = self.images[slot], self.messages[slot]
         ax.set_title(title, fontsize=9.5, linespacing=1.3)
@@ -379,8 +432,10 @@ class PairCanvas:
         self.diagonal.set_data([lo, hi], [lo, hi])
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.set_title(f"pixel intensities, r = {r:.4f}" if np.isfinite(r) else "pixel intensities, r = n/a",
-                     fontsize=9.5)
+        ax.set_title(
+            f"pixel intensities, r = {r:.4f}" if np.isfinite(r) else "pixel intensities, r = n/a",
+            fontsize=9.5,
+        )
         return _save(self.fig, out), r
 
 

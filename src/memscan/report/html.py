@@ -37,6 +37,7 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from memscan.data.store import Dataset
 from memscan.report import figures
@@ -181,12 +182,18 @@ def open_images(result: ScanResult) -> Images:
         return Images(None, None, problem)
     warnings = []
     if train.item_shape != synth.item_shape:
-        return Images(None, None, f"the datasets' item shapes differ ({list(train.item_shape)} vs "
-                                  f"{list(synth.item_shape)}): they are not the ones that were scanned")
+        return Images(
+            None,
+            None,
+            f"the datasets' item shapes differ ({list(train.item_shape)} vs "
+            f"{list(synth.item_shape)}): they are not the ones that were scanned",
+        )
     for ds, key in ((train, "n_train"), (synth, "n_synthetic")):
         if s.get(key) is not None and ds.n_items != int(s[key]):
-            warnings.append(f"{ds.path} now holds {ds.n_items} items but the scan saw {s[key]}: it may have "
-                            "changed since the scan")
+            warnings.append(
+                f"{ds.path} now holds {ds.n_items} items but the scan saw {s[key]}: it may have "
+                "changed since the scan"
+            )
     return Images(train, synth, None, "; ".join(warnings) or None)
 
 
@@ -200,27 +207,32 @@ def select_gallery(synthetic: pd.DataFrame, max_gallery: int) -> pd.DataFrame:
     """
     df = synthetic[synthetic["nearest_train_id"].notna()].copy()
     df["_corr"] = pd.to_numeric(df["max_correlation"], errors="coerce").astype("float64")
-    df = df.sort_values(["_corr", "synthetic_id"], ascending=[False, True], kind="mergesort",
-                        na_position="last")
+    df = df.sort_values(
+        ["_corr", "synthetic_id"], ascending=[False, True], kind="mergesort", na_position="last"
+    )
     flagged = df["flagged"].fillna(False).astype(bool)
-    chosen = pd.concat([df[flagged].head(max_gallery), df[~flagged].head(max(0, max_gallery - int(flagged.sum())))])
+    chosen = pd.concat(
+        [df[flagged].head(max_gallery), df[~flagged].head(max(0, max_gallery - int(flagged.sum())))]
+    )
     return chosen.drop(columns="_corr").reset_index(drop=True)
 
 
 def _entries(chosen: pd.DataFrame) -> list[PairEntry]:
     out = []
     for i, row in enumerate(chosen.itertuples(index=False), start=1):
-        p = row.p_value if "p_value" in chosen.columns else None
-        out.append(PairEntry(
-            rank=i,
-            synthetic_id=str(row.synthetic_id),
-            train_id=str(row.nearest_train_id),
-            subject=str(row.nearest_subject),
-            correlation=float(row.max_correlation),
-            transform=str(row.transform) if pd.notna(row.transform) else "none",
-            p_value=_num(p) if p is not None and not pd.isna(p) else None,
-            flagged=bool(row.flagged) if pd.notna(row.flagged) else False,
-        ))
+        p = getattr(row, "p_value", None)
+        out.append(
+            PairEntry(
+                rank=i,
+                synthetic_id=str(row.synthetic_id),
+                train_id=str(row.nearest_train_id),
+                subject=str(row.nearest_subject),
+                correlation=float(row.max_correlation),
+                transform=str(row.transform) if pd.notna(row.transform) else "none",
+                p_value=None if p is None or pd.isna(p) else _num(p),
+                flagged=bool(row.flagged) if pd.notna(row.flagged) else False,
+            )
+        )
     return out
 
 
@@ -237,7 +249,7 @@ def _display_channel(train: Dataset, options: dict[str, Any]) -> tuple[int, list
 def _batches(entries: list[PairEntry], per_pair_bytes: int) -> Iterator[list[PairEntry]]:
     size = max(1, READ_BUDGET // max(1, per_pair_bytes))
     for i in range(0, len(entries), size):
-        yield entries[i:i + size]
+        yield entries[i : i + size]
 
 
 def _render_pairs(entries: list[PairEntry], images: Images, options: dict[str, Any], pairs_dir: Path) -> str:
@@ -251,26 +263,35 @@ def _render_pairs(entries: list[PairEntry], images: Images, options: dict[str, A
     synth_pos = {str(v): i for i, v in enumerate(synth.manifest["id"])}
     slices: dict[tuple[str, str, int], int] = {}
     sliced = tman[tman["slice_index"].notna()]
-    for pos, src, axis, idx in zip(sliced.index, sliced["source"], sliced["slice_axis"], sliced["slice_index"],
-                                   strict=True):
-        slices[(str(src), str(axis), int(idx))] = int(pos)
+    for pos, src, axis, idx in zip(
+        sliced.index, sliced["source"], sliced["slice_axis"], sliced["slice_index"], strict=True
+    ):
+        slices[(str(src), _axis(axis), int(idx))] = int(pos)
 
     def neighbours_of(pos: int) -> list[tuple[str, int | None, str | None]]:
         row = tman.iloc[pos]
         if dims == 3:
-            return [("previous slice", None, "3D volume:\nno neighbouring slices")] * 2
+            return [
+                ("previous slice", None, "3D volume:\nno neighbouring slices"),
+                ("next slice", None, "3D volume:\nno neighbouring slices"),
+            ]
         if pd.isna(row["slice_index"]):
-            return [("previous slice", None, "not a slice\nof a volume"), ("next slice", None, "not a slice\nof a volume")]
-        axis = None if pd.isna(row["slice_axis"]) else str(row["slice_axis"])
+            return [
+                ("previous slice", None, "not a slice\nof a volume"),
+                ("next slice", None, "not a slice\nof a volume"),
+            ]
+        axis = _axis(row["slice_axis"])
         out = []
         for step, name in ((-1, "previous slice"), (1, "next slice")):
             label = figures.neighbour_label(axis, int(row["slice_index"]), step)
-            key = (str(row["source"]), str(axis), int(row["slice_index"]) + step)
+            key = (str(row["source"]), axis, int(row["slice_index"]) + step)
             sign = "\u2212" if step < 0 else "+"
             if key in slices:
                 out.append((f"{name} {label}", slices[key], None))
             else:
-                out.append((f"{name} {label}", None, f"slice {axis or ''}{sign}1 ({label})\nnot in the training set"))
+                out.append(
+                    (f"{name} {label}", None, f"slice {axis}{sign}1 ({label})\nnot in the training set")
+                )
         return out
 
     canvas = figures.PairCanvas()
@@ -283,41 +304,89 @@ def _render_pairs(entries: list[PairEntry], images: Images, options: dict[str, A
                 e.note = f"The {which} item is not in the dataset any more: no images."
                 continue
             todo.append((e, tp, sp, neighbours_of(tp)))
-        need_t = sorted({tp for _, tp, _, _ in todo} | {p for *_, nb in todo for _, p, _ in nb if p is not None})
+        need_t = sorted(
+            {tp for _, tp, _, _ in todo} | {p for *_, nb in todo for _, p, _ in nb if p is not None}
+        )
         need_s = sorted({sp for _, _, sp, _ in todo})
-        t_items = dict(zip(need_t, train.take(need_t), strict=True)) if need_t else {}
-        s_items = dict(zip(need_s, synth.take(need_s), strict=True)) if need_s else {}
+        try:
+            t_items = dict(zip(need_t, train.take(need_t), strict=True)) if need_t else {}
+            s_items = dict(zip(need_s, synth.take(need_s), strict=True)) if need_s else {}
+        except Exception as exc:  # noqa: BLE001 - a damaged store costs the images, not the report
+            log.warning("cannot read gallery images: %s", exc)
+            for e, *_ in todo:
+                e.note = f"The images could not be read ({type(exc).__name__}: {exc})."
+            continue
         for e, tp, sp, nb in todo:
-            flip, dy, dx, unknown = figures.parse_transform(e.transform)
-            aligned, valid = figures.align_to_train(s_items[sp], e.transform, dims)
-            undone = [w for w, on in (("flip", flip), ("shift", bool(dy or dx))) if on]
-            s_title = "synthetic" + (f" ({' + '.join(undone)} undone)" if undone else "")
-            t_row = tman.iloc[tp]
-            t_title = "training" + (f" {figures.neighbour_label(t_row['slice_axis'], int(t_row['slice_index']), 0)}"
-                                    if dims == 2 and pd.notna(t_row["slice_index"]) else "")
-            panels = []
-            for title, pos, message in nb:
-                if pos is None:
-                    panels.append(figures.PairPanel(title, None, message))
-                    continue
-                chans = compared if compared is not None else list(range(aligned.shape[0]))
-                r_nb = figures.pearson(aligned[chans], t_items[pos][chans], valid[chans])
-                panels.append(figures.PairPanel(f"{title}\nr with synthetic {r_nb:.4f}",
-                                                figures.display_plane(t_items[pos], channel, dims)))
-            name = f"pair-{e.rank:03d}.png"
-            path, r = canvas.draw(
-                t_items[tp], aligned, valid, pairs_dir / name, channel=channel, compared_channels=compared,
-                spatial_dims=dims, synthetic_title=s_title, train_title=t_title, neighbours=panels,
-            )
-            e.image = f"{FIGURES_DIR}/{PAIRS_DIR}/{name}"
-            e.r_display = r if math.isfinite(r) else None
-            from PIL import Image
-
-            with Image.open(path) as im:
-                e.width, e.height = im.size
-            if unknown:
-                e.note = f"Transform part(s) {', '.join(unknown)} not undone in the image."
+            try:
+                _draw_pair(e, tp, sp, nb, t_items, s_items, tman, canvas, channel, compared, dims, pairs_dir)
+            except Exception as exc:  # noqa: BLE001 - one odd item must not cost the whole report
+                log.warning("cannot draw pair %d (%s): %s", e.rank, e.synthetic_id, exc)
+                e.image, e.note = None, f"This pair could not be drawn ({type(exc).__name__}: {exc})."
     return channel_text
+
+
+def _axis(value: Any) -> str:
+    """A manifest ``slice_axis`` as text ('' when missing)."""
+    return "" if value is None or pd.isna(value) else str(value)
+
+
+def _draw_pair(
+    e: PairEntry,
+    tp: int,
+    sp: int,
+    nb: list[tuple[str, int | None, str | None]],
+    t_items: dict[int, np.ndarray],
+    s_items: dict[int, np.ndarray],
+    tman: pd.DataFrame,
+    canvas: figures.PairCanvas,
+    channel: int,
+    compared: list[int] | None,
+    dims: int,
+    pairs_dir: Path,
+) -> None:
+    """Draw one entry's figure and fill its ``image``, size, ``r_display`` and ``note``."""
+    flip, dy, dx, unknown = figures.parse_transform(e.transform)
+    aligned, valid = figures.align_to_train(s_items[sp], e.transform, dims)
+    undone = [w for w, on in (("flip", flip), ("shift", bool(dy or dx))) if on]
+    s_title = "synthetic" + (f" ({' + '.join(undone)} undone)" if undone else "")
+    t_row = tman.iloc[tp]
+    t_title = "training" + (
+        f" {figures.neighbour_label(_axis(t_row['slice_axis']), int(t_row['slice_index']), 0)}"
+        if dims == 2 and pd.notna(t_row["slice_index"])
+        else ""
+    )
+    panels = []
+    for title, pos, message in nb:
+        if pos is None:
+            panels.append(figures.PairPanel(title, None, message))
+            continue
+        chans = compared if compared is not None else list(range(aligned.shape[0]))
+        r_nb = figures.pearson(aligned[chans], t_items[pos][chans], valid[chans])
+        panels.append(
+            figures.PairPanel(
+                f"{title}\nr with synthetic {r_nb:.4f}",
+                figures.display_plane(t_items[pos], channel, dims),
+            )
+        )
+    name = f"pair-{e.rank:03d}.png"
+    path, r = canvas.draw(
+        t_items[tp],
+        aligned,
+        valid,
+        pairs_dir / name,
+        channel=channel,
+        compared_channels=compared,
+        spatial_dims=dims,
+        synthetic_title=s_title,
+        train_title=t_title,
+        neighbours=panels,
+    )
+    e.image = f"{FIGURES_DIR}/{PAIRS_DIR}/{name}"
+    e.r_display = r if math.isfinite(r) else None
+    with Image.open(path) as im:
+        e.width, e.height = im.size
+    if unknown:
+        e.note = f"Transform part(s) {', '.join(unknown)} not undone in the image."
 
 
 def _paginate(entries: list[PairEntry], per_page: int) -> list[GalleryPage]:
@@ -326,7 +395,7 @@ def _paginate(entries: list[PairEntry], per_page: int) -> list[GalleryPage]:
     pages = []
     for n in range(1, n_pages + 1):
         href = f"{REPORT_FILE}#gallery" if n == 1 else f"gallery-{n}.html"
-        pages.append(GalleryPage(n, href, entries[(n - 1) * per_page:n * per_page]))
+        pages.append(GalleryPage(n, href, entries[(n - 1) * per_page : n * per_page]))
     return pages
 
 
@@ -346,16 +415,22 @@ def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
             a = f" \u03b1 = {alpha:g}" if alpha is not None else ""
             pt = _num(cal.get("p_threshold"))
             ptxt = f", p \u2264 {_fmt_p(pt)}" if pt is not None else ""
-            return (f"Flags are calibrated on {n_hold:,} held-out real images: Benjamini\u2013Hochberg false "
-                    f"discovery rate{a}, which here flags correlations above {thr_text}{ptxt}."), True
+            return (
+                f"Flags are calibrated on {n_hold:,} held-out real images: Benjamini\u2013Hochberg false "
+                f"discovery rate{a}, which here flags correlations above {thr_text}{ptxt}."
+            ), True
         if method == "quantile":
             q = f"the {1 - alpha:.3g} quantile" if alpha is not None else "a quantile"
-            return (f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images: {q} of "
-                    "their maximum correlation with the training set."), True
+            return (
+                f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images: {q} of "
+                "their maximum correlation with the training set."
+            ), True
         return f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images.", True
-    return (f"The threshold r > {thr_text} is FIXED AND NOT CALIBRATED: no held-out real images were "
-            "given, so nothing measures how similar a new, unseen patient would be to the training set. "
-            "Rerun the scan with --holdout to calibrate it."), False
+    return (
+        f"The threshold r > {thr_text} is FIXED AND NOT CALIBRATED: no held-out real images were "
+        "given, so nothing measures how similar a new, unseen patient would be to the training set. "
+        "Rerun the scan with --holdout to calibrate it."
+    ), False
 
 
 def _verdict(s: dict[str, Any]) -> str:
@@ -363,10 +438,12 @@ def _verdict(s: dict[str, Any]) -> str:
     n_f = int(s.get("n_flagged") or 0)
     tot = int(s.get("subjects_total") or 0)
     leaked = int(s.get("subjects_leaked") or 0)
-    images = "image is" if n_f == 1 else "images are"
-    subj = "subject is" if leaked == 1 else "subjects are"
-    return (f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {images} flagged as copies of training "
-            f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {subj} reproduced.")
+    verb_f = "is" if n_f == 1 else "are"
+    verb_s = "is" if leaked == 1 else "are"
+    return (
+        f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {verb_f} flagged as copies of training "
+        f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {verb_s} reproduced."
+    )
 
 
 def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple[str, str]]:
@@ -378,10 +455,17 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     rows = [
         ("Synthetic images scanned", f"{n_s:,}"),
         ("Training images (subjects)", f"{int(s.get('n_train') or 0):,} ({tot:,})"),
-        ("Held-out real images", f"{int(s.get('n_holdout') or 0):,}" if s.get("n_holdout") else
-         "none \u2014 the threshold is not calibrated"),
-        ("Threshold", (f"r > {thr:.4f}" if thr is not None else "n/a")
-         + (" (calibrated on held-out images)" if s.get("threshold_source") == "holdout" else " (fixed)")),
+        (
+            "Held-out real images",
+            f"{int(s.get('n_holdout') or 0):,}"
+            if s.get("n_holdout")
+            else "none \u2014 the threshold is not calibrated",
+        ),
+        (
+            "Threshold",
+            (f"r > {thr:.4f}" if thr is not None else "n/a")
+            + (" (calibrated on held-out images)" if s.get("threshold_source") == "holdout" else " (fixed)"),
+        ),
     ]
     cal = s.get("calibration") or {}
     if cal:
@@ -394,14 +478,23 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
         q = cal.get("null_quantiles") or {}
         if q:
             names = {"q50": "median", "q90": "90%", "q95": "95%", "q99": "99%", "max": "max"}
-            rows.append(("Held-out max correlation",
-                         " \u00b7 ".join(f"{names.get(k, k)} {float(v):.4f}" for k, v in q.items()
-                                         if _num(v) is not None)))
+            rows.append(
+                (
+                    "Held-out max correlation",
+                    " \u00b7 ".join(
+                        f"{names.get(k, k)} {float(v):.4f}" for k, v in q.items() if _num(v) is not None
+                    ),
+                )
+            )
     elif holdout is not None and len(holdout):
         hv = pd.to_numeric(holdout["max_correlation"], errors="coerce").dropna()
         if len(hv):
-            rows.append(("Held-out max correlation",
-                         f"median {hv.median():.4f} \u00b7 99% {hv.quantile(0.99):.4f} \u00b7 max {hv.max():.4f}"))
+            rows.append(
+                (
+                    "Held-out max correlation",
+                    f"median {hv.median():.4f} \u00b7 99% {hv.quantile(0.99):.4f} \u00b7 max {hv.max():.4f}",
+                )
+            )
     rows += [
         ("Flagged synthetic images", f"{n_f:,} ({_pct(n_f, n_s)})"),
         ("Training subjects reproduced", f"{leaked:,} of {tot:,} ({_pct(leaked, tot)})"),
@@ -411,9 +504,13 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
         rows.append(("Highest / median max correlation", f"{corr.max():.4f} / {corr.median():.4f}"))
     if s.get("n_unmatched"):
         rows.append(("Synthetic images without any match", f"{int(s['n_unmatched']):,}"))
-    search = [f"top-{s.get('top_k')}", "flips " + ("on" if opts.get("flips") else "off"),
-              f"max shift {opts.get('max_shift', 0)} px", f"mask {opts.get('mask', 'none')}",
-              f"channel {opts.get('channel') or 'all'}"]
+    search = [
+        f"top-{s.get('top_k')}",
+        "flips " + ("on" if opts.get("flips") else "off"),
+        f"max shift {opts.get('max_shift', 0)} px",
+        f"mask {opts.get('mask', 'none')}",
+        f"channel {opts.get('channel') or 'all'}",
+    ]
     rows.append(("Search", ", ".join(search)))
     rows.append(("Engine", f"{s.get('device')}, {s.get('precision')} screen + exact float64 re-rank"))
     if _num(s.get("seconds")) is not None:
@@ -424,18 +521,24 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
 def _subject_rows(subjects: pd.DataFrame) -> tuple[list[dict[str, Any]], int]:
     df = subjects
     if "n_synthetic_matched" in df.columns:
-        df = df[(df["n_synthetic_matched"] > 0) | df.get("leaked", False)]
+        keep = df["n_synthetic_matched"].fillna(0) > 0
+        if "leaked" in df.columns:
+            keep |= df["leaked"].fillna(False).astype(bool)
+        df = df[keep]
     rows = []
     for row in df.head(SUBJECT_ROWS).to_dict("records"):
-        rows.append({
-            "subject": str(row.get("subject")),
-            "n_items": row.get("n_items"),
-            "n_synthetic_matched": row.get("n_synthetic_matched"),
-            "n_flagged": row.get("n_flagged", ""),
-            "max_correlation": f"{row['max_correlation']:.4f}" if _num(row.get("max_correlation")) is not None
-            else "",
-            "leaked": bool(row.get("leaked")),
-        })
+        rows.append(
+            {
+                "subject": str(row.get("subject")),
+                "n_items": row.get("n_items"),
+                "n_synthetic_matched": row.get("n_synthetic_matched"),
+                "n_flagged": row.get("n_flagged", ""),
+                "max_correlation": f"{row['max_correlation']:.4f}"
+                if _num(row.get("max_correlation")) is not None
+                else "",
+                "leaked": bool(row.get("leaked")),
+            }
+        )
     return rows, len(df)
 
 
@@ -505,7 +608,11 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     notes = [e for e in (h_err, b_err) if e]
 
     # CSV exports
-    exports = [("synthetic.csv", result.synthetic), ("matches.csv", result.matches), ("subjects.csv", result.subjects)]
+    exports = [
+        ("synthetic.csv", result.synthetic),
+        ("matches.csv", result.matches),
+        ("subjects.csv", result.subjects),
+    ]
     if holdout is not None:
         exports.append(("holdout.csv", holdout))
     if baseline is not None:
@@ -517,24 +624,47 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     (tmp_fig / PAIRS_DIR).mkdir(parents=True)
     try:
         # histogram
-        series = [figures.HistogramSeries("synthetic", result.synthetic["max_correlation"].to_numpy(dtype=float),
-                                          figures.SYNTHETIC_COLOUR, filled=True)]
+        series = [
+            figures.HistogramSeries(
+                "synthetic",
+                result.synthetic["max_correlation"].to_numpy(dtype=float),
+                figures.SYNTHETIC_COLOUR,
+                filled=True,
+            )
+        ]
         if holdout is not None:
-            series.append(figures.HistogramSeries("held-out real (null)",
-                                                  holdout["max_correlation"].to_numpy(dtype=float),
-                                                  figures.HOLDOUT_COLOUR))
+            series.append(
+                figures.HistogramSeries(
+                    "held-out real (null)",
+                    holdout["max_correlation"].to_numpy(dtype=float),
+                    figures.HOLDOUT_COLOUR,
+                )
+            )
         if baseline is not None:
             if "nn_correlation_other_subject" in baseline:
-                series.append(figures.HistogramSeries(
-                    "training vs training, other subjects",
-                    baseline["nn_correlation_other_subject"].to_numpy(dtype=float), figures.BASELINE_COLOUR))
+                series.append(
+                    figures.HistogramSeries(
+                        "training vs training, other subjects",
+                        baseline["nn_correlation_other_subject"].to_numpy(dtype=float),
+                        figures.BASELINE_COLOUR,
+                    )
+                )
             if "nn_correlation_any" in baseline:
-                series.append(figures.HistogramSeries(
-                    "training vs training, same subject allowed",
-                    baseline["nn_correlation_any"].to_numpy(dtype=float), figures.BASELINE_COLOUR, dashed=True))
+                series.append(
+                    figures.HistogramSeries(
+                        "training vs training, same subject allowed",
+                        baseline["nn_correlation_any"].to_numpy(dtype=float),
+                        figures.BASELINE_COLOUR,
+                        dashed=True,
+                    )
+                )
         calibrated = s.get("threshold_source") == "holdout"
-        figures.histogram_figure(series, _num(s.get("threshold")), tmp_fig / "histogram.png",
-                                 threshold_label="threshold (calibrated)" if calibrated else "threshold (fixed)")
+        figures.histogram_figure(
+            series,
+            _num(s.get("threshold")),
+            tmp_fig / "histogram.png",
+            threshold_label="threshold (calibrated)" if calibrated else "threshold (fixed)",
+        )
 
         # gallery
         entries = _entries(select_gallery(result.synthetic, max(0, int(max_gallery))))

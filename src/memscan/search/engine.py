@@ -251,7 +251,9 @@ def _cpu_has_bf16() -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: str, dtype: np.dtype | None = None, d: int | None = None) -> str:
+def resolve_precision(
+    precision: str, device: str, dtype: np.dtype | None = None, d: int | None = None
+) -> str:
     """Resolve ``'auto'`` and validate the screen precision for a device (and the data's dtype).
 
     Args:
@@ -567,6 +569,7 @@ class _Screen:
     """Holds the normalised queries on the device and screens train sub-blocks against them."""
 
     exact_scores = False
+    groups: _Groups | None = None
 
     def __init__(self, queries: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, q_valid: np.ndarray,
                  precision: str, device: str, chunk: int, k: int) -> None:
@@ -657,15 +660,45 @@ class _Screen:
                 # chunk results added in float32 (float64 screen: float64); ε includes γ_{C-1}
                 scores = part if scores is None else scores.add_(part)
         assert scores is not None
-        invalid = torch.from_numpy(~prep.valid).to(self.device)
-        if bool(invalid.any()):
-            scores.masked_fill_(invalid[None, :], -math.inf)
-        n_valid = int(prep.valid.sum())
-        if n_valid >= self.k:
-            s_k = torch.topk(scores, self.k, dim=1, largest=True, sorted=True).values[:, -1]
-        else:
-            s_k = torch.full((scores.shape[0],), -math.inf, dtype=scores.dtype, device=self.device)
-        return _Screened(prep, scores, s_k)
+        return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
+
+
+def _mask_and_kth(scores: torch.Tensor, prep: _Prepared, k: int, groups: _Groups | None) -> torch.Tensor:
+    """Set invalid items (and excluded same-group pairs) to -inf in place; return each row's k-th value.
+
+    Args:
+        scores: ``[nq, nb]`` screened (or exact) values of one block.
+        prep: the block (validity, start index).
+        k: neighbours per query.
+        groups: optional exclusion groups: a pair (q, t) with equal group ids is never matched.
+
+    Returns:
+        ``[nq]`` k-th largest value per row (``-inf`` if the row has fewer than k eligible items).
+    """
+    invalid = torch.from_numpy(~prep.valid).to(scores.device)
+    if bool(invalid.any()):
+        scores.masked_fill_(invalid[None, :], -math.inf)
+    if groups is not None:
+        scores.masked_fill_(groups.same(prep.start, scores.shape[1], scores.device), -math.inf)
+    if scores.shape[1] >= k:
+        return torch.topk(scores, k, dim=1, largest=True, sorted=True).values[:, -1]
+    return torch.full((scores.shape[0],), -math.inf, dtype=scores.dtype, device=scores.device)
+
+
+@dataclass
+class _Groups:
+    """Exclusion groups: query q never matches train item t when ``query[q] == train[t]``.
+
+    Used for the train-vs-train baselines (group = the item itself, or its subject).
+    """
+
+    query: np.ndarray  # int64 [nq]
+    train: np.ndarray  # int64 [n_train]
+
+    def same(self, start: int, n: int, device: torch.device) -> torch.Tensor:
+        q = torch.from_numpy(self.query).to(device)
+        t = torch.from_numpy(self.train[start : start + n]).to(device)
+        return q[:, None] == t[None, :]
 
 
 def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
@@ -683,6 +716,7 @@ class _IntScreen:
     exact_scores = True
     precision = "int8"
     rounded_output = False
+    groups: _Groups | None = None
 
     def __init__(self, queries: np.ndarray, device: str, k: int) -> None:
         if queries.dtype != np.uint8:
@@ -703,7 +737,7 @@ class _IntScreen:
         self.q_valid = var[: self.nq] > 0
 
     def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None):
-        """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx' int64, d²·variance int64, same as float64)."""
+        """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64)."""
         if raw.dtype != np.uint8:
             raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
         n = raw.shape[0]
@@ -756,14 +790,7 @@ class _IntScreen:
         num = acc[: self.nq, :n].mul_(self.d).sub_(self.q_s1[: self.nq, None] * t_s1[None, :n])
         # sqrt(fl(v_q v_t)) rather than sqrt(v_q) sqrt(v_t): an item against itself gives exactly 1
         scores = num.to(torch.float64).div_((self.q_sqrt[: self.nq, None] * t_sq[None, :n]).sqrt_())
-        invalid = torch.from_numpy(~prep.valid).to(self.device)
-        if bool(invalid.any()):
-            scores.masked_fill_(invalid[None, :], -math.inf)
-        if int(prep.valid.sum()) >= self.k:
-            s_k = torch.topk(scores, self.k, dim=1, largest=True, sorted=True).values[:, -1]
-        else:
-            s_k = torch.full((self.nq,), -math.inf, dtype=scores.dtype, device=self.device)
-        return _Screened(prep, scores, s_k)
+        return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
 
 
 def _fill_normalised(raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray,
@@ -807,6 +834,8 @@ def search_topk(
     candidate_cap: int = 2048,
     progress: Callable[[int], None] | None = None,
     chunk: int = SCREEN_CHUNK,
+    query_groups: np.ndarray | None = None,
+    train_groups: np.ndarray | None = None,
 ) -> SearchResult:
     """Exact top-k Pearson correlation of every query against a streamed training set.
 
@@ -822,6 +851,9 @@ def search_topk(
             the whole sub-block.
         progress: called with the number of train items finished after each block.
         chunk: maximal reduction length of one screened product (1 … 65,536).
+        query_groups: optional int ``[nq]`` group ids; with ``train_groups`` (int ``[n_train]``), a query
+            is never matched with a train item of its own group (train-vs-train baselines: the item
+            itself, or its whole subject).
 
     Returns:
         :class:`SearchResult` with float64 values and int64 indices ``[nq, k]``.
@@ -852,6 +884,13 @@ def search_topk(
         q_valid = _valid(q_mean, q_norm)
         screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
         eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+    if (query_groups is None) != (train_groups is None):
+        raise InputError("query_groups and train_groups go together")
+    if query_groups is not None and train_groups is not None:
+        if len(query_groups) != nq:
+            raise InputError(f"query_groups has {len(query_groups)} entries for {nq} queries")
+        screen.groups = _Groups(np.asarray(query_groups, dtype=np.int64),
+                                np.asarray(train_groups, dtype=np.int64))
     logger.debug("search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e",
                  nq, d, k, precision, device, eps)
 
@@ -913,8 +952,12 @@ def search_topk(
         if n_over:
             fq = torch.nonzero(over).flatten().cpu().numpy().astype(np.intp)
             vt = np.flatnonzero(prep.valid).astype(np.intp)
-            qi = np.concatenate([qi, np.repeat(fq, len(vt))])
-            ti = np.concatenate([ti, np.tile(vt, len(fq))])
+            fqi, fti = np.repeat(fq, len(vt)), np.tile(vt, len(fq))
+            if screen.groups is not None:  # never the excluded same-group pairs
+                keep = screen.groups.query[fqi] != screen.groups.train[fti + prep.start]
+                fqi, fti = fqi[keep], fti[keep]
+            qi = np.concatenate([qi, fqi])
+            ti = np.concatenate([ti, fti])
             n_fallback += n_over
         del mask, sc.scores
         if q_centred is not None:
