@@ -126,10 +126,23 @@ def scan(
     ] = 0,
     mask: Annotated[str, typer.Option(help="none | foreground | FILE (one mask for all items)")] = "none",
     channel: Annotated[str | None, typer.Option(help="Compare this channel only (e.g. flair).")] = None,
-    threshold: Annotated[float, typer.Option(help="Flag items whose max correlation exceeds R.")] = 0.95,
+    holdout: Annotated[
+        Path | None, typer.Option(help="Real images of subjects NOT used for training: calibrates the flags.")
+    ] = None,
+    calibration: Annotated[str, typer.Option(help="With --holdout: fdr | quantile")] = "fdr",
+    fdr: Annotated[float, typer.Option(help="With --holdout: FDR level (or per-image level for quantile).")] = 0.05,
+    threshold: Annotated[
+        float, typer.Option(help="Without --holdout: flag items whose max correlation exceeds R.")
+    ] = 0.95,
     fail_above: Annotated[
         float | None, typer.Option(help="Exit with code 3 when the flagged fraction exceeds FRACTION.")
     ] = None,
+    fail_on_leaked_subjects: Annotated[
+        int | None, typer.Option(help="Exit with code 3 when at least N training subjects leaked.")
+    ] = None,
+    baseline_items: Annotated[
+        int, typer.Option(help="Training items sampled for the train-vs-train baselines (0: none).")
+    ] = 500,
     memory_budget: Annotated[str, typer.Option(help="RAM for the scan's blocks, e.g. 4GiB.")] = "4GiB",
     subject_pattern: Annotated[
         str | None, typer.Option(help="Subject REGEX for raw folders prepared on the fly.")
@@ -154,10 +167,15 @@ def scan(
         threshold=threshold,
         fail_above=fail_above,
         memory_budget=parse_bytes(memory_budget),
+        calibration=calibration,
+        alpha=fdr,
+        fail_on_leaked_subjects=fail_on_leaked_subjects,
+        baseline_items=baseline_items,
     )
     command = "memscan " + " ".join(sys.argv[1:])
     try:
-        result = run_scan(train, synthetic, out, opts, subject_pattern=subject_pattern, command=command)
+        result = run_scan(train, synthetic, out, opts, holdout=holdout, subject_pattern=subject_pattern,
+                          command=command)
     except MemscanError as exc:
         if exc.exit_code == 3:
             from memscan.scanner import load_run
@@ -169,17 +187,39 @@ def scan(
 
 @app.command()
 @_errors_to_exit_codes
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder written by memscan scan.")],
+    max_gallery: Annotated[int, typer.Option(help="Pairs shown in the gallery (capped).")] = 48,
+    per_page: Annotated[int, typer.Option(help="Pairs per gallery page.")] = 12,
+) -> None:
+    """(Re)write RUN/report.html, its figures and CSV exports from a finished scan.
+
+    Example: memscan report run
+    """
+    from memscan.report.html import write_report
+    from memscan.scanner import load_run
+
+    load_run(run)  # a clear error for a folder that is not a finished run
+    path = write_report(run, max_gallery=max_gallery, per_page=per_page)
+    console.print(f"report: {path}")
+
+
+@app.command()
+@_errors_to_exit_codes
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data and results.")] = Path(
         "demo-output"
     ),
-    subjects: Annotated[int, typer.Option(help="Number of phantom BraTS subjects.")] = 8,
-    patients: Annotated[int, typer.Option(help="Number of phantom chest x-ray patients.")] = 12,
+    subjects: Annotated[int, typer.Option(help="Phantom BraTS subjects (training + held-out).")] = 10,
+    size: Annotated[int, typer.Option(help="Slice size in pixels (the study used 256).")] = 128,
 ) -> None:
-    """Run the pipeline on built-in phantom data (nothing is downloaded)."""
+    """Run the whole pipeline on built-in phantom data (nothing is downloaded) and write a report.
+
+    Example: memscan demo --out demo-output
+    """
     from memscan.demo import run_demo
 
-    run_demo(out, n_subjects=subjects, n_patients=patients)
+    run_demo(out, n_subjects=subjects, size=size)
 
 
 def main() -> None:

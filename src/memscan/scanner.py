@@ -389,6 +389,7 @@ def scan(
     holdout: str | Path | None = None,
     subject_pattern: str | None = None,
     command: str | None = None,
+    report: bool = True,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item.
 
@@ -401,6 +402,7 @@ def scan(
             nearest-training correlations calibrate the flags (p-values, FDR).
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
+        report: also write ``out/report.html`` (and its figures and CSV exports).
 
     Returns:
         The tables and summary written to ``out``.
@@ -517,6 +519,10 @@ def scan(
     log.info("wrote %s (%.1f s)", out, summary["seconds"])
     result = ScanResult(out, synth_df, tables["matches"], subjects, tables["train_items"], summary,
                         extra.get("holdout"), extra.get("baseline"))
+    if report:
+        from memscan.report.html import write_report
+
+        write_report(out)
     check_gates(summary, opts, out)
     return result
 

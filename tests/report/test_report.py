@@ -295,3 +295,24 @@ def test_volumes_and_channel_option(tmp_path, base):
     assert "channel 'flair'" in page.plain and "middle axial slice" in page.plain
     for src in page.pairs:
         assert (tmp_path / "vrun" / src).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_calibrated_run_without_any_significant_image(run):
+    s = json.loads((run / "summary.json").read_text())
+    s.update(
+        n_holdout=11,
+        threshold_source="holdout",
+        threshold=None,
+        calibration={
+            "method": "fdr",
+            "alpha": 0.05,
+            "p_threshold": 0.0,
+            "threshold": None,
+            "min_p_value": 1 / 12,
+            "note": "with 11 held-out images the smallest possible p-value is 0.0833",
+        },
+    )
+    (run / "summary.json").write_text(json.dumps(s))
+    text = Page(write_report(run)).plain
+    assert "no synthetic image is significant" in text and "smallest possible p-value is 0.0833" in text
+    assert "FIXED AND NOT CALIBRATED" not in text and "r > n/a" not in text

@@ -110,10 +110,12 @@ def calibrate(null: np.ndarray, scores: np.ndarray, *, method: str = "fdr",
     quantiles["max"] = float(clean.max())
     min_p = 1.0 / (clean.size + 1.0)
     note = ""
-    if method == "fdr" and min_p > alpha / max(1, int((~np.isnan(p)).sum())):
-        note = (f"with {clean.size} held-out images the smallest possible p-value is {min_p:.3g}: a lone copy "
-                f"cannot reach FDR {alpha} among {int((~np.isnan(p)).sum())} synthetic images; use more "
-                "held-out images for more power")
+    m = int((~np.isnan(p)).sum())
+    if method == "fdr" and min_p > alpha / max(1, m):
+        needed = int(np.ceil(min_p * m / alpha))
+        note = (f"with {clean.size} held-out images the smallest possible p-value is {min_p:.3g}: at FDR "
+                f"{alpha} over {m} synthetic images, copies are flagged only when at least {needed} of them "
+                "exceed every held-out image; use more held-out images to detect isolated copies")
     threshold = float(np.min(np.asarray(scores)[flagged])) if flagged.any() else None
     cal = Calibration(method=method, alpha=float(alpha), n_null=int(clean.size), p_threshold=float(p_star),
                       threshold=threshold, null_quantiles=quantiles, min_p_value=min_p, note=note)

@@ -409,23 +409,24 @@ def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
     n_hold = int(s.get("n_holdout") or 0)
     cal = s.get("calibration") or {}
     if s.get("threshold_source") == "holdout" and n_hold:
+        base = f"Flags are calibrated on {n_hold:,} held-out real images"
         method = str(cal.get("method", "")).lower()
         alpha = _num(cal.get("alpha"))
         if method == "fdr":
             a = f" \u03b1 = {alpha:g}" if alpha is not None else ""
+            rule = f"{base}: Benjamini\u2013Hochberg false discovery rate{a}"
+            if thr is None:
+                return f"{rule}; no synthetic image is significant at that level, so none is flagged.", True
             pt = _num(cal.get("p_threshold"))
-            ptxt = f", p \u2264 {_fmt_p(pt)}" if pt is not None else ""
-            return (
-                f"Flags are calibrated on {n_hold:,} held-out real images: Benjamini\u2013Hochberg false "
-                f"discovery rate{a}, which here flags correlations above {thr_text}{ptxt}."
-            ), True
+            ptxt = f", p \u2264 {_fmt_p(pt)}" if pt else ""
+            return f"{rule}, which here flags correlations of {thr_text} and above{ptxt}.", True
         if method == "quantile":
             q = f"the {1 - alpha:.3g} quantile" if alpha is not None else "a quantile"
             return (
-                f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images: {q} of "
-                "their maximum correlation with the training set."
+                f"{base}: the threshold r > {thr_text} is {q} of their maximum correlation with the "
+                "training set."
             ), True
-        return f"The threshold r > {thr_text} is calibrated on {n_hold:,} held-out real images.", True
+        return f"{base}: the threshold is r > {thr_text}.", True
     return (
         f"The threshold r > {thr_text} is FIXED AND NOT CALIBRATED: no held-out real images were "
         "given, so nothing measures how similar a new, unseen patient would be to the training set. "
@@ -452,6 +453,11 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     n_s, n_f = int(s.get("n_synthetic") or 0), int(s.get("n_flagged") or 0)
     tot, leaked = int(s.get("subjects_total") or 0), int(s.get("subjects_leaked") or 0)
     thr = _num(s.get("threshold"))
+    calibrated = s.get("threshold_source") == "holdout"
+    if thr is not None:
+        thr_row = f"r > {thr:.4f}" + (" (calibrated on held-out images)" if calibrated else " (fixed)")
+    else:
+        thr_row = "none reached: no synthetic image is significant" if calibrated else "n/a"
     rows = [
         ("Synthetic images scanned", f"{n_s:,}"),
         ("Training images (subjects)", f"{int(s.get('n_train') or 0):,} ({tot:,})"),
@@ -461,19 +467,17 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
             if s.get("n_holdout")
             else "none \u2014 the threshold is not calibrated",
         ),
-        (
-            "Threshold",
-            (f"r > {thr:.4f}" if thr is not None else "n/a")
-            + (" (calibrated on held-out images)" if s.get("threshold_source") == "holdout" else " (fixed)"),
-        ),
+        ("Threshold", thr_row),
     ]
     cal = s.get("calibration") or {}
     if cal:
         parts = [f"method {cal.get('method')}"]
         if cal.get("alpha") is not None:
             parts.append(f"\u03b1 = {cal['alpha']}")
-        if _num(cal.get("p_threshold")) is not None:
+        if _num(cal.get("p_threshold")):
             parts.append(f"p threshold {_fmt_p(_num(cal.get('p_threshold')))}")
+        if _num(cal.get("min_p_value")) is not None:
+            parts.append(f"smallest possible p-value {_fmt_p(_num(cal.get('min_p_value')))}")
         rows.append(("Calibration", ", ".join(parts)))
         q = cal.get("null_quantiles") or {}
         if q:
@@ -606,6 +610,9 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     holdout, h_err = _read_optional(run / "holdout.parquet")
     baseline, b_err = _read_optional(run / "baseline.parquet")
     notes = [e for e in (h_err, b_err) if e]
+    cal_note = (s.get("calibration") or {}).get("note")
+    if cal_note:
+        notes.insert(0, f"Calibration: {cal_note}")
 
     # CSV exports
     exports = [
