@@ -43,9 +43,10 @@ def make_images(n_train: int, n_query: int, side: int, seed: int = 0) -> tuple[n
             x = torch.rand(m, 1, low, low, generator=gen)
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
             x = x + 0.05 * torch.rand(m, 1, side, side, generator=gen)
-            x = (x - x.amin(dim=(2, 3), keepdim=True)) / (x.amax(dim=(2, 3), keepdim=True)
-                                                           - x.amin(dim=(2, 3), keepdim=True))
-            out[s:s + m] = (x * 255).round().to(torch.uint8).reshape(m, -1).numpy()
+            x = (x - x.amin(dim=(2, 3), keepdim=True)) / (
+                x.amax(dim=(2, 3), keepdim=True) - x.amin(dim=(2, 3), keepdim=True)
+            )
+            out[s : s + m] = (x * 255).round().to(torch.uint8).reshape(m, -1).numpy()
         return out
 
     train = fields(n_train)
@@ -74,7 +75,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def blocks_of(t: np.ndarray, size: int) -> Callable[[], Any]:
-    return lambda: ((s, t[s:s + size]) for s in range(0, len(t), size))
+    return lambda: ((s, t[s : s + size]) for s in range(0, len(t), size))
 
 
 def torch_mm_rate(zq: torch.Tensor, zt: torch.Tensor, block: int, device: str) -> float:
@@ -83,7 +84,7 @@ def torch_mm_rate(zq: torch.Tensor, zt: torch.Tensor, block: int, device: str) -
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for s in range(0, zt.shape[0], block):
-        torch.mm(zq, zt[s:s + block].t())
+        torch.mm(zq, zt[s : s + block].t())
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -108,7 +109,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         best = np.full(args.nq, -np.inf, dtype=np.float32)
         arg = np.zeros(args.nq, dtype=np.int64)
         for s in range(0, args.nt, block):
-            sc = zq32 @ zt32[s:s + block].T
+            sc = zq32 @ zt32[s : s + block].T
             a = sc.argmax(axis=1)
             v = sc[np.arange(args.nq), a]
             better = v > best
@@ -124,6 +125,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:
         logger.warning("faiss is not installed: skipping IndexFlatIP (pip install faiss-cpu)")
     else:
+
         def faiss_search() -> tuple[np.ndarray, np.ndarray]:
             index = faiss.IndexFlatIP(d)
             index.add(zt32)
@@ -133,14 +135,26 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         rows.append((f"faiss IndexFlatIP exact float32, k={args.k}", t_faiss, ""))
 
     prec = resolve_precision("auto", "cpu")
-    t_ms, res = timed(lambda: search_topk(queries, blocks_of(train, block), args.k, precision="auto"),
-                      args.repeat)
-    rows.append((f"memscan search_topk, exact, screen {prec} (from raw uint8)", t_ms,
-                 f"{res.n_candidates / args.nq:.1f} candidates/query, ε={res.epsilon:.2e}"))
-    t_64, res64 = timed(lambda: search_topk(queries, blocks_of(train, block), args.k, precision="float64"),
-                        args.repeat)
-    rows.append(("memscan search_topk, exact, screen float64", t_64,
-                 f"{res64.n_candidates / args.nq:.1f} candidates/query"))
+    t_ms, res = timed(
+        lambda: search_topk(queries, blocks_of(train, block), args.k, precision="auto"), args.repeat
+    )
+    rows.append(
+        (
+            f"memscan search_topk, exact, screen {prec} (from raw uint8)",
+            t_ms,
+            f"{res.n_candidates / args.nq:.1f} candidates/query, ε={res.epsilon:.2e}",
+        )
+    )
+    t_64, res64 = timed(
+        lambda: search_topk(queries, blocks_of(train, block), args.k, precision="float64"), args.repeat
+    )
+    rows.append(
+        (
+            "memscan search_topk, exact, screen float64",
+            t_64,
+            f"{res64.n_candidates / args.nq:.1f} candidates/query",
+        )
+    )
     identical = bool(np.array_equal(res.indices, res64.indices) and np.array_equal(res.values, res64.values))
 
     from scipy.stats import pearsonr
@@ -153,8 +167,13 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         pearsonr(queries[a].astype(np.float64), train[b].astype(np.float64))
     per_pair = (time.perf_counter() - t0) / n_pairs
     t_study = per_pair * args.nq * args.nt
-    rows.append((f"study: scipy pearsonr per pair (in memory; {per_pair * 1e6:.0f} µs/pair, extrapolated)",
-                 t_study, ""))
+    rows.append(
+        (
+            f"study: scipy pearsonr per pair (in memory; {per_pair * 1e6:.0f} µs/pair, extrapolated)",
+            t_study,
+            "",
+        )
+    )
 
     # exactness checks against the baselines where the top-1 is unambiguous (gap > float32 error)
     checks = {}
@@ -167,8 +186,10 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     checks["numpy_top1_equal"] = f"{int((np_top1 == res.indices[:, 0]).sum())}/{args.nq}"
     checks["bf16_equals_float64_bitwise"] = identical
 
-    print(f"\nshape n_q={args.nq} × n_t={args.nt} × d={d} ({args.side}×{args.side}), k={args.k}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+    print(
+        f"\nshape n_q={args.nq} × n_t={args.nt} × d={d} ({args.side}×{args.side}), k={args.k}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
+    )
     print("| method | seconds | GFLOP/s | speed vs faiss | notes |")
     print("|---|---|---|---|---|")
     for name, sec, note in rows:
@@ -192,27 +213,35 @@ def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
     zq = torch.from_numpy(normalised(queries[:])).to("cuda").bfloat16()
     zt = torch.empty((args.nt, d), dtype=torch.bfloat16, device="cuda")
     for s in range(0, args.nt, 8192):
-        zt[s:s + 8192] = torch.from_numpy(normalised(train[s:s + 8192])).to("cuda").bfloat16()
+        zt[s : s + 8192] = torch.from_numpy(normalised(train[s : s + 8192])).to("cuda").bfloat16()
     torch_mm_rate(zq, zt[:block], block, "cuda")
     t_mm, _ = timed(lambda: torch_mm_rate(zq, zt, block, "cuda"), args.repeat)
     zq = zt = None  # free
     torch.cuda.empty_cache()
     search_topk(queries[:256], blocks_of(train[:block], block), args.k, device="cuda")  # warm-up
-    t_ms, res = timed(lambda: search_topk(queries, blocks_of(train, block), args.k, device="cuda"),
-                      args.repeat)
+    t_ms, res = timed(
+        lambda: search_topk(queries, blocks_of(train, block), args.k, device="cuda"), args.repeat
+    )
     out = {
-        "shape": [args.nq, args.nt, d], "k": args.k, "device": torch.cuda.get_device_name(),
-        "bf16_matmul_seconds": t_mm, "bf16_matmul_tflops": flops / t_mm / 1e12,
-        "memscan_seconds": t_ms, "memscan_tflops": flops / t_ms / 1e12,
+        "shape": [args.nq, args.nt, d],
+        "k": args.k,
+        "device": torch.cuda.get_device_name(),
+        "bf16_matmul_seconds": t_mm,
+        "bf16_matmul_tflops": flops / t_mm / 1e12,
+        "memscan_seconds": t_ms,
+        "memscan_tflops": flops / t_ms / 1e12,
         "memscan_percent_of_bf16_matmul": 100.0 * t_mm / t_ms,
-        "candidates_per_query": res.n_candidates / args.nq, "epsilon": res.epsilon,
+        "candidates_per_query": res.n_candidates / args.nq,
+        "epsilon": res.epsilon,
         "n_fallback": res.n_fallback,
     }
     print("| method | seconds | TFLOP/s | % of bf16 product |")
     print("|---|---|---|---|")
     print(f"| torch bf16 product alone | {t_mm:.3f} | {out['bf16_matmul_tflops']:.0f} | 100% |")
-    print(f"| memscan search_topk (bf16 screen, exact) | {t_ms:.3f} | {out['memscan_tflops']:.0f} | "
-          f"{out['memscan_percent_of_bf16_matmul']:.0f}% |")
+    print(
+        f"| memscan search_topk (bf16 screen, exact) | {t_ms:.3f} | {out['memscan_tflops']:.0f} | "
+        f"{out['memscan_percent_of_bf16_matmul']:.0f}% |"
+    )
     return out
 
 

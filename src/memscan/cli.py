@@ -130,7 +130,9 @@ def scan(
         Path | None, typer.Option(help="Real images of subjects NOT used for training: calibrates the flags.")
     ] = None,
     calibration: Annotated[str, typer.Option(help="With --holdout: fdr | quantile")] = "fdr",
-    fdr: Annotated[float, typer.Option(help="With --holdout: FDR level (or per-image level for quantile).")] = 0.05,
+    fdr: Annotated[
+        float, typer.Option(help="With --holdout: FDR level (or per-image level for quantile).")
+    ] = 0.05,
     threshold: Annotated[
         float, typer.Option(help="Without --holdout: flag items whose max correlation exceeds R.")
     ] = 0.95,
@@ -174,8 +176,9 @@ def scan(
     )
     command = "memscan " + " ".join(sys.argv[1:])
     try:
-        result = run_scan(train, synthetic, out, opts, holdout=holdout, subject_pattern=subject_pattern,
-                          command=command)
+        result = run_scan(
+            train, synthetic, out, opts, holdout=holdout, subject_pattern=subject_pattern, command=command
+        )
     except MemscanError as exc:
         if exc.exit_code == 3:
             from memscan.scanner import load_run

@@ -29,8 +29,18 @@ from memscan.summary import dataset_table, run_table
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: Path, *, n_subjects: int = 10, n_holdout: int = 3, n_fresh: int = 3, n_patients: int = 12,
-             n_copies: int = 20, n_novel: int = 40, size: int = 128, seed: int = 0) -> ScanResult:
+def run_demo(
+    out: Path,
+    *,
+    n_subjects: int = 10,
+    n_holdout: int = 3,
+    n_fresh: int = 3,
+    n_patients: int = 12,
+    n_copies: int = 20,
+    n_novel: int = 40,
+    size: int = 128,
+    seed: int = 0,
+) -> ScanResult:
     """Run the demo into ``out`` (re-running reuses what is already there).
 
     Args:
@@ -52,10 +62,15 @@ def run_demo(out: Path, *, n_subjects: int = 10, n_holdout: int = 3, n_fresh: in
     shape = (160, 160, 100)  # phantom volumes; BraTS is 240 x 240 x 155
     trees = {"brats": raw / "brats", "fresh": raw / "fresh_subjects", "cxr": raw / "chest_xray"}
     _write_tree(trees["brats"], lambda p: phantoms.write_brats_tree(p, n_subjects, seed=seed, shape=shape))
-    _write_tree(trees["fresh"], lambda p: phantoms.write_brats_tree(p, n_fresh, seed=seed + 1000, shape=shape))
+    _write_tree(
+        trees["fresh"], lambda p: phantoms.write_brats_tree(p, n_fresh, seed=seed + 1000, shape=shape)
+    )
     _write_tree(trees["cxr"], lambda p: phantoms.write_cxr_tree(p, n_patients, seed=seed))
-    cohort = prepare_dataset(trees["brats"], out / "brats",
-                             PrepareOptions(layout="brats", size=size, test_subjects=n_holdout, seed=seed))
+    cohort = prepare_dataset(
+        trees["brats"],
+        out / "brats",
+        PrepareOptions(layout="brats", size=size, test_subjects=n_holdout, seed=seed),
+    )
     fresh = prepare_dataset(trees["fresh"], out / "fresh", PrepareOptions(layout="brats", size=size))
     cxr = prepare_dataset(trees["cxr"], out / "chest_xray", PrepareOptions(layout="cxr"))
     train, holdout = Dataset.open(out / "brats" / "train"), Dataset.open(out / "brats" / "test")
@@ -66,9 +81,15 @@ def run_demo(out: Path, *, n_subjects: int = 10, n_holdout: int = 3, n_fresh: in
         console.print(dataset_table(ds))
     opts = ScanOptions(top_k=5, flips=True, max_shift=3, shift_candidates=10, baseline_items=300)
     run = out / "run"
-    result = scan(train.path, synthetic, run, opts, holdout=holdout.path,
-                  command=f"memscan scan {train.path} {synthetic} --out {run} --holdout {holdout.path} "
-                          "--flips --max-shift 3")
+    result = scan(
+        train.path,
+        synthetic,
+        run,
+        opts,
+        holdout=holdout.path,
+        command=f"memscan scan {train.path} {synthetic} --out {run} --holdout {holdout.path} "
+        "--flips --max-shift 3",
+    )
     report = run / "report.html"
     console.print(run_table(result))
     s = result.summary

@@ -37,8 +37,14 @@ from memscan.search import engine, variants
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".scan-state"
-RUN_TABLES = ("synthetic.parquet", "matches.parquet", "subjects.parquet", "train_items.parquet",
-              "holdout.parquet", "baseline.parquet")
+RUN_TABLES = (
+    "synthetic.parquet",
+    "matches.parquet",
+    "subjects.parquet",
+    "train_items.parquet",
+    "holdout.parquet",
+    "baseline.parquet",
+)
 
 
 @dataclass
@@ -245,8 +251,13 @@ def _search_query_block(
     q_groups, t_groups = groups if groups is not None else (None, None)
     for name, vitems in variant_items:
         res = engine.search_topk(
-            feats(vitems), stream, k_search, precision=opts.engine_precision, device=device,
-            query_groups=q_groups, train_groups=t_groups,
+            feats(vitems),
+            stream,
+            k_search,
+            precision=opts.engine_precision,
+            device=device,
+            query_groups=q_groups,
+            train_groups=t_groups,
         )
         stats["n_candidates"] += int(res.n_candidates)
         stats["n_fallback"] += int(res.n_fallback)
@@ -271,8 +282,14 @@ class _Searcher:
     query_block: int
     stats: dict[str, Any]
 
-    def run(self, name: str, n: int, read: Callable[[int, int], np.ndarray], k: int,
-            groups: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(
+        self,
+        name: str,
+        n: int,
+        read: Callable[[int, int], np.ndarray],
+        k: int,
+        groups: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Search ``n`` query items (``read(start, stop)`` → ``[m, C, *S]``) block by block, checkpointed.
 
         Returns:
@@ -287,18 +304,32 @@ class _Searcher:
                 if done is None:
                     block_stats = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
                     g = None if groups is None else (groups[0][start:stop], groups[1])
-                    done = _search_query_block(read(start, stop), self.train, self.feats, self.stream,
-                                               self.opts, self.device, block_stats, k, g)
+                    done = _search_query_block(
+                        read(start, stop),
+                        self.train,
+                        self.feats,
+                        self.stream,
+                        self.opts,
+                        self.device,
+                        block_stats,
+                        k,
+                        g,
+                    )
                     done.update({key: np.asarray(v) for key, v in block_stats.items() if v is not None})
                     self.ckpt.save(name, start, stop, **done)
                 self.stats["n_candidates"] += int(done["n_candidates"])
                 self.stats["n_fallback"] += int(done["n_fallback"])
-                self.stats["precision"], self.stats["epsilon"] = str(done["precision"]), float(done["epsilon"])
+                self.stats["precision"], self.stats["epsilon"] = (
+                    str(done["precision"]),
+                    float(done["epsilon"]),
+                )
                 parts.append(done)
                 advance(1)
-        return (np.concatenate([p["values"] for p in parts]),
-                np.concatenate([p["indices"] for p in parts]),
-                np.concatenate([p["transforms"] for p in parts]).astype(object))
+        return (
+            np.concatenate([p["values"] for p in parts]),
+            np.concatenate([p["indices"] for p in parts]),
+            np.concatenate([p["transforms"] for p in parts]).astype(object),
+        )
 
 
 def _shift_rerank(
@@ -419,8 +450,11 @@ def scan(
     cache = out / ".prepared"
     train_ds = open_or_prepare(train, cache, name="train", subject_pattern=subject_pattern)
     synth_ds = open_or_prepare(synthetic, cache, name="synthetic", subject_pattern=subject_pattern)
-    hold_ds = (open_or_prepare(holdout, cache, name="holdout", subject_pattern=subject_pattern)
-               if holdout is not None else None)
+    hold_ds = (
+        open_or_prepare(holdout, cache, name="holdout", subject_pattern=subject_pattern)
+        if holdout is not None
+        else None
+    )
     for what, ds in (("training", train_ds), ("synthetic", synth_ds), ("held-out", hold_ds)):
         if ds is not None and ds.n_items == 0:
             raise InputError(f"the {what} dataset has no items", ds.path)
@@ -429,8 +463,11 @@ def scan(
         _check_compatible(train_ds, hold_ds, "HOLDOUT")
         overlap = set(hold_ds.subjects) & set(train_ds.subjects)
         if overlap:
-            raise InputError(f"held-out subjects must not be in the training set; {len(overlap)} are, e.g. "
-                             f"{sorted(overlap)[0]!r}", hold_ds.path)
+            raise InputError(
+                f"held-out subjects must not be in the training set; {len(overlap)} are, e.g. "
+                f"{sorted(overlap)[0]!r}",
+                hold_ds.path,
+            )
     if opts.top_k > train_ds.n_items:
         raise InputError(f"--top-k {opts.top_k} is larger than the training set ({train_ds.n_items} items)")
     if opts.max_shift and train_ds.spatial_dims != 2:
@@ -448,14 +485,29 @@ def scan(
     # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
     fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and n_queries > qb
     stream = _train_stream(train_ds, feats, tb, [] if fits else None)
-    key = hashlib.sha256(json.dumps(
-        [_dataset_key(train_ds), _dataset_key(synth_ds), hold_ds and _dataset_key(hold_ds),
-         {**opts.to_dict(), "threshold": None, "fail_above": None, "fail_on_leaked_subjects": None}, qb],
-        default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                _dataset_key(train_ds),
+                _dataset_key(synth_ds),
+                hold_ds and _dataset_key(hold_ds),
+                {**opts.to_dict(), "threshold": None, "fail_above": None, "fail_on_leaked_subjects": None},
+                qb,
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()
     stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
     searcher = _Searcher(train_ds, feats, stream, opts, device, _Checkpoints(out, key), qb, stats)
-    log.info("scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
-             synth_ds.n_items, train_ds.n_items, d, qb, tb, device)
+    log.info(
+        "scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
+        synth_ds.n_items,
+        train_ds.n_items,
+        d,
+        qb,
+        tb,
+        device,
+    )
     values, indices, transforms = searcher.run("synthetic", synth_ds.n_items, synth_ds.read, opts.top_k)
     extra: dict[str, pd.DataFrame] = {}
     hold_top = None
@@ -517,8 +569,16 @@ def scan(
     _write_json(summary, out / "summary.json")
     searcher.ckpt.remove()
     log.info("wrote %s (%.1f s)", out, summary["seconds"])
-    result = ScanResult(out, synth_df, tables["matches"], subjects, tables["train_items"], summary,
-                        extra.get("holdout"), extra.get("baseline"))
+    result = ScanResult(
+        out,
+        synth_df,
+        tables["matches"],
+        subjects,
+        tables["train_items"],
+        summary,
+        extra.get("holdout"),
+        extra.get("baseline"),
+    )
     if report:
         from memscan.report.html import write_report
 
@@ -534,7 +594,10 @@ def check_gates(summary: dict[str, Any], opts: ScanOptions, out: Path) -> None:
             f"release gate failed: {summary['flagged_fraction']:.2%} of synthetic items flagged "
             f"(> --fail-above {opts.fail_above:.2%}); results are in {out}"
         )
-    if opts.fail_on_leaked_subjects is not None and summary["subjects_leaked"] >= opts.fail_on_leaked_subjects:
+    if (
+        opts.fail_on_leaked_subjects is not None
+        and summary["subjects_leaked"] >= opts.fail_on_leaked_subjects
+    ):
         raise GateFailed(
             f"release gate failed: {summary['subjects_leaked']} training subjects leaked "
             f"(>= --fail-on-leaked-subjects {opts.fail_on_leaked_subjects}); results are in {out}"
@@ -546,15 +609,22 @@ def _describe(values: np.ndarray) -> dict[str, float] | None:
     v = v[~np.isnan(v)]
     if not v.size:
         return None
-    return {"n": int(v.size), "median": float(np.median(v)), "q95": float(np.quantile(v, 0.95)),
-            "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "median": float(np.median(v)),
+        "q95": float(np.quantile(v, 0.95)),
+        "max": float(v.max()),
+    }
 
 
 def _describe_baseline(df: pd.DataFrame | None) -> dict[str, Any] | None:
     if df is None:
         return None
-    return {"n_items": int(len(df)), "any": _describe(df["nn_correlation_any"].to_numpy(dtype=float)),
-            "other_subject": _describe(df["nn_correlation_other_subject"].to_numpy(dtype=float))}
+    return {
+        "n_items": int(len(df)),
+        "any": _describe(df["nn_correlation_any"].to_numpy(dtype=float)),
+        "other_subject": _describe(df["nn_correlation_other_subject"].to_numpy(dtype=float)),
+    }
 
 
 def baseline_sample(n_train: int, n_items: int) -> np.ndarray:
@@ -581,29 +651,42 @@ def _baselines(searcher: _Searcher, train: Dataset, n_items: int) -> pd.DataFram
     av, ai, _ = searcher.run("baseline-any", len(pos), read, 1, (pos, np.arange(train.n_items)))
     ov, oi, _ = searcher.run("baseline-other", len(pos), read, 1, (subject_codes[pos], subject_codes))
     ids = train.ids
-    return pd.DataFrame({
-        "train_id": pd.array(ids[pos], dtype="string"),
-        "subject": pd.array(train.subjects[pos], dtype="string"),
-        "nn_correlation_any": av[:, 0],
-        "nn_id_any": pd.array(np.where(ai[:, 0] >= 0, ids[np.maximum(ai[:, 0], 0)], None), dtype="string"),
-        "nn_correlation_other_subject": ov[:, 0],
-        "nn_id_other_subject": pd.array(np.where(oi[:, 0] >= 0, ids[np.maximum(oi[:, 0], 0)], None),
-                                        dtype="string"),
-    })
+    return pd.DataFrame(
+        {
+            "train_id": pd.array(ids[pos], dtype="string"),
+            "subject": pd.array(train.subjects[pos], dtype="string"),
+            "nn_correlation_any": av[:, 0],
+            "nn_id_any": pd.array(
+                np.where(ai[:, 0] >= 0, ids[np.maximum(ai[:, 0], 0)], None), dtype="string"
+            ),
+            "nn_correlation_other_subject": ov[:, 0],
+            "nn_id_other_subject": pd.array(
+                np.where(oi[:, 0] >= 0, ids[np.maximum(oi[:, 0], 0)], None), dtype="string"
+            ),
+        }
+    )
 
 
-def nearest_table(train: Dataset, queries: Dataset, id_column: str, values: np.ndarray, indices: np.ndarray,
-                  transforms: np.ndarray) -> pd.DataFrame:
+def nearest_table(
+    train: Dataset,
+    queries: Dataset,
+    id_column: str,
+    values: np.ndarray,
+    indices: np.ndarray,
+    transforms: np.ndarray,
+) -> pd.DataFrame:
     """One row per query item: its nearest training item (used for held-out items)."""
     valid = indices[:, 0] >= 0
     safe = np.where(valid, indices[:, 0], 0)
-    return pd.DataFrame({
-        id_column: pd.array(queries.ids, dtype="string"),
-        "max_correlation": values[:, 0].astype(np.float64),
-        "nearest_train_id": pd.array(np.where(valid, train.ids[safe], None), dtype="string"),
-        "nearest_subject": pd.array(np.where(valid, train.subjects[safe], None), dtype="string"),
-        "transform": pd.array(np.where(valid, transforms[:, 0], None), dtype="string"),
-    })
+    return pd.DataFrame(
+        {
+            id_column: pd.array(queries.ids, dtype="string"),
+            "max_correlation": values[:, 0].astype(np.float64),
+            "nearest_train_id": pd.array(np.where(valid, train.ids[safe], None), dtype="string"),
+            "nearest_subject": pd.array(np.where(valid, train.subjects[safe], None), dtype="string"),
+            "transform": pd.array(np.where(valid, transforms[:, 0], None), dtype="string"),
+        }
+    )
 
 
 def build_tables(
@@ -621,14 +704,16 @@ def build_tables(
     train_subjects = train.subjects
     valid = indices >= 0
     safe = np.where(valid, indices, 0)
-    matches = pd.DataFrame({
-        "synthetic_id": np.repeat(synth.ids, k),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-        "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
-        "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
-        "correlation": values.reshape(-1).astype(np.float64),
-        "transform": np.where(valid, transforms, None).reshape(-1),
-    })
+    matches = pd.DataFrame(
+        {
+            "synthetic_id": np.repeat(synth.ids, k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+            "train_id": np.where(valid, train_ids[safe], None).reshape(-1),
+            "train_subject": np.where(valid, train_subjects[safe], None).reshape(-1),
+            "correlation": values.reshape(-1).astype(np.float64),
+            "transform": np.where(valid, transforms, None).reshape(-1),
+        }
+    )
     matches = matches[valid.reshape(-1)].reset_index(drop=True)
     for col in ("synthetic_id", "train_id", "train_subject", "transform"):
         matches[col] = matches[col].astype("string")
@@ -651,7 +736,8 @@ def load_run(run: str | Path) -> ScanResult:
     if not (run / "summary.json").is_file():
         raise InputError("is not a finished memscan run folder (no summary.json)", run)
     names = ("synthetic", "matches", "subjects", "train_items", "holdout", "baseline")
-    tables = {n: pd.read_parquet(run / f"{n}.parquet") if (run / f"{n}.parquet").exists() else None
-              for n in names}
+    tables = {
+        n: pd.read_parquet(run / f"{n}.parquet") if (run / f"{n}.parquet").exists() else None for n in names
+    }
     summary = json.loads((run / "summary.json").read_text())
     return ScanResult(run, *(tables[n] for n in names[:4]), summary, tables["holdout"], tables["baseline"])

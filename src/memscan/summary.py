@@ -41,18 +41,23 @@ def run_table(result) -> Table:
         f"{s['n_synthetic']} synthetic x {s['n_train']} training items "
         f"(d={s['feature_dim']}, top-{s['top_k']})",
     )
-    table.add_row(
-        "flagged",
-        f"{s['n_flagged']} ({s['flagged_fraction']:.1%}) with max correlation > "
-        f"{s['threshold']} ({s['threshold_source']} threshold)",
-    )
-    table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']}")
-    table.add_row(
-        "engine",
-        f"{s['device']}, {s['precision']} screen + exact float64 re-rank "
-        f"({s['n_rerank_pairs']} pairs re-ranked)",
-    )
+    if s["threshold_source"] == "holdout":
+        cal = s["calibration"]
+        how = f"calibrated on {s['n_holdout']} held-out images ({cal['method']} {cal['alpha']}); " + (
+            f"flagged from r = {s['threshold']:.4f}" if s["threshold"] is not None else "none significant"
+        )
+    else:
+        how = f"max correlation > {s['threshold']}: fixed threshold, NOT calibrated (use --holdout)"
+    table.add_row("flagged", f"{s['n_flagged']} of {s['n_synthetic']} ({s['flagged_fraction']:.1%}), {how}")
+    table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']} training subjects")
+    if s["precision"] == "int8":
+        engine = "exact integer products (int8), nothing to re-rank"
+    else:
+        engine = f"{s['precision']} screen + exact float64 re-rank of {s['n_rerank_pairs']} pairs"
+    table.add_row("engine", f"{s['device']}, {engine}")
     table.add_row("time", f"{s['seconds']:.2f} s")
+    if (result.run / "report.html").exists():
+        table.add_row("report", str(result.run / "report.html"))
     top = result.synthetic.sort_values("max_correlation", ascending=False, na_position="last").head(5)
     for _, row in top.iterrows():
         table.add_row(

@@ -29,9 +29,9 @@ def test_benjamini_hochberg_against_hand_computation():
 
 def test_planted_copies_flagged_fresh_subjects_not():
     rng = np.random.default_rng(0)
-    null = rng.normal(0.85, 0.03, size=400).clip(-1, 1)          # held-out real images
-    fresh = rng.normal(0.85, 0.03, size=200).clip(-1, 1)         # new real-like synthetic images
-    copies = rng.uniform(0.985, 1.0, size=20)                    # memorized copies
+    null = rng.normal(0.85, 0.03, size=400).clip(-1, 1)  # held-out real images
+    fresh = rng.normal(0.85, 0.03, size=200).clip(-1, 1)  # new real-like synthetic images
+    copies = rng.uniform(0.985, 1.0, size=20)  # memorized copies
     scores = np.concatenate([fresh, copies])
     p, flagged, cal = calibrate(null, scores, method="fdr", alpha=0.05)
     assert flagged[200:].all()

@@ -24,6 +24,7 @@ def scan(*args, **kwargs):
     kwargs.setdefault("report", False)
     return _scan(*args, **kwargs)
 
+
 SYNTH_COLUMNS = [
     "synthetic_id",
     "max_correlation",
@@ -285,8 +286,13 @@ def test_bad_inputs(data, tmp_path):
 
 def test_holdout_calibration_and_baselines(data, tmp_path):
     # one held-out subject only: the smallest p-value is 1/(n+1) ~ 0.06, so test at FDR 0.2
-    res = scan(data["train"].path, data["synth"].path, tmp_path / "run",
-               ScanOptions(top_k=2, baseline_items=30, alpha=0.2), holdout=data["test"].path)
+    res = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "run",
+        ScanOptions(top_k=2, baseline_items=30, alpha=0.2),
+        holdout=data["test"].path,
+    )
     s = res.summary
     assert s["threshold_source"] == "holdout" and s["n_holdout"] == data["test"].n_items
     assert s["calibration"]["method"] == "fdr" and s["calibration"]["n_null"] == data["test"].n_items
@@ -311,6 +317,10 @@ def test_holdout_calibration_and_baselines(data, tmp_path):
 
 def test_leaked_subject_gate(data, tmp_path):
     with pytest.raises(GateFailed, match="training subjects leaked"):
-        scan(data["train"].path, data["synth"].path, tmp_path / "run",
-             ScanOptions(fail_on_leaked_subjects=1, baseline_items=0))
+        scan(
+            data["train"].path,
+            data["synth"].path,
+            tmp_path / "run",
+            ScanOptions(fail_on_leaked_subjects=1, baseline_items=0),
+        )
     assert (tmp_path / "run" / "subjects.parquet").exists()

@@ -23,6 +23,7 @@ from memscan.search.engine import (
 
 def reference_topk(q: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Naive float64 brute force: centre, normalise, full matrix, stable sort by (-value, index)."""
+
     def normalise(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = a.astype(np.float64)
         c = a - a.mean(axis=1, keepdims=True)
@@ -123,8 +124,10 @@ def test_item_stats_and_exact_values_do_not_depend_on_the_batch() -> None:
     qi = np.repeat(np.arange(5), 70)
     ti = np.tile(np.arange(70), 5)
     many = exact_correlation(a, m_all, n_all, qi, a, m_all, n_all, ti)
-    one = [exact_correlation(a, m_all, n_all, qi[p : p + 1], a, m_all, n_all, ti[p : p + 1])[0]
-           for p in (0, 77, 349)]
+    one = [
+        exact_correlation(a, m_all, n_all, qi[p : p + 1], a, m_all, n_all, ti[p : p + 1])[0]
+        for p in (0, 77, 349)
+    ]
     assert one == [many[0], many[77], many[349]]
 
 
@@ -325,15 +328,18 @@ def test_worst_case_rounding_attains_most_of_epsilon(precision: str, d: int) -> 
         assert err >= 0.45 * eps  # the bound is not loose by orders of magnitude
 
 
-@pytest.mark.parametrize(("precision", "d", "chunk"), [
-    ("bf16", 4096, 65536),
-    ("bf16", 131_072, 65536),
-    ("bf16", 300_000, 65536),
-    ("bf16", 300_000, 16384),
-    ("fp16", 16384, 65536),
-    ("float32", 65536, 65536),
-    ("float64", 16384, 65536),
-])
+@pytest.mark.parametrize(
+    ("precision", "d", "chunk"),
+    [
+        ("bf16", 4096, 65536),
+        ("bf16", 131_072, 65536),
+        ("bf16", 300_000, 65536),
+        ("bf16", 300_000, 16384),
+        ("fp16", 16384, 65536),
+        ("float32", 65536, 65536),
+        ("float64", 16384, 65536),
+    ],
+)
 def test_observed_screen_error_within_epsilon(precision: str, d: int, chunk: int) -> None:
     rng = np.random.default_rng(d + chunk)
     x = adversarial(6, d, rng)
@@ -438,8 +444,15 @@ def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str
     subject = np.arange(n) // 8  # 10 "subjects" of 8 neighbouring slices
     ref_v, ref_i = reference_topk(t, t, n)
     for groups in (np.arange(n), subject):
-        res = search_topk(t, blocks_of(t, 13), 3, precision=precision, query_groups=groups,
-                          train_groups=groups, candidate_cap=5)
+        res = search_topk(
+            t,
+            blocks_of(t, 13),
+            3,
+            precision=precision,
+            query_groups=groups,
+            train_groups=groups,
+            candidate_cap=5,
+        )
         for q in range(n):
             allowed = groups[ref_i[q]] != groups[q]
             exp_i, exp_v = ref_i[q][allowed][:3], ref_v[q][allowed][:3]

@@ -18,8 +18,14 @@ from memscan.search.variants import (
 
 
 def result(values: list[list[float]], indices: list[list[int]]) -> SearchResult:
-    return SearchResult(values=np.array(values, dtype=np.float64), indices=np.array(indices, dtype=np.int64),
-                        n_candidates=0, n_fallback=0, precision="float64", epsilon=0.0)
+    return SearchResult(
+        values=np.array(values, dtype=np.float64),
+        indices=np.array(indices, dtype=np.int64),
+        n_candidates=0,
+        n_fallback=0,
+        precision="float64",
+        epsilon=0.0,
+    )
 
 
 def test_flip_lr_2d_mirrors_width() -> None:
@@ -101,9 +107,9 @@ def test_shift_rerank_finds_planted_shift() -> None:
     rng = np.random.default_rng(0)
     h = w = 32
     base = rng.random((1, h + 8, w + 8))
-    query = base[:, 4:4 + h, 4:4 + w]
+    query = base[:, 4 : 4 + h, 4 : 4 + w]
     # train item 1 is the query moved by (dy, dx) = (+3, -2): query[y, x] == train[y - 3, x + 2]
-    shifted = base[:, 4 + 3:4 + 3 + h, 4 - 2:4 - 2 + w]
+    shifted = base[:, 4 + 3 : 4 + 3 + h, 4 - 2 : 4 - 2 + w]
     train = np.stack([rng.random((1, h, w)), shifted, query.copy()])
     best, shifts = shift_rerank(query, train, max_shift=4)
     assert shifts[1] == (3, -2)

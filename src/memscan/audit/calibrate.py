@@ -79,8 +79,9 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate(null: np.ndarray, scores: np.ndarray, *, method: str = "fdr",
-              alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, Calibration]:
+def calibrate(
+    null: np.ndarray, scores: np.ndarray, *, method: str = "fdr", alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, Calibration]:
     """p-values and flags of synthetic ``scores`` against the held-out ``null``.
 
     Args:
@@ -113,10 +114,20 @@ def calibrate(null: np.ndarray, scores: np.ndarray, *, method: str = "fdr",
     m = int((~np.isnan(p)).sum())
     if method == "fdr" and min_p > alpha / max(1, m):
         needed = int(np.ceil(min_p * m / alpha))
-        note = (f"with {clean.size} held-out images the smallest possible p-value is {min_p:.3g}: at FDR "
-                f"{alpha} over {m} synthetic images, copies are flagged only when at least {needed} of them "
-                "exceed every held-out image; use more held-out images to detect isolated copies")
+        note = (
+            f"with {clean.size} held-out images the smallest possible p-value is {min_p:.3g}: at FDR "
+            f"{alpha} over {m} synthetic images, copies are flagged only when at least {needed} of them "
+            "exceed every held-out image; use more held-out images to detect isolated copies"
+        )
     threshold = float(np.min(np.asarray(scores)[flagged])) if flagged.any() else None
-    cal = Calibration(method=method, alpha=float(alpha), n_null=int(clean.size), p_threshold=float(p_star),
-                      threshold=threshold, null_quantiles=quantiles, min_p_value=min_p, note=note)
+    cal = Calibration(
+        method=method,
+        alpha=float(alpha),
+        n_null=int(clean.size),
+        p_threshold=float(p_star),
+        threshold=threshold,
+        null_quantiles=quantiles,
+        min_p_value=min_p,
+        note=note,
+    )
     return p, flagged, cal

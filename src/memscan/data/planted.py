@@ -58,8 +58,17 @@ def transform_item(item: np.ndarray, name: str, rng: np.random.Generator) -> tup
     return x.astype(item.dtype), label
 
 
-def plant_copies(train: Dataset, novel: Dataset | None, out: str | Path, *, n_copies: int, n_novel: int = 0,
-                 seed: int = 0, transforms: tuple[str, ...] = TRANSFORMS, overwrite: bool = False) -> Dataset:
+def plant_copies(
+    train: Dataset,
+    novel: Dataset | None,
+    out: str | Path,
+    *,
+    n_copies: int,
+    n_novel: int = 0,
+    seed: int = 0,
+    transforms: tuple[str, ...] = TRANSFORMS,
+    overwrite: bool = False,
+) -> Dataset:
     """Write a "synthetic" dataset of planted copies of ``train`` items and novel items of ``novel``.
 
     Args:
@@ -84,21 +93,40 @@ def plant_copies(train: Dataset, novel: Dataset | None, out: str | Path, *, n_co
         name = transforms[j % len(transforms)]
         new, label = transform_item(item, name, rng)
         items.append(new)
-        rows.append({"planted_train_id": str(train.ids[pos]), "planted_subject": str(train.subjects[pos]),
-                     "planted_transform": name, "expected_transform": label})
+        rows.append(
+            {
+                "planted_train_id": str(train.ids[pos]),
+                "planted_subject": str(train.subjects[pos]),
+                "planted_transform": name,
+                "expected_transform": label,
+            }
+        )
     if novel is not None and n_novel:
         if novel.item_shape != train.item_shape:
-            raise InputError(f"novel items {list(novel.item_shape)} differ from training items "
-                             f"{list(train.item_shape)}", novel.path)
+            raise InputError(
+                f"novel items {list(novel.item_shape)} differ from training items {list(train.item_shape)}",
+                novel.path,
+            )
         take = np.sort(rng.choice(novel.n_items, size=min(n_novel, novel.n_items), replace=False))
         for item in novel.take(take):
             items.append(item)
-            rows.append({"planted_train_id": None, "planted_subject": None, "planted_transform": "novel",
-                         "expected_transform": None})
+            rows.append(
+                {
+                    "planted_train_id": None,
+                    "planted_subject": None,
+                    "planted_transform": "novel",
+                    "expected_transform": None,
+                }
+            )
     order = rng.permutation(len(items))
-    with DatasetWriter(out, item_shape=train.item_shape, dtype=str(train.dtype), channels=train.channels,
-                       recipe={"name": "planted", "seed": seed, "transforms": list(transforms),
-                               "source": str(train.path)}, overwrite=overwrite) as writer:
+    with DatasetWriter(
+        out,
+        item_shape=train.item_shape,
+        dtype=str(train.dtype),
+        channels=train.channels,
+        recipe={"name": "planted", "seed": seed, "transforms": list(transforms), "source": str(train.path)},
+        overwrite=overwrite,
+    ) as writer:
         for new_pos, old_pos in enumerate(order):
             row = {"id": f"sample_{new_pos:06d}", "subject": "planted", "source": "planted", **rows[old_pos]}
             writer.add(items[old_pos], row)

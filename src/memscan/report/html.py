@@ -516,7 +516,13 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
         f"channel {opts.get('channel') or 'all'}",
     ]
     rows.append(("Search", ", ".join(search)))
-    rows.append(("Engine", f"{s.get('device')}, {s.get('precision')} screen + exact float64 re-rank"))
+    if s.get("precision") == "int8":
+        engine = "exact integer products (8-bit data): every correlation exact, nothing to re-rank"
+    else:
+        engine = (
+            f"{s.get('precision')} screen + exact float64 re-rank of {s.get('n_rerank_pairs', '?')} pairs"
+        )
+    rows.append(("Engine", f"{s.get('device')}, {engine}"))
     if _num(s.get("seconds")) is not None:
         rows.append(("Scan time", f"{float(s['seconds']):.2f} s"))
     return rows

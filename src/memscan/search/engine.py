@@ -279,8 +279,10 @@ def resolve_precision(
             return "bf16"
         return "bf16" if _cpu_has_bf16() else "float32"
     if precision == "int8" and dtype is not None and not int8_ok:
-        raise InputError(f"precision 'int8' is exact for uint8 items with d <= 2^24 only; these are "
-                         f"{np.dtype(dtype)} with d={d} (use 'bf16' or 'float64')")
+        raise InputError(
+            f"precision 'int8' is exact for uint8 items with d <= 2^24 only; these are "
+            f"{np.dtype(dtype)} with d={d} (use 'bf16' or 'float64')"
+        )
     if precision == "tf32" and device != "cuda":
         raise InputError("precision 'tf32' needs device 'cuda'; on the CPU use 'bf16' or 'float32'")
     return precision
@@ -308,8 +310,9 @@ def _cuda_matmul_flags(precision: str) -> Iterator[None]:
         m.allow_fp16_reduced_precision_reduction = False
         yield
     finally:
-        (m.allow_tf32, m.allow_bf16_reduced_precision_reduction,
-         m.allow_fp16_reduced_precision_reduction) = saved
+        (m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction) = (
+            saved
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,8 +399,14 @@ def _valid(mean: np.ndarray, norm: np.ndarray) -> np.ndarray:
 
 
 def _exact_batch(
-    qraw: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
-    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+    qraw: np.ndarray,
+    q_mean: np.ndarray,
+    q_norm: np.ndarray,
+    qi: np.ndarray,
+    traw: np.ndarray,
+    t_mean: np.ndarray,
+    t_norm: np.ndarray,
+    ti: np.ndarray,
 ) -> np.ndarray:
     a = np.array(qraw[qi], dtype=np.float64, order="C", copy=True)
     a -= q_mean[qi, None]
@@ -408,8 +417,14 @@ def _exact_batch(
 
 
 def exact_correlation(
-    qraw: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
-    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+    qraw: np.ndarray,
+    q_mean: np.ndarray,
+    q_norm: np.ndarray,
+    qi: np.ndarray,
+    traw: np.ndarray,
+    t_mean: np.ndarray,
+    t_norm: np.ndarray,
+    ti: np.ndarray,
 ) -> np.ndarray:
     """THE exact routine: correlation of the pairs ``(qi[p], ti[p])`` in float64.
 
@@ -443,8 +458,13 @@ def exact_correlation(
 
 
 def _exact_grouped(
-    q_centred: np.ndarray, q_norm: np.ndarray, qi: np.ndarray,
-    traw: np.ndarray, t_mean: np.ndarray, t_norm: np.ndarray, ti: np.ndarray,
+    q_centred: np.ndarray,
+    q_norm: np.ndarray,
+    qi: np.ndarray,
+    traw: np.ndarray,
+    t_mean: np.ndarray,
+    t_norm: np.ndarray,
+    ti: np.ndarray,
 ) -> np.ndarray:
     """:func:`exact_correlation` with the queries already centred, grouped by train row.
 
@@ -468,7 +488,7 @@ def _exact_grouped(
         tc = _rows_f64(traw[uniq[u0:u1]], 0, u1 - u0)
         tc -= t_mean[uniq[u0:u1], None]
         for j in range(u0, u1):
-            pos = order[starts[j]:ends[j]]
+            pos = order[starts[j] : ends[j]]
             qs = qi[pos]
             a = q_centred[qs]
             a *= tc[j - u0]
@@ -571,8 +591,17 @@ class _Screen:
     exact_scores = False
     groups: _Groups | None = None
 
-    def __init__(self, queries: np.ndarray, q_mean: np.ndarray, q_norm: np.ndarray, q_valid: np.ndarray,
-                 precision: str, device: str, chunk: int, k: int) -> None:
+    def __init__(
+        self,
+        queries: np.ndarray,
+        q_mean: np.ndarray,
+        q_norm: np.ndarray,
+        q_valid: np.ndarray,
+        precision: str,
+        device: str,
+        chunk: int,
+        k: int,
+    ) -> None:
         self.precision = precision
         self.device = torch.device(device)
         self.cuda = device == "cuda"
@@ -592,8 +621,9 @@ class _Screen:
         self.zq = [zq[:, a:b].contiguous() for a, b in self.bounds]
 
     # normalised rows on the device, in the screen dtype
-    def _normalise_host(self, raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
-                        ) -> torch.Tensor:
+    def _normalise_host(
+        self, raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
+    ) -> torch.Tensor:
         if self.cuda:
             x = _to_device_raw(raw, self.device, None)
             return self._normalise_device(x, mean, norm, valid)
@@ -602,8 +632,9 @@ class _Screen:
         _fill_normalised(raw, mean, norm, valid, z)
         return torch.from_numpy(z).to(self.dtype)
 
-    def _normalise_device(self, x: torch.Tensor, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
-                          ) -> torch.Tensor:
+    def _normalise_device(
+        self, x: torch.Tensor, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
+    ) -> torch.Tensor:
         dev = self.device
         mu = torch.from_numpy(np.where(valid, mean, 0.0)).to(dev, non_blocking=False)
         nr = torch.from_numpy(np.where(valid, norm, np.inf)).to(dev, non_blocking=False)
@@ -793,8 +824,9 @@ class _IntScreen:
         return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
 
 
-def _fill_normalised(raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray,
-                     z: np.ndarray) -> None:
+def _fill_normalised(
+    raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray, z: np.ndarray
+) -> None:
     n, d = raw.shape
     step = max(1, _STATS_ELEMS // max(d, 1))
 
@@ -889,18 +921,20 @@ def search_topk(
     if query_groups is not None and train_groups is not None:
         if len(query_groups) != nq:
             raise InputError(f"query_groups has {len(query_groups)} entries for {nq} queries")
-        screen.groups = _Groups(np.asarray(query_groups, dtype=np.int64),
-                                np.asarray(train_groups, dtype=np.int64))
-    logger.debug("search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e",
-                 nq, d, k, precision, device, eps)
+        screen.groups = _Groups(
+            np.asarray(query_groups, dtype=np.int64), np.asarray(train_groups, dtype=np.int64)
+        )
+    logger.debug(
+        "search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e", nq, d, k, precision, device, eps
+    )
 
     # centred float64 queries, kept when they fit in _QUERY_CACHE_BYTES (faster exact re-rank)
     q_centred: np.ndarray | None = None
     if not screen.exact_scores and nq * d * 8 <= _QUERY_CACHE_BYTES:
         q_centred = np.empty((nq, d), dtype=np.float64)
         for r in range(0, nq, 1024):
-            q_centred[r:r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
-            q_centred[r:r + 1024] -= q_mean[r:r + 1024, None]
+            q_centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
+            q_centred[r : r + 1024] -= q_mean[r : r + 1024, None]
     best_v = np.full((nq, k), -np.inf)
     best_i = np.full((nq, k), -1, dtype=np.int64)
     n_cand = 0
@@ -914,11 +948,12 @@ def search_topk(
             if block.shape[1] != d:
                 raise InputError(f"train block at {start} has d={block.shape[1]}, queries have d={d}")
             if int(start) != expected:
-                raise InputError("train blocks must be contiguous and increasing: "
-                                 f"expected start {expected}, got {start}")
+                raise InputError(
+                    f"train blocks must be contiguous and increasing: expected start {expected}, got {start}"
+                )
             n_b = block.shape[0]
             for r in range(0, n_b, sub_rows):
-                yield int(start) + r, block[r:r + sub_rows], (n_b if r + sub_rows >= n_b else 0)
+                yield int(start) + r, block[r : r + sub_rows], (n_b if r + sub_rows >= n_b else 0)
             expected += n_b
 
     def finish(sc: _Screened) -> None:
@@ -989,5 +1024,11 @@ def search_topk(
             progress(done_after)
 
     values = np.where(best_i >= 0, best_v, np.nan)
-    return SearchResult(values=values, indices=best_i, n_candidates=n_cand, n_fallback=n_fallback,
-                        precision=precision, epsilon=eps)
+    return SearchResult(
+        values=values,
+        indices=best_i,
+        n_candidates=n_cand,
+        n_fallback=n_fallback,
+        precision=precision,
+        epsilon=eps,
+    )
