@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -227,13 +227,46 @@ def _train_stream(train: Dataset, feats: Features, block: int, cache: list | Non
     return stream
 
 
+class SearchFn(Protocol):
+    """Exact top-k of feature rows against the whole training set (local engine or a Dask cluster)."""
+
+    def __call__(
+        self, queries: np.ndarray, k: int, query_groups: np.ndarray | None, train_groups: np.ndarray | None
+    ) -> engine.SearchResult: ...
+
+
+@dataclass
+class LocalSearch:
+    """The engine on this machine, streaming the training features block by block."""
+
+    stream: Callable[[], Iterator[tuple[int, np.ndarray]]]
+    precision: str
+    device: str
+
+    def __call__(
+        self,
+        queries: np.ndarray,
+        k: int,
+        query_groups: np.ndarray | None = None,
+        train_groups: np.ndarray | None = None,
+    ) -> engine.SearchResult:
+        return engine.search_topk(
+            queries,
+            self.stream,
+            k,
+            precision=self.precision,
+            device=self.device,
+            query_groups=query_groups,
+            train_groups=train_groups,
+        )
+
+
 def _search_query_block(
     items: np.ndarray,
     train: Dataset,
     feats: Features,
-    stream: Callable,
+    search: SearchFn,
     opts: ScanOptions,
-    device: str,
     stats: dict[str, Any],
     k: int,
     groups: tuple[np.ndarray, np.ndarray] | None = None,
@@ -250,15 +283,7 @@ def _search_query_block(
         variant_items.append(("flip", variants.flip_lr(items)))
     q_groups, t_groups = groups if groups is not None else (None, None)
     for name, vitems in variant_items:
-        res = engine.search_topk(
-            feats(vitems),
-            stream,
-            k_search,
-            precision=opts.engine_precision,
-            device=device,
-            query_groups=q_groups,
-            train_groups=t_groups,
-        )
+        res = search(feats(vitems), k_search, q_groups, t_groups)
         stats["n_candidates"] += int(res.n_candidates)
         stats["n_fallback"] += int(res.n_fallback)
         stats["precision"], stats["epsilon"] = res.precision, float(res.epsilon)
@@ -275,9 +300,8 @@ class _Searcher:
 
     train: Dataset
     feats: Features
-    stream: Callable
+    search: SearchFn
     opts: ScanOptions
-    device: str
     ckpt: _Checkpoints
     query_block: int
     stats: dict[str, Any]
@@ -308,9 +332,8 @@ class _Searcher:
                         read(start, stop),
                         self.train,
                         self.feats,
-                        self.stream,
+                        self.search,
                         self.opts,
-                        self.device,
                         block_stats,
                         k,
                         g,
@@ -498,7 +521,8 @@ def scan(
         ).encode()
     ).hexdigest()
     stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
-    searcher = _Searcher(train_ds, feats, stream, opts, device, _Checkpoints(out, key), qb, stats)
+    search = LocalSearch(stream, opts.engine_precision, device)
+    searcher = _Searcher(train_ds, feats, search, opts, _Checkpoints(out, key), qb, stats)
     log.info(
         "scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
         synth_ds.n_items,
