@@ -146,8 +146,18 @@ def scan(
         int, typer.Option(help="Training items sampled for the train-vs-train baselines (0: none).")
     ] = 500,
     memory_budget: Annotated[str, typer.Option(help="RAM for the scan's blocks, e.g. 4GiB.")] = "4GiB",
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Write the tables only, no HTML report.")
+    ] = False,
     subject_pattern: Annotated[
         str | None, typer.Option(help="Subject REGEX for raw folders prepared on the fly.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Search on a local Dask cluster of N worker processes.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Search on an existing Dask cluster, e.g. tcp://HOST:8786 (shared file system)."),
     ] = None,
 ) -> None:
     """Exact all-pairs Pearson correlation: top-k training matches of every synthetic item.
@@ -173,11 +183,20 @@ def scan(
         alpha=fdr,
         fail_on_leaked_subjects=fail_on_leaked_subjects,
         baseline_items=baseline_items,
+        workers=workers,
+        scheduler=scheduler,
     )
     command = "memscan " + " ".join(sys.argv[1:])
     try:
         result = run_scan(
-            train, synthetic, out, opts, holdout=holdout, subject_pattern=subject_pattern, command=command
+            train,
+            synthetic,
+            out,
+            opts,
+            holdout=holdout,
+            subject_pattern=subject_pattern,
+            command=command,
+            report=not no_report,
         )
     except MemscanError as exc:
         if exc.exit_code == 3:

@@ -63,6 +63,8 @@ class ScanOptions:
         shift_candidates: candidates per item re-ranked under shifts.
         query_block: items per query block (default: from the memory budget); never changes results.
         train_block: items per training block (default: from the memory budget); never changes results.
+        workers: run the search on a local Dask cluster of this many worker processes; never changes results.
+        scheduler: run the search on an existing Dask cluster (``tcp://HOST:8786``); never changes results.
     """
 
     top_k: int = 5
@@ -82,6 +84,8 @@ class ScanOptions:
     shift_candidates: int = 20
     query_block: int | None = None
     train_block: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -110,6 +114,12 @@ class ScanOptions:
                 raise InputError(f"{name} must be >= 1, got {value}")
         if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
             raise InputError(f"--fail-above must be a fraction in [0, 1], got {self.fail_above}")
+        if self.workers is not None and self.scheduler is not None:
+            raise InputError("give either --workers or --scheduler, not both")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.scheduler is not None and not self.scheduler.strip():
+            raise InputError("--scheduler needs an address like tcp://HOST:8786")
 
     @property
     def engine_precision(self) -> str:

@@ -514,33 +514,48 @@ def scan(
                 _dataset_key(train_ds),
                 _dataset_key(synth_ds),
                 hold_ds and _dataset_key(hold_ds),
-                {**opts.to_dict(), "threshold": None, "fail_above": None, "fail_on_leaked_subjects": None},
+                {
+                    **{n: v for n, v in opts.to_dict().items() if n not in ("workers", "scheduler")},
+                    "threshold": None,
+                    "fail_above": None,
+                    "fail_on_leaked_subjects": None,
+                },
                 qb,
             ],
             default=str,
         ).encode()
     ).hexdigest()
     stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
-    search = LocalSearch(stream, opts.engine_precision, device)
-    searcher = _Searcher(train_ds, feats, search, opts, _Checkpoints(out, key), qb, stats)
-    log.info(
-        "scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
-        synth_ds.n_items,
-        train_ds.n_items,
-        d,
-        qb,
-        tb,
-        device,
-    )
-    values, indices, transforms = searcher.run("synthetic", synth_ds.n_items, synth_ds.read, opts.top_k)
-    extra: dict[str, pd.DataFrame] = {}
-    hold_top = None
-    if hold_ds is not None:
-        hv, hi, ht = searcher.run("holdout", hold_ds.n_items, hold_ds.read, 1)
-        hold_top = hv[:, 0]
-        extra["holdout"] = nearest_table(train_ds, hold_ds, "holdout_id", hv, hi, ht)
-    if opts.baseline_items:
-        extra["baseline"] = _baselines(searcher, train_ds, opts.baseline_items)
+    search: SearchFn = LocalSearch(stream, opts.engine_precision, device)
+    close_cluster: Callable[[], None] = lambda: None  # noqa: E731
+    if opts.workers is not None or opts.scheduler is not None:
+        from memscan.search.cluster import DaskSearch, open_cluster
+
+        client, close_cluster = open_cluster(opts.workers, opts.scheduler)
+        path = os.path.abspath(train_ds.path)  # as the workers see it (a shared file system)
+        search = DaskSearch(client, path, feats, train_ds.n_items, tb, opts.engine_precision, device)
+    try:
+        searcher = _Searcher(train_ds, feats, search, opts, _Checkpoints(out, key), qb, stats)
+        log.info(
+            "scan: %d synthetic x %d training items, d=%d, query blocks of %d, training blocks of %d, %s",
+            synth_ds.n_items,
+            train_ds.n_items,
+            d,
+            qb,
+            tb,
+            device,
+        )
+        values, indices, transforms = searcher.run("synthetic", synth_ds.n_items, synth_ds.read, opts.top_k)
+        extra: dict[str, pd.DataFrame] = {}
+        hold_top = None
+        if hold_ds is not None:
+            hv, hi, ht = searcher.run("holdout", hold_ds.n_items, hold_ds.read, 1)
+            hold_top = hv[:, 0]
+            extra["holdout"] = nearest_table(train_ds, hold_ds, "holdout_id", hv, hi, ht)
+        if opts.baseline_items:
+            extra["baseline"] = _baselines(searcher, train_ds, opts.baseline_items)
+    finally:
+        close_cluster()
     top = values[:, 0]
     fixed_flags = np.nan_to_num(top, nan=-np.inf) > opts.threshold
     calibration = None
@@ -573,6 +588,7 @@ def scan(
         "holdout_max_correlation": _describe(hold_top) if hold_top is not None else None,
         "baseline": _describe_baseline(extra.get("baseline")),
         "device": device,
+        "executor": "dask" if opts.workers is not None or opts.scheduler is not None else "local",
         "precision": stats["precision"],
         "screen_epsilon": stats["epsilon"],
         "n_rerank_pairs": stats["n_candidates"],

@@ -1,0 +1,398 @@
+"""The exact search sharded over a Dask cluster (``memscan scan --workers N | --scheduler ADDRESS``).
+
+The *training set* is cut into contiguous item ranges (shards). Each shard is one Dask task that
+opens the dataset itself from its path (every worker must be able to read the dataset folder: a
+shared file system), streams its items block by block, turns them into feature rows with the pickled
+:class:`memscan.scanner.Features`, and runs :func:`memscan.search.engine.search_topk` against the
+query block, which is scattered to every worker once per call. A task returns its local top-k with
+the shard offset added to the indices; the client merges the shards' lists per query with
+``np.lexsort((index, -value))`` — values descending, ties to the lower training index.
+
+Why the merged result is *identical* to the single-process search (not merely close): every value
+comes from a routine that does not depend on which block, shard or machine computed it (the int8
+path: exact integer sums and one fixed division; the float path: one float64 routine per pair), and
+both the engine and this merge break ties by the lower training index. The global top-k of a query is
+therefore the top-k of the union of the shards' top-k lists, element for element.
+
+Tasks are pure functions of their arguments (they read, never write), so when a worker dies the
+scheduler simply reruns its tasks on another worker and the result is the same.
+
+Shapes: queries ``[nq, d]`` (feature rows), results ``[nq, k]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from memscan.errors import InputError
+from memscan.progress import console, is_quiet, progress
+from memscan.search import engine
+
+if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
+    from distributed import Client
+
+    from memscan.scanner import Features
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DaskSearch", "merge_topk", "open_cluster", "plan_shards", "search_shard"]
+
+#: Seconds to wait for an existing scheduler to answer.
+CONNECT_TIMEOUT = 10.0
+#: Shards per worker thread: enough to balance uneven tasks and to lose little when a worker dies.
+TASKS_PER_THREAD = 3
+
+
+# --------------------------------------------------------------------------------------------------
+# the cluster
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail fast (InputError) on a malformed address or a refused TCP connection."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"--scheduler expects an address like tcp://HOST:8786, got {address!r} ({exc})"
+        ) from None
+    if scheme != "tcp":
+        return  # tls://, inproc://, ...: left to distributed itself
+    try:
+        host, port = parse_host_port(loc)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"--scheduler expects an address like tcp://HOST:8786, got {address!r} ({exc})"
+        ) from None
+    if port is None:
+        raise InputError(f"--scheduler address {address!r} has no port (e.g. tcp://{host}:8786)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+
+
+def _quiet_distributed() -> None:
+    """Keep distributed's own INFO chatter (worker start/stop) out of the terminal."""
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
+        logger = logging.getLogger(name)
+        if logger.level in (logging.NOTSET,) or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def open_cluster(
+    workers: int | None,
+    scheduler: str | None,
+    *,
+    threads_per_worker: int | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> tuple[Client, Callable[[], None]]:
+    """Start a local Dask cluster or connect to an existing one.
+
+    Args:
+        workers: start a ``LocalCluster`` of this many worker *processes* (each under a nanny, which
+            restarts it if it dies), with ``max(1, cores // workers)`` threads each.
+        scheduler: the address of a running scheduler (``tcp://HOST:8786``); exclusive with ``workers``.
+        threads_per_worker: override the threads per local worker.
+        timeout: seconds to wait for an existing scheduler.
+
+    Returns:
+        ``(client, cleanup)``: call ``cleanup()`` when done (closes the client, and the local cluster).
+
+    Raises:
+        InputError: both or neither given, ``workers < 1``, or a bad or unreachable scheduler address.
+    """
+    from distributed import Client, LocalCluster
+
+    if (workers is None) == (scheduler is None):
+        raise InputError("give exactly one of --workers N and --scheduler ADDRESS")
+    _quiet_distributed()
+    if scheduler is not None:
+        _check_reachable(scheduler, timeout)
+        try:
+            client = Client(scheduler, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
+
+        def cleanup() -> None:
+            client.close()
+
+        _announce(client, f"connected to the Dask scheduler at {scheduler}")
+        return client, cleanup
+
+    assert workers is not None
+    if isinstance(workers, bool) or workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    cores = os.cpu_count() or 1
+    threads = threads_per_worker or max(1, cores // workers)
+    kwargs: dict[str, Any] = {
+        "n_workers": workers,
+        "threads_per_worker": threads,
+        "processes": True,
+        "host": "127.0.0.1",
+        "scheduler_port": 0,
+    }
+    try:
+        cluster = LocalCluster(dashboard_address="127.0.0.1:0", **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the dashboard is optional; retry without it
+        log.debug("local cluster with a dashboard failed (%s); starting without one", exc)
+        cluster = LocalCluster(dashboard_address=None, **kwargs)
+    client = Client(cluster, set_as_default=False)
+
+    def cleanup_local() -> None:
+        client.close()
+        cluster.close()
+
+    _announce(client, f"local Dask cluster: {workers} worker processes x {threads} threads")
+    return client, cleanup_local
+
+
+def _announce(client: Client, what: str) -> None:
+    """Log (and show, unless quiet) what we run on and the dashboard link, when there is one."""
+    link = _dashboard_link(client)
+    message = f"{what}; dashboard: {link}" if link else f"{what} (no dashboard: bokeh is not installed)"
+    log.info(message)
+    if not is_quiet():
+        console.print(message, markup=False, highlight=False)
+
+
+def _dashboard_link(client: Client) -> str | None:
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return None
+    if "dashboard" not in services:
+        return None
+    return client.dashboard_link
+
+
+# --------------------------------------------------------------------------------------------------
+# shards, tasks and the merge
+
+
+def plan_shards(n_train: int, block: int, n_threads: int, tasks_per_thread: int = TASKS_PER_THREAD) -> list:
+    """Contiguous training ranges ``[(start, stop), ...]`` and the block size used inside them.
+
+    About ``tasks_per_thread`` shards per worker thread; a shard holds a whole number of blocks
+    (blocks shrink when the training set is small compared to the cluster).
+
+    Returns:
+        ``(shards, block)``.
+    """
+    n_train, block = int(n_train), max(1, int(block))
+    target = max(1, math.ceil(n_train / max(1, n_threads * tasks_per_thread)))
+    if target >= block:
+        size = math.ceil(target / block) * block
+    else:
+        size = block = target
+    return [(a, min(n_train, a + size)) for a in range(0, n_train, size)], block
+
+
+def search_shard(
+    path: str,
+    features: Features,
+    queries: np.ndarray,
+    k: int,
+    start: int,
+    stop: int,
+    block: int,
+    precision: str,
+    device: str,
+    query_groups: np.ndarray | None = None,
+    train_groups: np.ndarray | None = None,
+    delay: float = 0.0,
+) -> dict[str, Any]:
+    """One Dask task: exact top-k of ``queries [nq, d]`` against training items ``start:stop``.
+
+    Pure: opens the dataset read-only, writes nothing; rerunning it gives the same result.
+
+    Args:
+        path: the training dataset folder (or ``DATASET/SPLIT``), readable on the worker.
+        features: items → feature rows (channel selection, mask).
+        queries: feature rows of the query block.
+        k: neighbours per query.
+        start: first training position of the shard.
+        stop: one past the last.
+        block: items read per block.
+        precision: engine precision.
+        device: engine device ('cpu' | 'cuda').
+        query_groups: exclusion groups of the queries ``[nq]`` (or None).
+        train_groups: exclusion groups of the shard's items ``[stop - start]`` (or None).
+        delay: seconds slept per block (test hook: makes tasks slow enough to kill a worker mid-scan).
+
+    Returns:
+        ``values``/``indices`` ``[nq, k]`` (global training indices), ``n_candidates``, ``n_fallback``,
+        ``precision``, ``epsilon``.
+    """
+    from memscan.data.store import Dataset
+
+    ds = Dataset.open(path)
+
+    def stream():
+        for lo in range(start, stop, block):
+            if delay:
+                time.sleep(delay)
+            yield lo - start, features(ds.read(lo, min(stop, lo + block)))
+
+    res = engine.search_topk(
+        queries,
+        stream,
+        k,
+        precision=precision,
+        device=device,
+        query_groups=query_groups,
+        train_groups=train_groups,
+    )
+    indices = np.where(res.indices >= 0, res.indices + start, -1)
+    return {
+        "values": res.values,
+        "indices": indices,
+        "n_candidates": int(res.n_candidates),
+        "n_fallback": int(res.n_fallback),
+        "precision": res.precision,
+        "epsilon": float(res.epsilon),
+    }
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global top-k from per-shard top-k lists: values descending, ties to the lower index.
+
+    Args:
+        parts: ``(values [nq, k_i], indices [nq, k_i])`` per shard; index ``-1`` / value ``NaN`` = none.
+        k: neighbours kept.
+
+    Returns:
+        ``(values [nq, k] float64, indices [nq, k] int64)``, ``NaN`` / ``-1`` where fewer than k exist.
+    """
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v, _ in parts], axis=1)
+    indices = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in parts], axis=1)
+    missing = indices < 0
+    sort_v = np.where(missing, -np.inf, values)
+    sort_i = np.where(missing, np.iinfo(np.int64).max, indices)
+    order = np.lexsort((sort_i, -sort_v), axis=-1)[:, :k]
+    top_i = np.take_along_axis(indices, order, axis=1)
+    top_v = np.take_along_axis(values, order, axis=1)
+    if top_i.shape[1] < k:  # fewer candidates than k in all shards together
+        pad = k - top_i.shape[1]
+        top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
+        top_v = np.pad(top_v, ((0, 0), (0, pad)), constant_values=np.nan)
+    top_v = np.where(top_i >= 0, top_v, np.nan)
+    return top_v, top_i
+
+
+@dataclass
+class DaskSearch:
+    """A :class:`memscan.scanner.SearchFn` that shards the training set over a Dask cluster.
+
+    Attributes:
+        client: a connected ``distributed.Client``.
+        dataset: path of the training dataset (or ``DATASET/SPLIT``) as the *workers* see it.
+        features: items → feature rows; pickled to the workers.
+        n_train: items in the training dataset (view).
+        block: training items read per block inside a task (also the shard granularity).
+        precision: engine precision.
+        device: engine device on the workers.
+        tasks_per_thread: shards per worker thread.
+        shard_items: fixed shard size (items; rounded to whole blocks), overriding ``tasks_per_thread``.
+        delay: test hook: seconds each task sleeps per block.
+    """
+
+    client: Client
+    dataset: str
+    features: Features
+    n_train: int
+    block: int
+    precision: str
+    device: str = "cpu"
+    tasks_per_thread: int = TASKS_PER_THREAD
+    shard_items: int | None = None
+    delay: float = 0.0
+    n_tasks: int = field(default=0, init=False)
+
+    def shards(self) -> tuple[list[tuple[int, int]], int]:
+        """``([(start, stop), ...], block)`` for the cluster as it is now."""
+        if self.shard_items is not None:
+            block = min(self.block, self.shard_items)
+            size = math.ceil(self.shard_items / block) * block
+            return [(a, min(self.n_train, a + size)) for a in range(0, self.n_train, size)], block
+        threads = sum(self.client.nthreads().values()) or 1
+        return plan_shards(self.n_train, self.block, threads, self.tasks_per_thread)
+
+    def __call__(
+        self,
+        queries: np.ndarray,
+        k: int,
+        query_groups: np.ndarray | None = None,
+        train_groups: np.ndarray | None = None,
+    ) -> engine.SearchResult:
+        """Exact top-k of ``queries [nq, d]`` against the whole training set; see the module doc."""
+        if (query_groups is None) != (train_groups is None):
+            raise InputError("query_groups and train_groups go together")
+        if train_groups is not None and len(train_groups) != self.n_train:
+            raise InputError(f"train_groups has {len(train_groups)} entries for {self.n_train} items")
+        queries = np.ascontiguousarray(queries)
+        shards, block = self.shards()
+        call = uuid.uuid4().hex[:10]
+        q_future = self.client.scatter(queries, broadcast=True, hash=False)
+        f_future = self.client.scatter(self.features, broadcast=True, hash=False)
+        q_groups = None if query_groups is None else np.asarray(query_groups, dtype=np.int64)
+        futures = []
+        for i, (a, b) in enumerate(shards):
+            t_groups = None if train_groups is None else np.asarray(train_groups[a:b], dtype=np.int64)
+            futures.append(
+                self.client.submit(
+                    search_shard,
+                    str(self.dataset),
+                    f_future,
+                    q_future,
+                    k,
+                    a,
+                    b,
+                    block,
+                    self.precision,
+                    self.device,
+                    q_groups,
+                    t_groups,
+                    self.delay,
+                    key=f"memscan-shard-{call}-{i:05d}",
+                    pure=False,
+                )
+            )
+        self.n_tasks += len(futures)
+        log.debug("dask search: %d queries over %d shards of <= %d items", len(queries), len(shards), block)
+        from distributed import as_completed
+
+        try:
+            with progress(len(futures), "cluster shards") as advance:
+                for fut in as_completed(futures, loop=self.client.loop):
+                    if fut.status == "error":
+                        fut.result()  # raises the task's exception here
+                    advance(1)
+            results = self.client.gather(futures)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        finally:
+            del q_future, f_future
+        values, indices = merge_topk([(r["values"], r["indices"]) for r in results], k)
+        return engine.SearchResult(
+            values=values,
+            indices=indices,
+            n_candidates=sum(r["n_candidates"] for r in results),
+            n_fallback=sum(r["n_fallback"] for r in results),
+            precision=results[0]["precision"],
+            epsilon=results[0]["epsilon"],
+        )
