@@ -378,13 +378,13 @@ def _shift_rerank(
         if not len(cands):
             continue
         rows = cand_items[[row_of[int(t)] for t in cands]]
+        # every candidate under every base transform: a shifted copy may have surfaced via the other one
+        images = np.stack([variants.flip_lr(items[q : q + 1])[0] if b == "flip" else items[q] for b in bases])
+        vals, shifts = variants.shift_rerank_many(images, rows, opts.max_shift)
         best_v = np.full(len(cands), -np.inf)
         best_t = np.full(len(cands), None, dtype=object)
-        # every candidate under every base transform: a shifted copy may have surfaced via the other one
-        for base in bases:
-            image = variants.flip_lr(items[q : q + 1])[0] if base == "flip" else items[q]
-            vals, shifts = variants.shift_rerank(image, rows, opts.max_shift)
-            for j, (v, (dy, dx)) in enumerate(zip(vals, shifts, strict=True)):
+        for bi, base in enumerate(bases):
+            for j, (v, (dy, dx)) in enumerate(zip(vals[bi], shifts[bi], strict=True)):
                 if v > best_v[j]:  # strict: 'none' wins ties over 'flip'
                     shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
                     best_v[j] = v

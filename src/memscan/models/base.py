@@ -63,4 +63,4 @@ class GenerativeModel(Protocol):
         """Restore ``extra_state``."""
 
     def sample(self, n: int, generator: torch.Generator, **options: Any) -> torch.Tensor:
-        """``n`` samples ``[n, C, *S]`` in ``[-1, 1]`` from the EMA weights, deterministic for ``generator``."""
+        """``n`` samples ``[n, C, *S]`` in ``[-1, 1]`` from the EMA weights; deterministic for a generator."""

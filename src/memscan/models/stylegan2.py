@@ -33,6 +33,7 @@ on the batch's device, so a resumed run repeats exactly what an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 _SQRT2 = math.sqrt(2.0)
+NoiseSource = torch.Generator | list[torch.Generator] | None
+"""Where random numbers come from: one generator, one CPU generator per item, or the global RNG."""
 
 
 def _act(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +85,18 @@ def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:
     return F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False)
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """``N(0, 1)`` drawn on ``generator``'s device (or ``device`` if none), then moved to ``device``."""
+def _randn(
+    shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None, device: torch.device
+) -> torch.Tensor:
+    """``N(0, 1)`` of ``shape`` on ``device``.
+
+    Drawn on ``generator``'s device (the global RNG of ``device`` if ``None``) and moved to ``device``; a
+    list of CPU generators draws item ``i`` (``shape[0]`` items) from generator ``i``.
+    """
+    if isinstance(generator, list | tuple):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
     source = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=source).to(device)
 
@@ -156,8 +169,17 @@ class StyleGAN2Config:
         # JSON round trips turn tuples into lists: accept them, store tuples.
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         object.__setattr__(self, "augment_ops", tuple(self.augment_ops))
-        for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group",
-                     "batch_size", "r1_interval", "ada_interval"):  # fmt: skip
+        for name in (
+            "z_dim",
+            "w_dim",
+            "mapping_layers",
+            "channel_base",
+            "channel_max",
+            "mbstd_group",
+            "batch_size",
+            "r1_interval",
+            "ada_interval",
+        ):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("mbstd_channels", "seed"):
             _check_int(name, getattr(self, name), minimum=0)
@@ -223,29 +245,72 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The study: 256 px, 5 channels, StyleGAN2-ADA's 256 px configuration (ADA paper Appendix B),
     # mirroring and ADA on, batch 32; R1 γ from the resolution (0.0002 · 256² / 32 ≈ 0.41).
     "study": {
-        "z_dim": 512, "w_dim": 512, "mapping_layers": 8, "channel_base": 16384, "channel_max": 512,
-        "lr_g": 0.0025, "lr_d": 0.0025, "batch_size": 32, "r1_gamma": None, "ema_kimg": 10.0,
-        "mirror": True, "ada": True,
+        "z_dim": 512,
+        "w_dim": 512,
+        "mapping_layers": 8,
+        "channel_base": 16384,
+        "channel_max": 512,
+        "lr_g": 0.0025,
+        "lr_d": 0.0025,
+        "batch_size": 32,
+        "r1_gamma": None,
+        "ema_kimg": 10.0,
+        "mirror": True,
+        "ada": True,
     },
     # Quick GPU runs at 64 px.
     "quick": {
-        "z_dim": 256, "w_dim": 256, "mapping_layers": 2, "channel_base": 4096, "channel_max": 256,
-        "lr_g": 0.0025, "lr_d": 0.0025, "batch_size": 32, "r1_gamma": None, "ema_kimg": 5.0,
-        "ema_rampup": 0.05, "mirror": True, "ada": True, "ada_kimg": 100.0,
+        "z_dim": 256,
+        "w_dim": 256,
+        "mapping_layers": 2,
+        "channel_base": 4096,
+        "channel_max": 256,
+        "lr_g": 0.0025,
+        "lr_d": 0.0025,
+        "batch_size": 32,
+        "r1_gamma": None,
+        "ema_kimg": 5.0,
+        "ema_rampup": 0.05,
+        "mirror": True,
+        "ada": True,
+        "ada_kimg": 100.0,
     },
     # 3D volumes of 32³ on a GPU.
     "quick3d": {
-        "z_dim": 128, "w_dim": 128, "mapping_layers": 2, "channel_base": 1024, "channel_max": 128,
-        "lr_g": 0.0025, "lr_d": 0.0025, "batch_size": 8, "r1_gamma": None, "ema_kimg": 2.0,
-        "ema_rampup": 0.05, "mirror": True, "ada": True, "ada_kimg": 100.0,
+        "z_dim": 128,
+        "w_dim": 128,
+        "mapping_layers": 2,
+        "channel_base": 1024,
+        "channel_max": 128,
+        "lr_g": 0.0025,
+        "lr_d": 0.0025,
+        "batch_size": 8,
+        "r1_gamma": None,
+        "ema_kimg": 2.0,
+        "ema_rampup": 0.05,
+        "mirror": True,
+        "ada": True,
+        "ada_kimg": 100.0,
     },
     # CPU tests: a step well under a second at 16×16 or 8×8×8.
     "tiny": {
-        "z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 32,
-        "lr_g": 0.002, "lr_d": 0.002, "batch_size": 4, "r1_gamma": None, "r1_interval": 4, "ema_kimg": 0.01,
-        "mirror": True, "ada": True, "ada_interval": 2, "ada_kimg": 1.0,
+        "z_dim": 32,
+        "w_dim": 32,
+        "mapping_layers": 2,
+        "channel_base": 256,
+        "channel_max": 32,
+        "lr_g": 0.002,
+        "lr_d": 0.002,
+        "batch_size": 4,
+        "r1_gamma": None,
+        "r1_interval": 4,
+        "ema_kimg": 0.01,
+        "mirror": True,
+        "ada": True,
+        "ada_interval": 2,
+        "ada_kimg": 1.0,
     },
-}  # fmt: skip
+}
 
 
 def check_image_shape(spatial_shape: tuple[int, ...]) -> None:
@@ -295,9 +360,14 @@ class EqualLinear(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, bias_init: float = 0.0, lr_mult: float = 1.0,
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias_init: float = 0.0,
+        lr_mult: float = 1.0,
         activate: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mult)
         self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mult))
@@ -324,9 +394,15 @@ class EqualConv(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, spatial_dims: int, *, bias: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        spatial_dims: int,
+        *,
+        bias: bool = True,
         activate: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *[kernel_size] * spatial_dims))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -360,9 +436,16 @@ class ModulatedConv(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, w_dim: int, spatial_dims: int, *,
-        demodulate: bool = True, up: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        w_dim: int,
+        spatial_dims: int,
+        *,
+        demodulate: bool = True,
+        up: bool = False,
+    ) -> None:
         super().__init__()
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *[kernel_size] * spatial_dims))
@@ -437,9 +520,7 @@ class StyleLayer(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros(())) if use_noise else None
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
-    def forward(
-        self, x: torch.Tensor, w: torch.Tensor, noise_generator: torch.Generator | None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_generator: NoiseSource) -> torch.Tensor:
         """``x [B, in, *S]`` → ``[B, out, *S']``; noise ``[B, 1, *S']`` drawn from ``noise_generator``."""
         out = self.conv(x, w)
         if self.noise_strength is not None:
@@ -458,15 +539,23 @@ class SynthesisBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, img_channels: int, w_dim: int, spatial_dims: int, *,
-        base_shape: tuple[int, ...] | None, use_noise: bool,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        out_channels: int,
+        img_channels: int,
+        w_dim: int,
+        spatial_dims: int,
+        *,
+        base_shape: tuple[int, ...] | None,
+        use_noise: bool,
+    ) -> None:
         super().__init__()
         self.const = nn.Parameter(torch.randn(out_channels, *base_shape)) if base_shape is not None else None
         self.conv0 = (
-            None if base_shape is not None
+            None
+            if base_shape is not None
             else StyleLayer(in_channels, out_channels, w_dim, spatial_dims, up=True, use_noise=use_noise)
-        )  # fmt: skip
+        )
         self.conv1 = StyleLayer(
             out_channels, out_channels, w_dim, spatial_dims, up=False, use_noise=use_noise
         )
@@ -474,9 +563,12 @@ class SynthesisBlock(nn.Module):
         self.to_image_bias = nn.Parameter(torch.zeros(img_channels))
 
     def forward(
-        self, x: torch.Tensor | None, img: torch.Tensor | None, w: torch.Tensor,
-        noise_generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        w: torch.Tensor,
+        noise_generator: NoiseSource,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, in, *S]`` (``None`` at the first level), ``img [B, C, *S]`` → both at ``2S``."""
         if self.const is not None:
             x = self.const[None].expand(w.shape[0], *self.const.shape).to(w.dtype)
@@ -506,16 +598,25 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mult)
         self.blocks = nn.ModuleList(
             SynthesisBlock(
-                channels[max(i - 1, 0)], channels[i], img_channels, cfg.w_dim, spatial_dims,
-                base_shape=base if i == 0 else None, use_noise=cfg.use_noise,
+                channels[max(i - 1, 0)],
+                channels[i],
+                img_channels,
+                cfg.w_dim,
+                spatial_dims,
+                base_shape=base if i == 0 else None,
+                use_noise=cfg.use_noise,
             )
             for i in range(len(channels))
-        )  # fmt: skip
+        )
 
     def forward(
-        self, z: torch.Tensor, *, truncation: float = 1.0, noise_generator: torch.Generator | None = None,
+        self,
+        z: torch.Tensor,
+        *,
+        truncation: float = 1.0,
+        noise_generator: NoiseSource = None,
         update_w_avg: bool = False,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """``z [B, z_dim]`` → ``[B, C, *S]`` (not clamped); noise from ``noise_generator``."""
         w = self.mapping(z, update_w_avg=update_w_avg, truncation=truncation)
         x = img = None
@@ -645,11 +746,12 @@ class StyleGAN2Model:
     """StyleGAN2-ADA as the training loop sees it (:class:`memscan.models.base.GenerativeModel`).
 
     Args:
-        config: resolved hyperparameters (``r1_gamma`` set).
+        config: hyperparameters (``r1_gamma=None`` is resolved from the image size here).
         data: channel names and spatial shape of the training images.
     """
 
     name = "stylegan2"
+    per_item_generators = True  # sample() also takes one CPU generator per item (batch-size invariant)
 
     def __init__(self, config: StyleGAN2Config, data: DataInfo) -> None:
         check_image_shape(data.spatial_shape)
@@ -664,20 +766,26 @@ class StyleGAN2Model:
         self.G = Generator(config, c, shape)
         self.D = Discriminator(config, c, shape)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        betas = config.adam_betas
-        ratio = config.r1_interval / (config.r1_interval + 1) if config.r1_gamma > 0 else 1.0
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, eps=1e-8)
-        self.opt_d = torch.optim.Adam(
-            self.D.parameters(),
-            lr=config.lr_d * ratio,
-            betas=(betas[0] ** ratio, betas[1] ** ratio),
-            eps=1e-8,
-        )
+        self.opt_g, self.opt_d = self._make_optimizers(fused=False)
         self.augment_p = float(config.augment_p)
         self.nimg = 0  # images seen (for the EMA ramp-up)
-        self._ada_sum = 0.0  # Σ sign(D(real)) since the last adjustment of p
+        self._ada_sum: float | torch.Tensor = 0.0  # Σ sign(D(real)) since the last adjustment of p
         self._ada_n = 0  # images counted in _ada_sum
         self._ada_steps = 0  # steps since the last adjustment of p
+        self._amp: torch.dtype | None = None
+        self._d_forward: Callable[[torch.Tensor], torch.Tensor] = self.D
+
+    def _make_optimizers(self, *, fused: bool) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+        """Adam for G; Adam for D with lr and betas adjusted for lazy R1 (StyleGAN2 Sec. 3.1)."""
+        cfg = self.config
+        b1, b2 = cfg.adam_betas
+        ratio = cfg.r1_interval / (cfg.r1_interval + 1) if cfg.r1_gamma > 0 else 1.0
+        extra = {"fused": True} if fused else {}
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(b1, b2), eps=1e-8, **extra)
+        opt_d = torch.optim.Adam(
+            self.D.parameters(), lr=cfg.lr_d * ratio, betas=(b1**ratio, b2**ratio), eps=1e-8, **extra
+        )
+        return opt_g, opt_d
 
     # --- GenerativeModel interface ------------------------------------------------------------------------
 
@@ -694,11 +802,14 @@ class StyleGAN2Model:
         return {"G": self.opt_g, "D": self.opt_d}
 
     def extra_state(self) -> dict[str, float | int]:
-        """ADA probability and counters."""
+        """ADA probability and counters (reads one scalar from the device)."""
         return {
-            "augment_p": self.augment_p, "nimg": self.nimg, "ada_sum": self._ada_sum, "ada_n": self._ada_n,
+            "augment_p": self.augment_p,
+            "nimg": self.nimg,
+            "ada_sum": float(self._ada_sum),
+            "ada_n": self._ada_n,
             "ada_steps": self._ada_steps,
-        }  # fmt: skip
+        }
 
     def load_extra_state(self, state: dict[str, float | int]) -> None:
         """Restore :meth:`extra_state`."""
@@ -708,16 +819,67 @@ class StyleGAN2Model:
         self._ada_n = int(state["ada_n"])
         self._ada_steps = int(state["ada_steps"])
 
-    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+    # --- optional hooks of the training loop (as in memscan.models.ddpm) ---------------------------------
+
+    def configure(
+        self,
+        device: torch.device,
+        *,
+        amp: torch.dtype | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        """Move to ``device`` and set speed options; call before loading optimizer state.
+
+        Args:
+            device: where networks and optimizer state live.
+            amp: autocast dtype of the network forward passes (bf16 on CUDA), or ``None`` for float32.
+            compile: ``torch.compile`` the discriminator for its non-R1 passes (R1 needs double backward,
+                which compiled graphs do not support, so R1 steps use the eager module).
+            channels_last: ignored (grouped per-sample convolutions gain nothing from it).
+        """
+        del channels_last
+        device = torch.device(device)
+        for module in self.modules().values():
+            module.to(device)
+        self.opt_g, self.opt_d = self._make_optimizers(fused=device.type == "cuda")
+        self._amp = amp
+        self._d_forward = torch.compile(self.D) if compile else self.D
+
+    def memory_estimate(self, batch: int) -> int:
+        """Rough peak bytes of one training step (weights, EMA, Adam state, gradients, activations)."""
+        n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters())
+        _, channels = _levels(tuple(self.data.spatial_shape), self.config)
+        pixels = math.prod(self.data.spatial_shape)
+        n = self.data.spatial_dims
+        level_act = sum(pixels / 2 ** (n * (len(channels) - 1 - i)) * c for i, c in enumerate(channels))
+        bytes_per = 2 if self._amp is not None else 4
+        # ~12 stored maps per level in G and D together, ×3 for the R1 double backward
+        return int(n_params * 4 * 5 + batch * level_act * 12 * 3 * bytes_per)
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return (
+            torch.autocast(device.type, dtype=self._amp)
+            if self._amp is not None
+            else contextlib.nullcontext()
+        )
+
+    # --- training -----------------------------------------------------------------------------------------
+
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float | torch.Tensor]:
         """One generator update, one discriminator update (R1 when ``step % r1_interval == 0``), EMA, ADA.
+
+        All random numbers come from a generator on the batch's device seeded by ``(config.seed, step)``.
+        Scalars stay on the device (no synchronisation per step) except every ``ada_interval`` steps,
+        when ADA reads ``r_t`` to adjust ``p``.
 
         Args:
             batch: real images ``[B, C, *S]`` in ``[-1, 1]`` on the modules' device.
             step: global step number (seeds this step's randomness; schedules lazy R1).
 
         Returns:
-            ``loss_g``, ``loss_d`` (without R1), ``r1`` (penalty ``E‖∇D‖²``, only on R1 steps),
-            ``d_real``/``d_fake`` (mean logits), ``r_t`` (mean sign of ``D(real)`` in this batch) and
+            0-d tensors ``loss_g``, ``loss_d`` (without R1), ``d_real``/``d_fake`` (mean logits), ``r_t``
+            (mean sign of ``D(real)`` in this batch), ``r1`` (``E‖∇D‖²``, on R1 steps only), and the float
             ``aug_p`` (after any adjustment).
         """
         cfg = self.config
@@ -738,8 +900,10 @@ class StyleGAN2Model:
         # Generator: non-saturating loss softplus(-D(aug(G(z)))) (Goodfellow et al. 2014).
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        fake = self.G(_randn((n, cfg.z_dim), gen, device), noise_generator=gen, update_w_avg=True)
-        loss_g = F.softplus(-self.D(augment(fake, p, gen, ops))).mean()
+        with self._autocast(device):
+            fake = self.G(_randn((n, cfg.z_dim), gen, device), noise_generator=gen, update_w_avg=True)
+            logits = self._d_forward(augment(fake, p, gen, ops))
+        loss_g = F.softplus(-logits.float()).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -749,62 +913,72 @@ class StyleGAN2Model:
         # Discriminator: softplus(D(aug(fake))) + softplus(-D(aug(real))) [+ lazy R1 on augmented reals].
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
-        with torch.no_grad():
-            fake = self.G(_randn((n, cfg.z_dim), gen, device), noise_generator=gen)
-        logits_fake = self.D(augment(fake, p, gen, ops))
         do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
-        real_aug = augment(real, p, gen, ops).detach().requires_grad_(do_r1)
-        logits_real = self.D(real_aug)
+        with self._autocast(device):
+            with torch.no_grad():
+                fake = self.G(_randn((n, cfg.z_dim), gen, device), noise_generator=gen)
+            logits_fake = self._d_forward(augment(fake, p, gen, ops)).float()
+            real_aug = augment(real, p, gen, ops).detach().requires_grad_(do_r1)
+            logits_real = (self.D if do_r1 else self._d_forward)(real_aug).float()
         loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
         total = loss_d
-        r1 = torch.zeros((), device=device)
+        out: dict[str, float | torch.Tensor] = {}
         if do_r1:  # Mescheder et al. 2018, weighted by the interval (StyleGAN2 Sec. 3.1)
             (grad,) = torch.autograd.grad(logits_real.sum(), real_aug, create_graph=True)
             r1 = grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
             total = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
+            out["r1"] = r1.detach()
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
         self.opt_d.step()
         self.G.requires_grad_(True)
 
-        # One device → host transfer for all logged scalars.
-        sign_sum = logits_real.detach().float().sign().sum()
-        values = torch.stack(
-            [loss_g.detach().float(), loss_d.detach().float(), r1.detach(), logits_real.detach().float().mean(),
-             logits_fake.detach().float().mean(), sign_sum]
-        ).tolist()  # fmt: skip
-        loss_g_v, loss_d_v, r1_v, d_real, d_fake, sign_sum_v = values
+        sign_sum = logits_real.detach().sign().sum()
         if cfg.ada:  # ADA Sec. 3: adjust p every ada_interval steps from r_t = E[sign(D(x_real))]
-            self._ada_sum += sign_sum_v
+            self._ada_sum = self._ada_sum + sign_sum
             self._ada_n += n
             self._ada_steps += 1
             if self._ada_steps >= cfg.ada_interval:
-                r_t = self._ada_sum / self._ada_n
+                r_t = float(self._ada_sum) / self._ada_n  # the only host sync of a training step
                 self.augment_p = adjust_augment_p(
-                    self.augment_p, r_t, target=cfg.ada_target, batch_size=n, interval=self._ada_steps,
+                    self.augment_p,
+                    r_t,
+                    target=cfg.ada_target,
+                    batch_size=n,
+                    interval=self._ada_steps,
                     ada_kimg=cfg.ada_kimg,
-                )  # fmt: skip
+                )
                 self._ada_sum, self._ada_n, self._ada_steps = 0.0, 0, 0
-        out = {
-            "loss_g": loss_g_v, "loss_d": loss_d_v, "d_real": d_real, "d_fake": d_fake, "r_t": sign_sum_v / n,
-            "aug_p": self.augment_p,
-        }  # fmt: skip
-        if do_r1:
-            out["r1"] = r1_v
+        out.update(
+            loss_g=loss_g.detach(),
+            loss_d=loss_d.detach(),
+            d_real=logits_real.detach().mean(),
+            d_fake=logits_fake.detach().mean(),
+            r_t=sign_sum / n,
+            aug_p=self.augment_p,
+        )
         return out
+
+    # --- sampling -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator, truncation: float = 1.0, **options: Any
+        self,
+        n: int,
+        generator: torch.Generator | list[torch.Generator],
+        truncation: float = 1.0,
+        **options: Any,
     ) -> torch.Tensor:
         """``n`` images ``[n, C, *S]`` in ``[-1, 1]`` from ``G_ema``.
 
-        Latents and noise are drawn on the CPU from ``generator`` and then moved to ``G_ema``'s device, so
-        the result depends only on the generator's state (not on any global or device RNG).
+        Latents and noise maps are drawn on the CPU from ``generator`` and moved to ``G_ema``'s device, so
+        the result depends only on the generator (not on any global or device RNG; up to floating-point
+        differences between devices). With one generator per item, each item is also independent of the
+        batch it was generated in.
 
         Args:
             n: number of images.
-            generator: a CPU ``torch.Generator``.
+            generator: one CPU ``torch.Generator``, or a list of ``n`` (one per item).
             truncation: ψ of the truncation trick (1 = none).
             **options: options of other model families; any that is not ``None`` is an error.
         """
@@ -814,15 +988,14 @@ class StyleGAN2Model:
                 f"stylegan2 sample: unknown option {extra[0]!r} (stylegan2 takes only 'truncation')"
             )
         _check_float("truncation", truncation, low=0.0)
+        gens = list(generator) if isinstance(generator, list | tuple) else [generator]
+        if any(g.device.type != "cpu" for g in gens):
+            raise InputError("stylegan2 sample: expected CPU torch.Generator objects")
         device = next(self.G_ema.parameters()).device
-        cpu_gen = generator if generator.device.type == "cpu" else None
-        if cpu_gen is None:
-            raise InputError(
-                f"stylegan2 sample: expected a CPU torch.Generator, got one on {generator.device}"
-            )
-        z = torch.randn((n, self.config.z_dim), generator=cpu_gen).to(device)
         self.G_ema.eval()
-        img = self.G_ema(z, truncation=truncation, noise_generator=cpu_gen)
+        z = _randn((n, self.config.z_dim), generator, device)
+        with self._autocast(device):
+            img = self.G_ema(z, truncation=truncation, noise_generator=generator)
         return img.float().clamp(-1.0, 1.0)
 
 
@@ -844,8 +1017,10 @@ def build(config: dict[str, Any] | None, data: DataInfo, *, preset: str = "quick
             a power of two.
     """
     if preset not in PRESETS:
-        raise InputError(f"unknown stylegan2 preset {preset!r}{_did_you_mean(preset, PRESETS)}; "
-                         f"expected one of {', '.join(PRESETS)}")  # fmt: skip
+        raise InputError(
+            f"unknown stylegan2 preset {preset!r}{_did_you_mean(preset, PRESETS)}; "
+            f"expected one of {', '.join(PRESETS)}"
+        )
     fields = {f.name for f in dataclasses.fields(StyleGAN2Config)}
     unknown = sorted(set(config or {}) - fields)
     if unknown:

@@ -22,6 +22,8 @@ Shapes: queries ``[nq, d]`` (feature rows), results ``[nq, k]``.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -131,6 +133,7 @@ def open_cluster(
             client.close()
 
         _announce(client, f"connected to the Dask scheduler at {scheduler}")
+        _warm_up(client, cleanup)
         return client, cleanup
 
     assert workers is not None
@@ -157,16 +160,34 @@ def open_cluster(
         cluster.close()
 
     _announce(client, f"local Dask cluster: {workers} worker processes x {threads} threads")
+    _warm_up(client, cleanup_local)
     return client, cleanup_local
+
+
+def _warm_up(client: Client, cleanup: Callable[[], None]) -> None:
+    """Import the engine on every worker now (seconds: torch, pandas, zarr), and check that they can.
+
+    Raises:
+        InputError: a worker cannot import memscan (it must be installed in the workers' environment).
+    """
+    try:
+        client.run(importlib.import_module, "memscan.scanner")
+    except ImportError as exc:
+        cleanup()
+        raise InputError(
+            f"the Dask workers cannot import memscan ({exc}); install it where they run"
+        ) from None
 
 
 def _announce(client: Client, what: str) -> None:
     """Log (and show, unless quiet) what we run on and the dashboard link, when there is one."""
     link = _dashboard_link(client)
-    message = f"{what}; dashboard: {link}" if link else f"{what} (no dashboard: bokeh is not installed)"
+    if link and importlib.util.find_spec("bokeh") is None:
+        link += " (its pages need bokeh: pip install bokeh)"
+    message = f"{what}; dashboard: {link}" if link else f"{what} (no dashboard)"
     log.info(message)
     if not is_quiet():
-        console.print(message, markup=False, highlight=False)
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _dashboard_link(client: Client) -> str | None:

@@ -203,7 +203,6 @@ def shift_rerank(
     Returns:
         ``(best float64 [m] (NaN if constant on every overlap), shifts [(dy, dx)] * m)``.
     """
-    from scipy import fft as sfft
 
     query = np.asarray(query)
     train_items = np.asarray(train_items)
@@ -219,45 +218,62 @@ def shift_rerank(
     m = train_items.shape[0]
     if m == 0:
         return np.zeros(0), []
-    integer = _exact_integer(query, train_items)
-    q = query.astype(np.float64)
+    best, shifts = shift_rerank_many(query[None], train_items, s)
+    return best[0], shifts[0]
+
+
+def shift_rerank_many(
+    queries: np.ndarray, train_items: np.ndarray, max_shift: int
+) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    """:func:`shift_rerank` for several query images against the same candidates (e.g. an image and its
+    mirror): the candidates' spectra are computed once. ``queries [b, C, H, W]``, ``train_items
+    [m, C, H, W]`` → ``(best [b, m], shifts [b][m])``; validation is the caller's (see shift_rerank)."""
+    from scipy import fft as sfft
+
+    b, c, h, w = queries.shape
+    m = train_items.shape[0]
+    s = int(max_shift)
+    integer = _exact_integer(queries, train_items)
+    q = queries.astype(np.float64)
     t = train_items.astype(np.float64)
     if not integer:  # centring (shift-invariant) keeps the float sums well conditioned
-        q -= q.mean()
+        q -= q.mean(axis=(1, 2, 3), keepdims=True)
         t -= t.mean(axis=(1, 2, 3), keepdims=True)
     fh, fw = sfft.next_fast_len(h + s, real=True), sfft.next_fast_len(w + s, real=True)
-    fq = sfft.rfft2(q, s=(fh, fw), workers=-1)
-    cross = np.empty((m, fh, fw))
-    for a in range(0, m, 16):  # bounded memory: 16 candidates' spectra at a time
-        ft = sfft.rfft2(t[a : a + 16], s=(fh, fw), workers=-1)
-        cross[a : a + 16] = sfft.irfft2((ft.conj() * fq[None]).sum(axis=1), s=(fh, fw), workers=-1)
+    fq = sfft.rfft2(q, s=(fh, fw), workers=-1)  # [b, C, fh, fw//2+1]
+    lags = [(dy, dx) for dy, dx in _shift_order(s)]
+    ly = np.array([dy % fh for dy, _ in lags])
+    lx = np.array([dx % fw for _, dx in lags])
+    cross = np.empty((b, m, len(lags)))  # only the (2s+1)² lags are kept
+    for a0 in range(0, m, 16):  # bounded memory: 16 candidates' spectra at a time
+        ft = sfft.rfft2(t[a0 : a0 + 16], s=(fh, fw), workers=-1).conj()
+        full = sfft.irfft2(np.einsum("mcyx,bcyx->bmyx", ft, fq), s=(fh, fw), workers=-1)
+        cross[:, a0 : a0 + 16] = full[:, :, ly, lx]
     dtype = np.int64 if integer else np.float64
     if integer:
         q, t, cross = q.astype(np.int64), t.astype(np.int64), np.rint(cross).astype(np.int64)
-    q1, q2 = _integral(q.sum(axis=0)), _integral((q * q).sum(axis=0))
-    t1, t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))
-    best = np.full(m, -np.inf)
-    shifts: list[tuple[int, int]] = [(0, 0)] * m
+    q1, q2 = _integral(q.sum(axis=1)), _integral((q * q).sum(axis=1))  # [b, H+1, W+1]
+    t1, t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
+    best = np.full((b, m), -np.inf)
+    where = np.zeros((b, m), dtype=np.int64)
     tol = 0.0 if integer else _TIE_TOL
-    for dy, dx in _shift_order(s):
+    for j, (dy, dx) in enumerate(lags):
         qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
         ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
         n = dtype(c * (qy[1] - qy[0]) * (qx[1] - qx[0]))
-        sq, sqq = _box(q1, qy, qx), _box(q2, qy, qx)
-        st, stt = _box(t1, ty, tx), _box(t2, ty, tx)
-        sqt = cross[:, dy % fh, dx % fw]
-        num = n * sqt - sq * st
+        sq, sqq = _box(q1, qy, qx)[:, None], _box(q2, qy, qx)[:, None]  # [b, 1]
+        st, stt = _box(t1, ty, tx)[None], _box(t2, ty, tx)[None]  # [1, m]
+        num = n * cross[:, :, j] - sq * st
         vq, vt = n * sqq - sq * sq, n * stt - st * st
         with np.errstate(invalid="ignore", divide="ignore"):
-            vals = num.astype(np.float64) / np.sqrt(np.float64(vq) * vt.astype(np.float64))
-        vals[(vt <= 0) | (vq <= 0) | ~np.isfinite(vals)] = np.nan
+            vals = num.astype(np.float64) / np.sqrt(vq.astype(np.float64) * vt.astype(np.float64))
+        vals[np.broadcast_to((vt <= 0) | (vq <= 0), vals.shape) | ~np.isfinite(vals)] = np.nan
         # a later shift must win by more than the tie tolerance: earlier shifts, (0, 0) first, win ties
         better = vals > best + tol
         best[better] = vals[better]
-        for i in np.flatnonzero(better):
-            shifts[i] = (dy, dx)
+        where[better] = j
     best[np.isneginf(best)] = np.nan
-    return best, shifts
+    return best, [[lags[j] for j in row] for row in where]
 
 
 def _exact_integer(query: np.ndarray, train_items: np.ndarray) -> bool:

@@ -1,0 +1,75 @@
+"""Model families by name: ``ddpm`` and ``stylegan2`` → their builders and presets.
+
+A family module offers ``build(config: dict | None, data: DataInfo, *, preset: str = 'quick') ->
+GenerativeModel`` and ``PRESETS: dict[str, dict]``. Modules are imported lazily, so a family whose module
+is missing (or fails to import) gives a clear ``InputError`` only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from memscan.errors import InputError
+from memscan.models.base import DataInfo, GenerativeModel
+
+#: family name → module implementing it
+FAMILIES: dict[str, str] = {
+    "ddpm": "memscan.models.ddpm",
+    "stylegan2": "memscan.models.stylegan2",
+}
+
+
+def family_module(family: str) -> ModuleType:
+    """The module of ``family``.
+
+    Raises:
+        InputError: unknown family (nearest name suggested) or a family whose module is not available.
+    """
+    if family not in FAMILIES:
+        hint = difflib.get_close_matches(str(family), FAMILIES, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InputError(f"unknown model family {family!r}{extra}; families: {', '.join(FAMILIES)}")
+    name = FAMILIES[family]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise InputError(f"model family {family!r} is not available in this memscan build") from None
+        raise InputError(
+            f"model family {family!r} needs the package {exc.name!r}, which is not installed"
+        ) from None
+
+
+def get_builder(family: str) -> Callable[..., GenerativeModel]:
+    """``build(config, data, *, preset)`` of ``family``."""
+    module = family_module(family)
+    builder = getattr(module, "build", None)
+    if builder is None:
+        raise InputError(f"model family {family!r} has no build() function")
+    return builder
+
+
+def presets(family: str) -> dict[str, dict[str, Any]]:
+    """The named presets of ``family``."""
+    return dict(getattr(family_module(family), "PRESETS", {}))
+
+
+def check_preset(family: str, preset: str) -> None:
+    """Raise InputError for a preset ``family`` does not have (nearest name suggested)."""
+    names = presets(family)
+    if names and preset not in names:
+        hint = difflib.get_close_matches(str(preset), names, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InputError(f"unknown {family} preset {preset!r}{extra}; presets: {', '.join(names)}")
+
+
+def build_model(
+    family: str, config: dict[str, Any] | None, data: DataInfo, *, preset: str = "quick"
+) -> GenerativeModel:
+    """Build a model of ``family`` for ``data`` (preset values overridden by ``config``)."""
+    check_preset(family, preset)
+    return get_builder(family)(config, data, preset=preset)
