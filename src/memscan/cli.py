@@ -228,6 +228,89 @@ def report(
 
 @app.command()
 @_errors_to_exit_codes
+def train(
+    family: Annotated[str, typer.Argument(help="Model family: ddpm | stylegan2")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Training dataset folder (or DATASET/SPLIT).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="ddpm: study | quick | quick3d | tiny (default quick).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Total training steps (default: the preset's).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Images per step (default: the preset's).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue exactly from the folder's latest checkpoint.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of weights, noise and batches.")] = 0,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (CUDA).")] = False,
+    log_every: Annotated[int, typer.Option(help="Steps per log.jsonl line.")] = 50,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps per checkpoint (0: at the end only).")] = 1000,
+    sample_every: Annotated[int, typer.Option(help="Steps per sample grid (0: at the end only).")] = 1000,
+) -> None:
+    """Train a generative model (DDPM or StyleGAN2, 2D or 3D) on a dataset folder.
+
+    Example: memscan train ddpm --data brats/train --out ddpm-brats --steps 20000
+    """
+    from memscan.models.train import train_model
+
+    path = train_model(
+        data,
+        out,
+        family,
+        config=config,
+        preset=preset,
+        steps=steps,
+        batch=batch,
+        device=device,
+        resume=resume,
+        seed=seed,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        sample_every=sample_every,
+        compile=compile,
+    )
+    console.print(f"model: {path}")
+
+
+@app.command()
+@_errors_to_exit_codes
+def sample(
+    model: Annotated[Path, typer.Argument(help="Model folder written by memscan train.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images to generate.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    seed: Annotated[int, typer.Option(help="Item i depends on (seed, i) only.")] = 0,
+    batch: Annotated[int | None, typer.Option(help="Images generated at once.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm models: ddpm | ddim")] = None,
+    sampling_steps: Annotated[int | None, typer.Option(help="ddpm models with ddim: steps.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")
+    ] = False,
+) -> None:
+    """Generate synthetic images from a trained model into a dataset folder that memscan scan reads.
+
+    Example: memscan sample ddpm-brats --n 1000 --out synthetic
+    """
+    from memscan.models.sample import sample_model
+    from memscan.summary import dataset_table
+
+    ds = sample_model(
+        model,
+        n,
+        out,
+        seed=seed,
+        batch=batch,
+        sampler=sampler,
+        sampling_steps=sampling_steps,
+        device=device,
+        overwrite=overwrite,
+    )
+    console.print(dataset_table(ds))
+
+
+@app.command()
+@_errors_to_exit_codes
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data and results.")] = Path(
         "demo-output"

@@ -423,8 +423,8 @@ def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
         if method == "quantile":
             q = f"the {1 - alpha:.3g} quantile" if alpha is not None else "a quantile"
             return (
-                f"{base}: the threshold r > {thr_text} is {q} of their maximum correlation with the "
-                "training set."
+                f"{base}: images above {q} of their maximum correlation with the training set are flagged "
+                f"(p \u2264 {alpha:g}), here correlations of {thr_text} and above."
             ), True
         return f"{base}: the threshold is r > {thr_text}.", True
     return (
@@ -455,7 +455,8 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     thr = _num(s.get("threshold"))
     calibrated = s.get("threshold_source") == "holdout"
     if thr is not None:
-        thr_row = f"r > {thr:.4f}" + (" (calibrated on held-out images)" if calibrated else " (fixed)")
+        thr_row = (f"r \u2265 {thr:.4f} (calibrated on held-out images: the lowest flagged correlation)"
+                   if calibrated else f"r > {thr:.4f} (fixed)")
     else:
         thr_row = "none reached: no synthetic image is significant" if calibrated else "n/a"
     rows = [
