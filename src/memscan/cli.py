@@ -124,6 +124,9 @@ def scan(
     max_shift: Annotated[
         int, typer.Option(help="Tolerate shifts up to PX pixels (on re-rank candidates).")
     ] = 0,
+    shift_candidates: Annotated[
+        int, typer.Option(help="With --max-shift: best unshifted matches per item re-ranked under shifts.")
+    ] = 20,
     mask: Annotated[str, typer.Option(help="none | foreground | FILE (one mask for all items)")] = "none",
     channel: Annotated[str | None, typer.Option(help="Compare this channel only (e.g. flair).")] = None,
     holdout: Annotated[
@@ -174,6 +177,7 @@ def scan(
         precision=precision,
         flips=flips,
         max_shift=max_shift,
+        shift_candidates=shift_candidates,
         mask=mask,
         channel=channel,
         threshold=threshold,

@@ -469,7 +469,29 @@ def scan(
     out = Path(out)
     _check_run_folder(out)
     device = _resolve_device(opts.device)
+    created = not out.exists()
     out.mkdir(exist_ok=True)
+    try:
+        return _scan(out, train, synthetic, holdout, opts, device, subject_pattern, command, report, t0)
+    except InputError:
+        if created:  # bad input found before any result: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _scan(
+    out: Path,
+    train,
+    synthetic,
+    holdout,
+    opts: ScanOptions,
+    device: str,
+    subject_pattern,
+    command,
+    report: bool,
+    t0: float,
+) -> ScanResult:
+    """The body of :func:`scan` once the run folder exists (see there)."""
     cache = out / ".prepared"
     train_ds = open_or_prepare(train, cache, name="train", subject_pattern=subject_pattern)
     synth_ds = open_or_prepare(synthetic, cache, name="synthetic", subject_pattern=subject_pattern)

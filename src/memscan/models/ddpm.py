@@ -101,6 +101,8 @@ class DDPMConfig:
     flash_attention: bool = True
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.default)
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         if not self.channels or any(c < 1 for c in self.channels):
@@ -144,6 +146,29 @@ class DDPMConfig:
         d["channels"] = list(self.channels)
         d["attention_resolutions"] = list(self.attention_resolutions)
         return d
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """The value's type must match the field's (bool, int, float, str, tuple of ints)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+        expected = "a string"
+    else:
+        ok = isinstance(value, tuple | list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        expected = "a list of integers"
+    if not ok:
+        raise InputError(f"ddpm: {name} must be {expected}, got {value!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -355,6 +380,12 @@ class DDPM:
         self.cfg = cfg
         self.data = data
         self.levels = attention_levels(cfg, data.spatial_shape)
+        with_attention = [c for c, a in zip(cfg.channels, self.levels, strict=True) if a] + [cfg.channels[-1]]
+        if any(c % cfg.num_head_channels for c in with_attention):
+            raise InputError(
+                f"ddpm: levels with attention (and the last level, which MONAI's middle block attends) need "
+                f"channels divisible by num_head_channels={cfg.num_head_channels}, got {with_attention}"
+            )
         self.unet = DiffusionModelUNet(
             spatial_dims=data.spatial_dims,
             in_channels=data.n_channels,
