@@ -73,7 +73,7 @@ def test_model_folder_contents(trained):
 
 
 def test_a_few_steps_reduce_the_loss(phantoms):
-    """Fixed evaluation batch (same x_0, t, ε) before and after 25 steps on the phantom slices."""
+    """Fixed evaluation batch (same x_0, t, ε) before and after 20 steps on the phantom slices."""
     from memscan.models.ddpm import build
     from memscan.models.train import _data_info, data_scaling
 
@@ -93,9 +93,10 @@ def test_a_few_steps_reduce_the_loss(phantoms):
         return float(torch.nn.functional.mse_loss(pred, noise))
 
     before = eval_loss()
-    for step in range(25):
+    for step in range(20):
         model.train_step(feed.batch(8), step)
-    assert eval_loss() < 0.8 * before
+    after = eval_loss()
+    assert after < 0.85 * before, (before, after)
 
 
 def test_resume_gives_the_same_next_steps(phantoms, tmp_path):
@@ -131,10 +132,11 @@ def test_sample_writes_a_scannable_dataset(trained, phantoms, tmp_path):
 
 
 def test_sample_is_deterministic(trained, tmp_path):
-    a = sample_model(trained, 2, tmp_path / "a", seed=4, device="cpu", sampler="ddpm")
-    b = sample_model(trained, 2, tmp_path / "b", seed=4, device="cpu", sampler="ddpm")
+    opts = dict(seed=4, device="cpu", sampler="ddim", sampling_steps=2)
+    a = sample_model(trained, 2, tmp_path / "a", **opts)
+    b = sample_model(trained, 2, tmp_path / "b", **opts)
     np.testing.assert_array_equal(a.read(0, 2), b.read(0, 2))
-    assert a.info["recipe"]["sampler"] == "ddpm"
+    assert a.info["recipe"]["sampler"] == "ddim" and a.info["recipe"]["sampling_steps"] == 2
 
 
 def test_3d_float_multichannel(tmp_path):
@@ -229,7 +231,9 @@ def _cli(*args):
 def test_cli_train_and_sample(phantoms, tmp_path):
     r = _cli("train", "ddpm", "--data", phantoms, "--out", tmp_path / "m", "--preset", "tiny", "--steps", 2)
     assert r.returncode == 0, r.stderr
-    r = _cli("sample", tmp_path / "m", "--n", 3, "--out", tmp_path / "s", "--device", "cpu")
+    r = _cli(
+        "sample", tmp_path / "m", "--n", 3, "--out", tmp_path / "s", "--device", "cpu", "--sampling-steps", 2
+    )
     assert r.returncode == 0, r.stderr
     assert Dataset.open(tmp_path / "s").n_items == 3
 

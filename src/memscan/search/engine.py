@@ -763,6 +763,7 @@ class _IntScreen:
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
         self.zq = zq.to(self.device)
+        self.zq_chunks = [self.zq[:, a:b].contiguous() for a, b in self.bounds]
         self.q_s1 = torch.from_numpy(s1).to(self.device)
         self.q_sqrt = torch.from_numpy(sq).to(self.device)
         self.q_valid = var[: self.nq] > 0
@@ -812,8 +813,9 @@ class _IntScreen:
         zt = prep.raw_dev
         prep.raw_dev = None
         acc: torch.Tensor | None = None
-        for a, b in self.bounds:
-            part = torch._int_mm(self.zq[:, a:b], zt[:, a:b].t())
+        for (a, b), zq in zip(self.bounds, self.zq_chunks, strict=True):
+            ztc = zt if len(self.bounds) == 1 else zt[:, a:b].contiguous()  # mat2 column-major for cuBLASLt
+            part = torch._int_mm(zq, ztc.t())
             acc = part.to(torch.int64) if acc is None else acc.add_(part)
         assert acc is not None
         n = len(prep.valid)
