@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,46 @@ def prepare_dataset(
     return _prepare_folder(src, out, recipe, options, info, overwrite)
 
 
+def _slice_row(relpath: str, axis: str, index: int | None, **extra: Any) -> dict[str, Any]:
+    """Manifest row of an item cut from ``relpath`` (a whole image or volume when ``index`` is None)."""
+    return {
+        "id": relpath if index is None else slice_id(relpath, axis, index),
+        "source": relpath,
+        "slice_axis": None if index is None else axis,
+        "slice_index": index,
+        **extra,
+    }
+
+
+def _write_units(
+    out: Path,
+    recipe,
+    info: dict,
+    overwrite: bool,
+    channels_for,
+    units: list,
+    label: str,
+    items_of: Callable[[Any], Iterator[tuple[np.ndarray, dict[str, Any], Path]]],
+) -> Dataset:
+    """Write every item of every unit (a subject, an image file) atomically, with a progress bar.
+
+    Args:
+        units: what is read one at a time (BraTS subjects, image files).
+        items_of: a unit → its ``(item [C, *S], manifest row, source path)``.
+    """
+    writer = _LazyWriter(out, channels_for, recipe, info, overwrite)
+    try:
+        with progress(len(units), label) as advance:
+            for unit in units:
+                for item, row, path in items_of(unit):
+                    writer.add(item, row, path)
+                advance(1)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def _prepare_brats(
     src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
 ) -> Dataset:
@@ -189,53 +229,45 @@ def _prepare_brats(
         else {}
     )
     info["split_seed"] = opts.seed
-    writer = _LazyWriter(out, lambda c: tuple(recipe.modalities), recipe, info, overwrite)
-    try:
-        with progress(len(subjects), "prepare BraTS subjects") as advance:
-            for subj in subjects:
-                volumes = {}
-                for mod in needed:
-                    data = read_image(subj.files[mod], spatial_dims=3)
-                    volumes[mod] = data.array[0]
-                base = subj.files[recipe.modalities[0]].relative_to(src).as_posix()
-                for index, item in recipes.brats_subject_items(volumes, recipe, subject=subj.subject):
-                    row = {
-                        "id": base if index is None else slice_id(base, recipe.axis, index),
-                        "subject": subj.subject,
-                        "source": base,
-                        "slice_axis": None if index is None else recipe.axis,
-                        "slice_index": index,
-                        "split": split.get(subj.subject),
-                    }
-                    writer.add(item, row, subj.folder)
-                advance(1)
-        return writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+
+    def items_of(subj):
+        volumes = {mod: read_image(subj.files[mod], spatial_dims=3).array[0] for mod in needed}
+        base = subj.files[recipe.modalities[0]].relative_to(src).as_posix()
+        for index, item in recipes.brats_subject_items(volumes, recipe, subject=subj.subject):
+            row = _slice_row(base, recipe.axis, index, subject=subj.subject, split=split.get(subj.subject))
+            yield item, row, subj.folder
+
+    return _write_units(
+        out,
+        recipe,
+        info,
+        overwrite,
+        lambda c: tuple(recipe.modalities),
+        subjects,
+        "prepare BraTS subjects",
+        items_of,
+    )
 
 
 def _prepare_cxr(src: Path, out: Path, recipe, info: dict, overwrite: bool) -> Dataset:
-    items = layouts.discover_cxr(src)
-    writer = _LazyWriter(out, lambda c: ("xray",), recipe, info, overwrite)
-    try:
-        with progress(len(items), "prepare chest x-rays") as advance:
-            for it in items:
-                image = read_image(it.path, spatial_dims=2)
-                item = recipes.cxr_item(image.array, recipe)
-                row = {
-                    "id": it.relpath,
-                    "subject": it.subject,
-                    "source": it.relpath,
-                    "split": it.split,
-                    "label": it.label,
-                }
-                writer.add(item, row, it.path)
-                advance(1)
-        return writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    def items_of(it):
+        item = recipes.cxr_item(read_image(it.path, spatial_dims=2).array, recipe)
+        yield (
+            item,
+            _slice_row(it.relpath, "", None, subject=it.subject, split=it.split, label=it.label),
+            it.path,
+        )
+
+    return _write_units(
+        out,
+        recipe,
+        info,
+        overwrite,
+        lambda c: ("xray",),
+        layouts.discover_cxr(src),
+        "prepare chest x-rays",
+        items_of,
+    )
 
 
 def _channel_names(c: int) -> tuple[str, ...]:
@@ -245,28 +277,24 @@ def _channel_names(c: int) -> tuple[str, ...]:
 def _prepare_folder(
     src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
 ) -> Dataset:
-    items = layouts.discover_folder(src, subject_pattern=opts.subject_pattern)
-    writer = _LazyWriter(out, _channel_names, recipe, info, overwrite)
-    try:
-        with progress(len(items), "prepare images") as advance:
-            for it in items:
-                image = read_image(it.path)
-                for index, item in recipes.generic_items(image.array, image.spatial_dims, recipe):
-                    row = {
-                        "id": it.relpath if index is None else slice_id(it.relpath, recipe.axis, index),
-                        "subject": it.subject,
-                        "source": it.relpath,
-                        "slice_axis": None if index is None else recipe.axis,
-                        "slice_index": index,
-                        "split": it.split,
-                        "label": it.label,
-                    }
-                    writer.add(item, row, it.path)
-                advance(1)
-        return writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    def items_of(it):
+        image = read_image(it.path)
+        for index, item in recipes.generic_items(image.array, image.spatial_dims, recipe):
+            row = _slice_row(
+                it.relpath, recipe.axis, index, subject=it.subject, split=it.split, label=it.label
+            )
+            yield item, row, it.path
+
+    return _write_units(
+        out,
+        recipe,
+        info,
+        overwrite,
+        _channel_names,
+        layouts.discover_folder(src, subject_pattern=opts.subject_pattern),
+        "prepare images",
+        items_of,
+    )
 
 
 def open_or_prepare(
