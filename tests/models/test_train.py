@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,15 @@ from memscan.models.sample import sample_model
 from memscan.models.train import DeviceData, read_checkpoint, read_log, train_model
 
 FAST = dict(preset="tiny", device="cpu", log_every=1, sample_every=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads ~10-100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +235,7 @@ def _cli(*args):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 

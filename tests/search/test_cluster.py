@@ -145,7 +145,7 @@ def test_shift_rerank_and_channel_identical(data, dask_cluster, tmp_path):
 def test_worker_killed_mid_scan_identical(data, dask_cluster, tmp_path, monkeypatch):
     """Slow tasks (test hook), kill one worker process during the scan: tasks rerun, same tables."""
     client = dask_cluster["client"]
-    slow = functools.partial(cluster_module.DaskSearch, shard_items=2, delay=0.05)
+    slow = functools.partial(cluster_module.DaskSearch, shard_items=2, delay=0.15)
     monkeypatch.setattr(cluster_module, "DaskSearch", slow)
     opts = {"top_k": 3, "flips": True, "baseline_items": 0}
     scan(data["train"], data["syn"], tmp_path / "local", ScanOptions(device="cpu", **opts), report=False)
