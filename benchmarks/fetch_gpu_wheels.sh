@@ -11,5 +11,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   "${plat[@]}" -d .whl \
   zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 nibabel==5.4.2 pydicom==3.0.2 \
   monai==1.6.1 dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 \
-  importlib_metadata==10.2.0 typing_extensions==4.16.0
+  importlib_metadata==10.2.0 typing_extensions==4.16.0 einops==0.8.2
 ls -la .whl

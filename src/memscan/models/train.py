@@ -616,6 +616,7 @@ def train_model(
 
     autocast_here = (not callable(configure)) and amp is not None
     sums: dict[str, Any] = {}
+    counts: dict[str, int] = {}
     n_in_interval, t_interval = 0, time.perf_counter()
     t_start = time.perf_counter() - elapsed
     with progress(total - start, f"train {family}") as advance, open(out / LOG_FILE, "a") as logf:
@@ -626,15 +627,16 @@ def train_model(
                     losses = model.train_step(x, step)
             else:
                 losses = model.train_step(x, step)
-            for k, v in losses.items():
+            for k, v in losses.items():  # losses stay on the device until the log line
                 v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
                 sums[k] = sums[k] + v if k in sums else v
+                counts[k] = counts.get(k, 0) + 1
             n_in_interval += 1
             advance(1)
             last = step == total
             if step % log_every == 0 or last:
                 record = {"step": step}
-                record.update({k: float(v) / n_in_interval for k, v in sums.items()})  # syncs here only
+                record.update({k: float(v) / counts[k] for k, v in sums.items()})  # syncs here only
                 now = time.perf_counter()
                 record["images_per_s"] = batch * n_in_interval / max(now - t_interval, 1e-9)
                 record["elapsed_s"] = now - t_start
@@ -642,7 +644,7 @@ def train_model(
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()
                 log.info("step %d %s", step, {k: round(v, 5) for k, v in record.items() if k != "step"})
-                sums, n_in_interval, t_interval = {}, 0, time.perf_counter()
+                sums, counts, n_in_interval, t_interval = {}, {}, 0, time.perf_counter()
             if (sample_every and step % sample_every == 0) or last:
                 with _rng_fork(dev):
                     imgs = model.sample(GRID_ITEMS, torch.Generator().manual_seed(seed))
