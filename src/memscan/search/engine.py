@@ -732,6 +732,15 @@ class _Groups:
         return q[:, None] == t[None, :]
 
 
+def _pad_rows_for_int_mm(a: torch.Tensor) -> torch.Tensor:
+    """``a`` with zero rows appended to a multiple of 8, at least 24 (what ``_int_mm`` needs on CUDA)."""
+    n = a.shape[0]
+    target = _pad_to(n, 8, 24)
+    if target == n:
+        return a
+    return torch.cat([a, a.new_zeros((target - n, a.shape[1]))])
+
+
 def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
     return max(minimum, -(-n // multiple) * multiple)
 
@@ -761,6 +770,8 @@ class _IntScreen:
         self.dp = _pad_to(self.d, 8)
         self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
+        self._buffer: np.ndarray | None = None
+        self.acc_dtype = torch.float64 if self.d <= 2**19 else torch.int64
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
         self.zq = zq.to(self.device)
         self.zq_chunks = [self.zq[:, a:b].contiguous() for a, b in self.bounds]
@@ -768,29 +779,47 @@ class _IntScreen:
         self.q_sqrt = torch.from_numpy(sq).to(self.device)
         self.q_valid = var[: self.nq] > 0
 
-    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None):
-        """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64)."""
+    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
+        """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64).
+
+        ``reuse``: write into one buffer kept across blocks (on the CPU a block's int8 copy is dead once it
+        is screened); fresh 100s-of-MB arrays cost more in page faults than the conversion itself.
+        """
         if raw.dtype != np.uint8:
             raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
         n = raw.shape[0]
         rows = n if pad_rows is None else max(n, pad_rows)
-        z = np.zeros((rows, self.dp), dtype=np.int8)
+        if reuse:
+            if self._buffer is None or self._buffer.shape[0] < rows:
+                self._buffer = np.empty((rows, self.dp), dtype=np.int8)
+            z = self._buffer[:rows]
+            z[n:] = 0
+            z[:n, self.d :] = 0
+        else:
+            z = np.zeros((rows, self.dp), dtype=np.int8)
         np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
-        t = torch.from_numpy(z[:n, : self.d])
+        zt = torch.from_numpy(z)
         s1 = np.zeros(rows, dtype=np.int64)
         s2 = np.zeros(rows, dtype=np.int64)
-        step = max(1, _STATS_ELEMS * 4 // max(self.d, 1))
-        for r in range(0, n, step):
-            e = min(n, r + step)
-            part = t[r:e].to(torch.int32)
-            s1[r:e] = part.sum(dim=1, dtype=torch.int64).numpy()
-            s2[r:e] = (part * part).sum(dim=1, dtype=torch.int64).numpy()
+        # Σx' and Σx'² on the int8 matrix unit, exactly (int32 per chunk < 2^31, chunk sums in int64):
+        # Σx' = Z·1 and Σx'² = diag(Z Zᵀ) over row groups of 64 (64× the row's length in products: cheap).
+        ones = torch.ones((INT8_CHUNK, 8), dtype=torch.int8)
+        eye = torch.eye(64, dtype=torch.bool)
+        for r in range(0, rows, 64):
+            e = min(rows, r + 64)
+            for a, b in self.bounds:
+                zc = zt[r:e, a:b]
+                if len(self.bounds) > 1:
+                    zc = zc.contiguous()
+                s1[r:e] += torch._int_mm(_pad_rows_for_int_mm(zc), ones[: b - a])[: e - r, 0].numpy()
+                gram = torch._int_mm(_pad_rows_for_int_mm(zc), _pad_rows_for_int_mm(zc).t())
+                s2[r:e] += gram[: e - r, : e - r][eye[: e - r, : e - r]].numpy()
         var = self.d * s2 - s1 * s1  # = d² · population variance, exact
         return torch.from_numpy(z), s1, var, var.astype(np.float64)
 
     def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
         n = raw.shape[0]
-        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8))
+        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=not self.cuda)
         valid = var[:n] > 0
         prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
         if self.cuda:
@@ -816,11 +845,14 @@ class _IntScreen:
         for (a, b), zq in zip(self.bounds, self.zq_chunks, strict=True):
             ztc = zt if len(self.bounds) == 1 else zt[:, a:b].contiguous()  # mat2 column-major for cuBLASLt
             part = torch._int_mm(zq, ztc.t())
-            acc = part.to(torch.int64) if acc is None else acc.add_(part)
+            acc = part.to(self.acc_dtype) if acc is None else acc.add_(part)
         assert acc is not None
         n = len(prep.valid)
         t_s1, t_sq = prep.int_stats
-        num = acc[: self.nq, :n].mul_(self.d).sub_(self.q_s1[: self.nq, None] * t_s1[None, :n])
+        # every term is an integer below 2^53 in magnitude (d ≤ 2^19: |d Σx'y'|, |Σx'Σy'| ≤ 2^14 d²), so
+        # float64 holds them exactly and the result equals the int64 computation bit for bit
+        q_s1 = self.q_s1[: self.nq, None].to(self.acc_dtype)
+        num = acc[: self.nq, :n].mul_(self.d).sub_(q_s1 * t_s1[None, :n].to(self.acc_dtype))
         # sqrt(fl(v_q v_t)) rather than sqrt(v_q) sqrt(v_t): an item against itself gives exactly 1
         scores = num.to(torch.float64).div_((self.q_sqrt[: self.nq, None] * t_sq[None, :n]).sqrt_())
         return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
