@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -218,11 +219,17 @@ def _train_stream(train: Dataset, feats: Features, block: int, cache: list | Non
         if cache is not None and cache:
             yield from cache
             return
-        for start, items in train.iter_blocks(block):
-            rows = feats(items)
-            if cache is not None:
-                cache.append((start, rows))
-            yield start, rows
+        # read (and decompress) block i+1 in a background thread while block i is compared
+        starts = list(range(0, train.n_items, block))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-read") as pool:
+            ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[0]) if starts else None
+            for i, start in enumerate(starts):
+                rows = ahead.result()
+                if i + 1 < len(starts):
+                    ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[i + 1])
+                if cache is not None:
+                    cache.append((start, rows))
+                yield start, rows
 
     return stream
 
