@@ -851,10 +851,13 @@ class _IntScreen:
         t_s1, t_sq = prep.int_stats
         # every term is an integer below 2^53 in magnitude (d ≤ 2^19: |d Σx'y'|, |Σx'Σy'| ≤ 2^14 d²), so
         # float64 holds them exactly and the result equals the int64 computation bit for bit
-        q_s1 = self.q_s1[: self.nq, None].to(self.acc_dtype)
-        num = acc[: self.nq, :n].mul_(self.d).sub_(q_s1 * t_s1[None, :n].to(self.acc_dtype))
+        q_s1, t_s1 = self.q_s1[: self.nq].to(self.acc_dtype), t_s1[:n].to(self.acc_dtype)
+        if self.acc_dtype == torch.float64:  # one fused pass: d·acc - Σx'⊗Σy', exact (integers < 2^53)
+            num = torch.addr(acc[: self.nq, :n], q_s1, t_s1, beta=self.d, alpha=-1)
+        else:
+            num = acc[: self.nq, :n].mul_(self.d).sub_(q_s1[:, None] * t_s1[None, :]).to(torch.float64)
         # sqrt(fl(v_q v_t)) rather than sqrt(v_q) sqrt(v_t): an item against itself gives exactly 1
-        scores = num.to(torch.float64).div_((self.q_sqrt[: self.nq, None] * t_sq[None, :n]).sqrt_())
+        scores = num.div_(torch.outer(self.q_sqrt[: self.nq], t_sq[:n]).sqrt_())
         return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
 
 
