@@ -331,6 +331,34 @@ def demo(
     run_demo(out, n_subjects=subjects, size=size)
 
 
+@app.command()
+@_errors_to_exit_codes
+def study(
+    config: Annotated[
+        str, typer.Argument(help="Study TOML file, or a preset: tiny | quick | study-brats | study-cxr.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue in a folder that holds a study; finished stages are kept."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (training, sampling and scans)")] = "auto",
+    source: Annotated[
+        Path | None, typer.Option(help="Raw data folder; replaces the config's [data] source / phantom.")
+    ] = None,
+) -> None:
+    """Train, sample and scan every (model, training-set size) cell of a study; write a table and a report.
+
+    Example: memscan study quick --out study --device cuda
+    """
+    from memscan.study import load_config, run_study
+
+    cfg = load_config(config, source=source)
+    result = run_study(cfg, out, resume=resume, device=device)
+    console.print(result.table.drop(columns=["family", "run"]).to_string(index=False))
+    console.print(f"results: {out / 'results.md'}\nreport: {out / 'report.html'}")
+
+
 def main() -> None:
     """Entry point of the ``memscan`` console script."""
     try:

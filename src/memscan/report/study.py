@@ -1,0 +1,213 @@
+"""The study's HTML page: histograms per size, flagged fraction vs size, the best pair per cell, the table.
+
+Figures are written to ``DIR/figures/`` and embedded in ``DIR/report.html`` as data URIs, so the page is
+one self-contained file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from memscan import __version__
+from memscan.report import figures
+from memscan.report.html import _atomic_write_text, _environment, _version
+
+if TYPE_CHECKING:
+    from memscan.study import Cell, StudyConfig
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = "figures"
+# Okabe-Ito, colour-blind safe; one colour per model.
+MODEL_COLOURS = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _colour(models: list[str], label: str) -> str:
+    return MODEL_COLOURS[models.index(label) % len(MODEL_COLOURS)]
+
+
+def size_histograms(cells: list[Cell], models: list[str], fig_dir: Path) -> list[tuple[str, Path]]:
+    """One histogram per training-set size: each model's synthetic max correlations and the held-out null."""
+    from memscan.scanner import load_run
+
+    out = []
+    sizes = sorted({c.n_subjects for c in cells})
+    for n in sizes:
+        series = []
+        holdout = None
+        for cell in (c for c in cells if c.n_subjects == n):
+            res = load_run(cell.folder / "run")
+            series.append(
+                figures.HistogramSeries(
+                    f"{cell.model.label} synthetic",
+                    res.synthetic["max_correlation"].to_numpy(dtype=float),
+                    _colour(models, cell.model.label),
+                )
+            )
+            if holdout is None and res.holdout is not None:
+                holdout = res.holdout["max_correlation"].to_numpy(dtype=float)
+        if holdout is not None:
+            series.insert(0, figures.HistogramSeries("held-out real", holdout, figures.HOLDOUT_COLOUR, True))
+        path = figures.histogram_figure(series, None, fig_dir / f"hist_s{n}.png")
+        out.append((f"{n} training subject{'s' if n != 1 else ''}", path))
+    return out
+
+
+def flagged_vs_size(table: pd.DataFrame, models: list[str], thresholds: list[str], path: Path) -> Path:
+    """Line plot: flagged fraction (calibrated: solid; fixed thresholds: dashed) vs training subjects."""
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for label in models:
+        rows = table[table["model"] == label].sort_values("n_subjects")
+        colour = _colour(models, label)
+        x = rows["n_subjects"].to_numpy(dtype=float)
+        ax.plot(
+            x, rows["flagged_fraction"], marker="o", color=colour, linewidth=2, label=f"{label}: calibrated"
+        )
+        for i, col in enumerate(thresholds):
+            ax.plot(
+                x,
+                rows[col],
+                marker=".",
+                color=colour,
+                linewidth=1,
+                linestyle=("--", ":", "-.")[i % 3],
+                label=f"{label}: r > {col.rsplit('_', 1)[-1]}",
+            )
+    xs = table["n_subjects"].to_numpy(dtype=float)
+    if xs.size and xs.max() / max(xs.min(), 1) >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(xs)), [str(int(v)) for v in sorted(set(xs))])
+    ax.set_xlabel("training subjects")
+    ax.set_ylabel("fraction of synthetic images")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, ncols=2, frameon=False)
+    return figures._save(fig, path)
+
+
+def best_pair(cell: Cell, path: Path, canvas: figures.PairCanvas) -> dict[str, Any] | None:
+    """Draw the cell's best-matching (synthetic, training) pair in the study's layout."""
+    from memscan.data.store import Dataset
+    from memscan.scanner import load_run
+
+    res = load_run(cell.folder / "run")
+    synth = res.synthetic.dropna(subset=["nearest_train_id"])
+    if synth.empty:
+        return None
+    row = synth.loc[synth["max_correlation"].idxmax()]
+    train = Dataset.open(cell.subset)
+    samples = Dataset.open(cell.folder / "samples")
+    tman = train.manifest
+    tpos = int(np.flatnonzero(tman["id"].astype(str).to_numpy() == str(row["nearest_train_id"]))[0])
+    spos = int(np.flatnonzero(samples.manifest["id"].astype(str).to_numpy() == str(row["synthetic_id"]))[0])
+    t_item, s_item = train.take([tpos])[0], samples.take([spos])[0]
+    dims = train.spatial_dims
+    transform = None if pd.isna(row["transform"]) else str(row["transform"])
+    aligned, valid = figures.align_to_train(s_item, transform, dims)
+    panels = []
+    trow = tman.iloc[tpos]
+    for step, title in ((-1, "previous slice"), (1, "next slice")):
+        pos = None
+        if dims == 2 and pd.notna(trow["slice_index"]):
+            hit = np.flatnonzero(
+                (tman["source"].astype(str) == str(trow["source"]))
+                & (tman["slice_index"] == int(trow["slice_index"]) + step)
+            )
+            pos = int(hit[0]) if hit.size else None
+        if pos is None:
+            panels.append(figures.PairPanel(title, None, "not in the\ntraining set"))
+        else:
+            nb = train.take([pos])[0]
+            r_nb = figures.pearson(aligned, nb, valid)
+            panels.append(
+                figures.PairPanel(f"{title}\nr with synthetic {r_nb:.4f}", figures.display_plane(nb, 0, dims))
+            )
+    _, r = canvas.draw(
+        t_item,
+        aligned,
+        valid,
+        path,
+        channel=0,
+        compared_channels=None,
+        spatial_dims=dims,
+        synthetic_title=f"synthetic ({transform})" if transform and transform != "none" else "synthetic",
+        train_title="training",
+        neighbours=panels,
+    )
+    return {
+        "cell": cell.key,
+        "r": float(row["max_correlation"]),
+        "flagged": bool(row["flagged"]),
+        "synthetic_id": str(row["synthetic_id"]),
+        "train_id": str(row["nearest_train_id"]),
+        "subject": str(row["nearest_subject"]),
+        "image": path,
+    }
+
+
+def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config: StudyConfig) -> Path:
+    """Write ``out/report.html`` (self-contained) and ``out/figures/*.png``."""
+    from memscan.study import markdown_table, threshold_column
+
+    fig_dir = out / FIGURES_DIR
+    fig_dir.mkdir(exist_ok=True)
+    models = [m.label for m in config.models]
+    hists = [(title, _data_uri(p)) for title, p in size_histograms(cells, models, fig_dir)]
+    thr_cols = [threshold_column(t) for t in config.scan.thresholds]
+    line = _data_uri(
+        flagged_vs_size(table, models, thr_cols[1:2] or thr_cols[:1], fig_dir / "flagged_vs_size.png")
+    )
+    canvas = figures.PairCanvas()
+    pairs = []
+    for cell in cells:
+        p = best_pair(cell, fig_dir / f"pair_{cell.key}.png", canvas)
+        if p is not None:
+            p["image"] = _data_uri(p["image"])
+            pairs.append(p)
+    from memscan.study import _fmt
+
+    cols = [c for c in table.columns if c not in ("family",)]
+    rows = [[_fmt(r[c], c) for c in cols] for _, r in table.iterrows()]
+    versions = [
+        ("python", platform.python_version()),
+        ("memscan", __version__),
+        ("numpy", _version("numpy")),
+        ("torch", _version("torch")),
+        ("monai", _version("monai")),
+    ]
+    html = (
+        _environment()
+        .get_template("study.html.j2")
+        .render(
+            name=config.name,
+            description=config.description,
+            columns=cols,
+            rows=rows,
+            hists=hists,
+            line=line,
+            pairs=pairs,
+            config_json=json.dumps(config.to_dict(), indent=2),
+            markdown=markdown_table(table),
+            summary={"memscan_version": __version__},
+            provenance={"versions": versions},
+            run_name=out.name,
+        )
+    )
+    path = out / "report.html"
+    _atomic_write_text(path, html)
+    return path
