@@ -263,7 +263,7 @@ def test_cli_bad_train_option_exits_2(phantoms, tmp_path, args):
 
 @pytest.mark.parametrize("shape", [(2, 16, 16), (1, 8, 8, 8)], ids=["2d", "3d"])
 def test_stylegan2_trains_resumes_and_samples_through_the_loop(tmp_path, shape):
-    """The shared loop with the StyleGAN2 family, 2D and 3D: exact resume, deterministic samples, scannable."""
+    """The shared loop with StyleGAN2, 2D and 3D: exact resume, batch-independent samples, scannable."""
     from memscan.config import ScanOptions
     from memscan.scanner import scan
 
