@@ -460,3 +460,17 @@ def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str
             np.testing.assert_allclose(res.values[q], exp_v, atol=1e-6, rtol=0)
     with pytest.raises(InputError, match="go together"):
         search_topk(t, blocks_of(t, 13), 3, query_groups=subject)
+
+
+def test_device_int8_block_matches_the_host_statistics() -> None:
+    """The GPU path's conversion (run here on CPU tensors) equals the host path bit for bit."""
+    rng = np.random.default_rng(9)
+    raw = rng.integers(0, 256, size=(13, 301), dtype=np.uint8)
+    raw[5] = 200  # constant
+    sc = engine._IntScreen(raw[:3], "cpu", 2)
+    z_host, s1_host, var_host, _ = sc._to_int8(raw, pad_rows=16)
+    z_dev, s1_dev, var_dev = engine.int8_block(torch.from_numpy(raw), sc.dp, 16)
+    np.testing.assert_array_equal(z_dev.numpy(), z_host.numpy())
+    np.testing.assert_array_equal(s1_dev.numpy(), s1_host)
+    np.testing.assert_array_equal(var_dev.numpy(), var_host)
+    assert var_dev[5] == 0
