@@ -351,12 +351,12 @@ def study(
 
     Example: memscan study quick --out study --device cuda
     """
-    from memscan.study import load_config, run_study
+    from memscan.study import load_config, markdown_table, run_study
 
     cfg = load_config(config, source=source)
     result = run_study(cfg, out, resume=resume, device=device)
-    console.print(result.table.drop(columns=["family", "run"]).to_string(index=False))
-    console.print(f"results: {out / 'results.md'}\nreport: {out / 'report.html'}")
+    typer.echo(markdown_table(result.table))
+    typer.echo(f"results: {out / 'results.md'}\nreport: {out / 'report.html'}")
 
 
 def main() -> None:

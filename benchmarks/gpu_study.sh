@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The study's GPU run (issue 6), as ONE prepared script. On the device machine, from the repo root:
+#     bash benchmarks/gpu_study.sh            # results under $OUT (at most 8 files)
+# Before: bash benchmarks/fetch_gpu_wheels.sh here, and carry .whl. QUICK=1 runs the `tiny` preset on the
+# CPU instead (the test suite does, to check this script).
+# What it does: `memscan study quick --out $OUT/study --device cuda` (phantom brain slices at 64x64, DDPM
+# and StyleGAN2 at 1, 4 and 16 training subjects, ~8 minutes on one H200; see
+# src/memscan/study_presets/quick.toml for the budget), then copies to $OUT: results.md, results.csv,
+# report.html (self-contained: every figure is embedded), the flagged-vs-size plot, the histograms, and
+# study.log (the command, the measured training rates of every cell and the tail of the log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/memscan-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+if [ "${QUICK:-0}" = 1 ]; then
+  PRESET=tiny; DEV=cpu; STUDY=$(mktemp -d)/study
+else
+  PRESET=quick; DEV=cuda; STUDY=${STUDY:-/tmp/memscan-study}
+fi
+ARGS="study $PRESET --out $STUDY --device $DEV --resume"
+LOG=$OUT/study.log
+{
+  echo "command: PYTHONPATH=src python -m memscan $ARGS"
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 || true)
+} > "$LOG" 2>&1
+start=$(date +%s)
+# shellcheck disable=SC2086
+if ! $PY -m memscan $ARGS >> "$LOG" 2>&1; then
+  tail -40 "$LOG"
+  exit 1
+fi
+echo "wall time: $(( $(date +%s) - start )) s" >> "$LOG"
+$PY - "$STUDY" >> "$LOG" 2>&1 <<'PYEOF'
+import json, pathlib, sys
+for log in sorted(pathlib.Path(sys.argv[1]).glob("cells/*/model/log.jsonl")):
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if rows:
+        rate = sorted(r["images_per_s"] for r in rows)[len(rows) // 2]
+        print(f"{log.parent.parent.name}: {rows[-1]['step']} steps, {rows[-1]['elapsed_s']:.1f} s, "
+              f"median {rate:.0f} images/s")
+PYEOF
+tail -30 "$LOG"
+cp "$STUDY/results.md" "$STUDY/results.csv" "$STUDY/report.html" "$STUDY/figures/flagged_vs_size.png" "$OUT/"
+for f in "$STUDY"/figures/hist_s*.png; do cp "$f" "$OUT/"; done
+ls "$OUT"
+if [ "${QUICK:-0}" = 1 ]; then rm -rf "$(dirname "$STUDY")"; fi
