@@ -86,14 +86,33 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_scan")
     phantoms.write_brats_tree(root / "raw", 4, seed=2, shape=(32, 32, 16))
     prepare_dataset(root / "raw", root / "ds", PrepareOptions(layout="brats", size=32, test_subjects=1))
-    plant_copies(Dataset.open(root / "ds" / "train"), Dataset.open(root / "ds" / "test"), root / "syn",
-                 n_copies=6, n_novel=3, seed=1)
+    plant_copies(
+        Dataset.open(root / "ds" / "train"),
+        Dataset.open(root / "ds" / "test"),
+        root / "syn",
+        n_copies=6,
+        n_novel=3,
+        seed=1,
+    )
     return root
 
 
 def test_scan_cli_then_report(planted, tmp_path):
-    r = run("--quiet", "scan", planted / "ds" / "train", planted / "syn", "--out", tmp_path / "run",
-            "--flips", "--holdout", planted / "ds" / "test", "--fdr", "0.3", "--baseline-items", "20")
+    r = run(
+        "--quiet",
+        "scan",
+        planted / "ds" / "train",
+        planted / "syn",
+        "--out",
+        tmp_path / "run",
+        "--flips",
+        "--holdout",
+        planted / "ds" / "test",
+        "--fdr",
+        "0.3",
+        "--baseline-items",
+        "20",
+    )
     assert r.returncode == 0, r.stderr
     assert "flagged" in r.stdout and "calibrated on" in r.stdout
     assert (tmp_path / "run" / "report.html").exists() and (tmp_path / "run" / "synthetic.csv").exists()
@@ -106,14 +125,34 @@ def test_scan_cli_then_report(planted, tmp_path):
 
 
 def test_scan_gate_exit_3(planted, tmp_path):
-    r = run("--quiet", "scan", planted / "ds" / "train", planted / "syn", "--out", tmp_path / "run",
-            "--fail-above", "0.05", "--baseline-items", "0")
+    r = run(
+        "--quiet",
+        "scan",
+        planted / "ds" / "train",
+        planted / "syn",
+        "--out",
+        tmp_path / "run",
+        "--fail-above",
+        "0.05",
+        "--baseline-items",
+        "0",
+    )
     assert r.returncode == 3, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "release gate failed" in lines[0]
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "report.html").exists()
-    r = run("--quiet", "scan", planted / "ds" / "train", planted / "syn", "--out", tmp_path / "run2",
-            "--fail-on-leaked-subjects", "1", "--baseline-items", "0")
+    r = run(
+        "--quiet",
+        "scan",
+        planted / "ds" / "train",
+        planted / "syn",
+        "--out",
+        tmp_path / "run2",
+        "--fail-on-leaked-subjects",
+        "1",
+        "--baseline-items",
+        "0",
+    )
     assert r.returncode == 3 and "subjects leaked" in r.stderr
 
 
@@ -128,8 +167,16 @@ def test_demo_end_to_end_reduced(tmp_path):
     """The demo, smaller: phantom cohort → prepare → synthetic set → calibrated scan → report."""
     from memscan.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", n_subjects=5, n_holdout=2, n_fresh=1, n_patients=4, n_copies=10,
-                      n_novel=10, size=64)
+    result = run_demo(
+        tmp_path / "demo",
+        n_subjects=5,
+        n_holdout=2,
+        n_fresh=1,
+        n_patients=4,
+        n_copies=10,
+        n_novel=10,
+        size=64,
+    )
     s = result.summary
     assert s["threshold_source"] == "holdout" and s["n_synthetic"] == 20
     truth = pd.read_parquet(tmp_path / "demo" / "synthetic" / "manifest.parquet").set_index("id")

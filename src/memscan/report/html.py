@@ -455,8 +455,11 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     thr = _num(s.get("threshold"))
     calibrated = s.get("threshold_source") == "holdout"
     if thr is not None:
-        thr_row = (f"r \u2265 {thr:.4f} (calibrated on held-out images: the lowest flagged correlation)"
-                   if calibrated else f"r > {thr:.4f} (fixed)")
+        thr_row = (
+            f"r \u2265 {thr:.4f} (calibrated on held-out images: the lowest flagged correlation)"
+            if calibrated
+            else f"r > {thr:.4f} (fixed)"
+        )
     else:
         thr_row = "none reached: no synthetic image is significant" if calibrated else "n/a"
     rows = [
