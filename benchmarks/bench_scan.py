@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import make_images  # noqa: E402
 
-from memscan.config import ScanOptions  # noqa: E402
+from memscan.config import ScanOptions, parse_bytes  # noqa: E402
 from memscan.data.store import DatasetWriter  # noqa: E402
 from memscan.scanner import scan  # noqa: E402
 
@@ -177,6 +177,12 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true", help="skip the float64 brute-force check")
     ap.add_argument("--budget", default=None, help="memory budget for the RSS check (default: train set / 3)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--memory-budget", default="4GiB", help="memscan scan's --memory-budget")
+    ap.add_argument(
+        "--only-memscan",
+        action="store_true",
+        help="time memscan scan alone (huge shapes: the baselines would need the data in float)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
@@ -203,19 +209,28 @@ def main() -> None:
 
     # memscan end to end (default precision: exact integer path for uint8 data)
     def run_scan(name: str, **kw: Any):
-        res = scan(
-            work / "train",
-            work / "synthetic",
-            work / name,
-            ScanOptions(top_k=args.k, device=args.device, baseline_items=0, **kw),
-            report=False,
+        opts = ScanOptions(
+            top_k=args.k,
+            device=args.device,
+            baseline_items=0,
+            memory_budget=parse_bytes(args.memory_budget),
+            **kw,
         )
-        return res
+        return scan(work / "train", work / "synthetic", work / name, opts, report=False)
 
     ms = run_scan("run_auto")
     t_memscan = ms.summary["seconds"]
     rows.append((f"memscan scan, end to end ({ms.summary['precision']}, exact)", t_memscan, ""))
     results["memscan_auto"] = {"seconds": t_memscan, "precision": ms.summary["precision"]}
+    if args.only_memscan:
+        print(
+            f"\n{args.nq} synthetic x {args.nt} training x d={d}, k={args.k}, {args.device}: memscan scan "
+            f"{t_memscan:.2f} s end to end ({flop / t_memscan / 1e12:.1f} T(FL)OP/s, "
+            f"{ms.summary['precision']}, blocks {ms.summary['query_block']}/{ms.summary['train_block']})"
+        )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     if args.device == "cpu":
         me = run_scan("run_exact", precision="exact")
         rows.append(("memscan scan --precision exact (float64), end to end", me.summary["seconds"], ""))

@@ -20,14 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/memscan-gpu-models}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
+source benchmarks/gpu_env.sh
 WORK=${WORK:-/tmp/memscan-models-work}
 rm -rf "$WORK"; mkdir -p "$WORK"
 if [ "${QUICK:-0}" = 1 ]; then
