@@ -3,7 +3,7 @@
 # /tmp/site and runs memscan from src/ (no pip install of memscan). PYTHON overrides the interpreter.
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-if [ -d .whl ]; then
+if [ -d .whl ] && [ "${QUICK:-0}" != 1 ]; then  # QUICK=1 (CPU test) uses the local environment
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src
 else
