@@ -375,34 +375,73 @@ def _shift_rerank(
     cand_items = train.take(uniq)
     if feats.channels is not None:
         cand_items, items = cand_items[:, feats.channels], items[:, feats.channels]
-    row_of = {int(t): i for i, t in enumerate(uniq)}
+    integer = variants.integer_mode(items.dtype, int(np.prod(items.shape[1:]))) and variants.integer_mode(
+        cand_items.dtype, int(np.prod(items.shape[1:]))
+    )
     out_v = np.full((len(items), k), np.nan)
     out_i = np.full((len(items), k), -1, dtype=np.int64)
     out_t = np.full((len(items), k), None, dtype=object)
     bases = ("none", "flip") if opts.flips else ("none",)
-    for q in range(len(items)):
-        cands = indices[q][indices[q] >= 0]
-        if not len(cands):
-            continue
-        rows = cand_items[[row_of[int(t)] for t in cands]]
-        # every candidate under every base transform: a shifted copy may have surfaced via the other one
-        images = np.stack([variants.flip_lr(items[q : q + 1])[0] if b == "flip" else items[q] for b in bases])
-        vals, shifts = variants.shift_rerank_many(images, rows, opts.max_shift)
-        best_v = np.full(len(cands), -np.inf)
-        best_t = np.full(len(cands), None, dtype=object)
-        for bi, base in enumerate(bases):
-            for j, (v, (dy, dx)) in enumerate(zip(vals[bi], shifts[bi], strict=True)):
-                if v > best_v[j]:  # strict: 'none' wins ties over 'flip'
-                    shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
-                    best_v[j] = v
-                    best_t[j] = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
-        keep = np.isfinite(best_v)
-        cand_v, cand_i, cand_t = best_v[keep], cands[keep], best_t[keep]
-        order = np.lexsort((cand_i, -cand_v))[:k]
-        out_v[q, : len(order)] = cand_v[order]
-        out_i[q, : len(order)] = cand_i[order]
-        out_t[q, : len(order)] = cand_t[order]
+    # Queries are taken in groups whose candidates' spectra fit in an eighth of the memory budget: each
+    # candidate's spectrum is computed once per group, however many queries share it.
+    c, h, w = items.shape[1:]
+    per_candidate = c * (h + opts.max_shift + 8) * ((w + opts.max_shift + 8) // 2 + 1) * 16 + 16 * (h + 1) * (
+        w + 1
+    )
+    cap = max(16, opts.memory_budget // 8 // per_candidate)
+    position = {int(t): i for i, t in enumerate(uniq)}
+    group: list[int] = []
+    members: set[int] = set()
+    for q in range(len(items) + 1):
+        cands = indices[q][indices[q] >= 0] if q < len(items) else np.zeros(0, dtype=np.int64)
+        new = set(cands.tolist()) - members
+        if group and (q == len(items) or len(members) + len(new) > cap):
+            local = sorted(members)
+            bank = variants.ShiftCandidates(
+                cand_items[[position[t] for t in local]], opts.max_shift, integer=integer
+            )
+            slot = {t: i for i, t in enumerate(local)}
+            for g in group:
+                _shift_one(g, items, indices, bank, slot, bases, k, out_v, out_i, out_t)
+            group, members = [], set()
+            new = set(cands.tolist())
+        if q < len(items) and len(cands):
+            group.append(q)
+            members |= new
     return out_v, out_i, out_t
+
+
+def _shift_one(
+    q: int,
+    items,
+    indices,
+    bank: variants.ShiftCandidates,
+    slot: dict[int, int],
+    bases,
+    k: int,
+    out_v,
+    out_i,
+    out_t,
+) -> None:
+    """Best shift of query ``q`` against each of its candidates, under every base transform; top-k."""
+    cands = indices[q][indices[q] >= 0]
+    # every candidate under every base transform: a shifted copy may have surfaced via the other one
+    images = np.stack([variants.flip_lr(items[q : q + 1])[0] if b == "flip" else items[q] for b in bases])
+    vals, shifts = bank.score(images, np.array([slot[int(t)] for t in cands]))
+    best_v = np.full(len(cands), -np.inf)
+    best_t = np.full(len(cands), None, dtype=object)
+    for bi, base in enumerate(bases):
+        for j, (v, (dy, dx)) in enumerate(zip(vals[bi], shifts[bi], strict=True)):
+            if v > best_v[j]:  # strict: 'none' wins ties over 'flip'
+                shift = variants.shift_label(dy, dx) if (dy, dx) != (0, 0) else ""
+                best_v[j] = v
+                best_t[j] = "+".join(p for p in (base if base != "none" else "", shift) if p) or "none"
+    keep = np.isfinite(best_v)
+    cand_v, cand_i, cand_t = best_v[keep], cands[keep], best_t[keep]
+    order = np.lexsort((cand_i, -cand_v))[:k]
+    out_v[q, : len(order)] = cand_v[order]
+    out_i[q, : len(order)] = cand_i[order]
+    out_t[q, : len(order)] = cand_t[order]
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:

@@ -228,52 +228,97 @@ def shift_rerank_many(
     """:func:`shift_rerank` for several query images against the same candidates (e.g. an image and its
     mirror): the candidates' spectra are computed once. ``queries [b, C, H, W]``, ``train_items
     [m, C, H, W]`` → ``(best [b, m], shifts [b][m])``; validation is the caller's (see shift_rerank)."""
-    from scipy import fft as sfft
+    bank = ShiftCandidates(train_items, max_shift, integer=_exact_integer(queries, train_items))
+    return bank.score(queries)
 
-    b, c, h, w = queries.shape
-    m = train_items.shape[0]
-    s = int(max_shift)
-    integer = _exact_integer(queries, train_items)
-    q = queries.astype(np.float64)
-    t = train_items.astype(np.float64)
-    if not integer:  # centring (shift-invariant) keeps the float sums well conditioned
-        q -= q.mean(axis=(1, 2, 3), keepdims=True)
-        t -= t.mean(axis=(1, 2, 3), keepdims=True)
-    fh, fw = sfft.next_fast_len(h + s, real=True), sfft.next_fast_len(w + s, real=True)
-    fq = sfft.rfft2(q, s=(fh, fw), workers=-1)  # [b, C, fh, fw//2+1]
-    lags = [(dy, dx) for dy, dx in _shift_order(s)]
-    ly = np.array([dy % fh for dy, _ in lags])
-    lx = np.array([dx % fw for _, dx in lags])
-    cross = np.empty((b, m, len(lags)))  # only the (2s+1)² lags are kept
-    for a0 in range(0, m, 16):  # bounded memory: 16 candidates' spectra at a time
-        ft = sfft.rfft2(t[a0 : a0 + 16], s=(fh, fw), workers=-1).conj()
-        full = sfft.irfft2(np.einsum("mcyx,bcyx->bmyx", ft, fq), s=(fh, fw), workers=-1)
-        cross[:, a0 : a0 + 16] = full[:, :, ly, lx]
-    dtype = np.int64 if integer else np.float64
-    if integer:
-        q, t, cross = q.astype(np.int64), t.astype(np.int64), np.rint(cross).astype(np.int64)
-    q1, q2 = _integral(q.sum(axis=1)), _integral((q * q).sum(axis=1))  # [b, H+1, W+1]
-    t1, t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
-    best = np.full((b, m), -np.inf)
-    where = np.zeros((b, m), dtype=np.int64)
-    tol = 0.0 if integer else _TIE_TOL
-    for j, (dy, dx) in enumerate(lags):
-        qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
-        ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
-        n = dtype(c * (qy[1] - qy[0]) * (qx[1] - qx[0]))
-        sq, sqq = _box(q1, qy, qx)[:, None], _box(q2, qy, qx)[:, None]  # [b, 1]
-        st, stt = _box(t1, ty, tx)[None], _box(t2, ty, tx)[None]  # [1, m]
-        num = n * cross[:, :, j] - sq * st
-        vq, vt = n * sqq - sq * sq, n * stt - st * st
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vals = num.astype(np.float64) / np.sqrt(vq.astype(np.float64) * vt.astype(np.float64))
-        vals[np.broadcast_to((vt <= 0) | (vq <= 0), vals.shape) | ~np.isfinite(vals)] = np.nan
-        # a later shift must win by more than the tie tolerance: earlier shifts, (0, 0) first, win ties
-        better = vals > best + tol
-        best[better] = vals[better]
-        where[better] = j
-    best[np.isneginf(best)] = np.nan
-    return best, [[lags[j] for j in row] for row in where]
+
+class ShiftCandidates:
+    """Candidate training items prepared once (spectra, integral images) for many shift re-ranks.
+
+    Args:
+        train_items: ``[m, C, H, W]`` candidates.
+        max_shift: largest |dy|, |dx|.
+        integer: exact integer mode (see :func:`shift_rerank`); only valid when every query and candidate
+            is a non-negative integer image whose sums stay below 2^42 (:func:`integer_mode`).
+    """
+
+    def __init__(self, train_items: np.ndarray, max_shift: int, *, integer: bool) -> None:
+        from scipy import fft as sfft
+
+        self.m, self.c, self.h, self.w = train_items.shape
+        self.s = int(max_shift)
+        self.integer = integer
+        t = train_items.astype(np.float64)
+        if not integer:  # centring (shift-invariant) keeps the float sums well conditioned
+            t -= t.mean(axis=(1, 2, 3), keepdims=True)
+        self.fh = sfft.next_fast_len(self.h + self.s, real=True)
+        self.fw = sfft.next_fast_len(self.w + self.s, real=True)
+        self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
+        if integer:
+            t = t.astype(np.int64)
+        self.t1, self.t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
+        self.lags = list(_shift_order(self.s))
+
+    def score(
+        self, queries: np.ndarray, idx: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+        """Best correlation over shifts of every query against the candidates ``idx`` (default all).
+
+        Returns:
+            ``(best [b, m'], shifts [b][m'])``; NaN where constant on every overlap.
+        """
+        from scipy import fft as sfft
+
+        b, c, h, w = queries.shape
+        idx = np.arange(self.m) if idx is None else np.asarray(idx)
+        m = len(idx)
+        q = queries.astype(np.float64)
+        if not self.integer:
+            q -= q.mean(axis=(1, 2, 3), keepdims=True)
+        fh, fw = self.fh, self.fw
+        fq = sfft.rfft2(q, s=(fh, fw), workers=-1)  # [b, C, fh, fw//2+1]
+        ly = np.array([dy % fh for dy, _ in self.lags])
+        lx = np.array([dx % fw for _, dx in self.lags])
+        cross = np.empty((b, m, len(self.lags)))  # only the (2s+1)² lags are kept
+        for a0 in range(0, m, 16):  # bounded memory: 16 candidates at a time
+            full = sfft.irfft2(
+                np.einsum("mcyx,bcyx->bmyx", self.ft[idx[a0 : a0 + 16]], fq), s=(fh, fw), workers=-1
+            )
+            cross[:, a0 : a0 + 16] = full[:, :, ly, lx]
+        dtype = np.int64 if self.integer else np.float64
+        if self.integer:
+            q, cross = q.astype(np.int64), np.rint(cross).astype(np.int64)
+        q1, q2 = _integral(q.sum(axis=1)), _integral((q * q).sum(axis=1))  # [b, H+1, W+1]
+        t1, t2 = self.t1[idx], self.t2[idx]
+        best = np.full((b, m), -np.inf)
+        where = np.zeros((b, m), dtype=np.int64)
+        tol = 0.0 if self.integer else _TIE_TOL
+        for j, (dy, dx) in enumerate(self.lags):
+            qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
+            ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
+            n = dtype(c * (qy[1] - qy[0]) * (qx[1] - qx[0]))
+            sq, sqq = _box(q1, qy, qx)[:, None], _box(q2, qy, qx)[:, None]  # [b, 1]
+            st, stt = _box(t1, ty, tx)[None], _box(t2, ty, tx)[None]  # [1, m]
+            num = n * cross[:, :, j] - sq * st
+            vq, vt = n * sqq - sq * sq, n * stt - st * st
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vals = num.astype(np.float64) / np.sqrt(vq.astype(np.float64) * vt.astype(np.float64))
+            vals[np.broadcast_to((vt <= 0) | (vq <= 0), vals.shape) | ~np.isfinite(vals)] = np.nan
+            # a later shift must win by more than the tie tolerance: earlier shifts, (0, 0) first, win ties
+            better = vals > best + tol
+            best[better] = vals[better]
+            where[better] = j
+        best[np.isneginf(best)] = np.nan
+        return best, [[self.lags[j] for j in row] for row in where]
+
+
+def integer_mode(dtype: np.dtype, item_size: int) -> bool:
+    """Whether items of this dtype and size (values ≥ 0) keep every shift sum below 2^42 (exact mode)."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.unsignedinteger):
+        return False
+    peak = int(np.iinfo(dtype).max)
+    return item_size * peak * peak < 2**42
 
 
 def _exact_integer(query: np.ndarray, train_items: np.ndarray) -> bool:
