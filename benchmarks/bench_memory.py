@@ -5,7 +5,7 @@ For training sets of several sizes (all larger than the smallest budget) and a f
 above what the same process holds after its imports alone: the scan's own memory. It should follow the
 budget, not the training set.
 
-    python benchmarks/bench_memory.py                  # 128x128 uint8; 2,500 / 10,000 / 40,000 items
+    python benchmarks/bench_memory.py                  # 128x128 uint8; 10,000 / 40,000 / 80,000 items
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=128)
     ap.add_argument("--nq", type=int, default=500)
-    ap.add_argument("--sizes", default="2500,10000,40000")
-    ap.add_argument("--budgets", default="64MiB,256MiB")
+    ap.add_argument("--sizes", default="10000,40000,80000")
+    ap.add_argument("--budgets", default="256MiB,1GiB")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="memscan-mem-"))
     sizes = [int(s) for s in args.sizes.split(",")]

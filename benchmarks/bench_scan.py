@@ -175,7 +175,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="500 x 5,000 x 64²")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--skip-reference", action="store_true", help="skip the float64 brute-force check")
-    ap.add_argument("--budget", default=None, help="memory budget for the RSS check (default: train set / 3)")
+    ap.add_argument(
+        "--budget",
+        default=None,
+        help="memory budget for the RSS check (default 256MiB, the smallest allowed)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--memory-budget", default="4GiB", help="memscan scan's --memory-budget")
     ap.add_argument(
@@ -360,7 +364,7 @@ def main() -> None:
 
     # peak memory while the training set is larger than the budget
     train_bytes = args.nt * d
-    budget = args.budget or f"{max(64, train_bytes // 3 // 2**20)}MiB"
+    budget = args.budget or "256MiB"
     if args.device == "cpu":
         peak, idle = peak_rss_of_scan(work / "train", work / "synthetic", work / "run_rss", budget)
         rows.append(

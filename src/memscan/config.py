@@ -9,6 +9,10 @@ from typing import Any
 from memscan.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Smallest --memory-budget: ~150 MiB of library working memory (Zarr chunk decompression, int8
+#: buffers, thread pools) come on top of the blocks, so smaller budgets could not be honoured
+#: (benchmarks/bench_memory.py).
+MIN_MEMORY_BUDGET = 256 * 2**20
 PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64", "exact")
 _UNITS = {
     "": 1,
@@ -53,7 +57,8 @@ class ScanOptions:
         mask: ``none``, ``foreground`` (derived from the training set) or a path to a mask file.
         channel: compare one channel only (by name), else all channels.
         threshold: fixed correlation threshold used for flags without a held-out set.
-        memory_budget: bytes of RAM the scan may use for its blocks.
+        memory_budget: bytes of RAM the scan may use above what its process holds after imports (blocks
+            of training and query items, scores, library working memory); at least 256 MiB.
         fail_above: release gate: exit code 3 when the flagged fraction exceeds it.
         fail_on_leaked_subjects: release gate: exit code 3 when at least this many training subjects leak.
         calibration: with a held-out set: ``fdr`` (Benjamini–Hochberg at ``alpha``) or ``quantile``
@@ -98,8 +103,11 @@ class ScanOptions:
             raise InputError(f"--max-shift must be between 0 and 64 pixels, got {self.max_shift}")
         if not -1.0 <= self.threshold <= 1.0:
             raise InputError(f"--threshold must be a correlation in [-1, 1], got {self.threshold}")
-        if self.memory_budget < 64 * 2**20:
-            raise InputError(f"--memory-budget must be at least 64MiB, got {self.memory_budget} bytes")
+        if self.memory_budget < MIN_MEMORY_BUDGET:
+            raise InputError(
+                "--memory-budget must be at least 256MiB (the scan's libraries hold ~150 MiB of working "
+                f"memory whatever the blocks), got {self.memory_budget / 2**20:.0f}MiB"
+            )
         if self.calibration not in ("fdr", "quantile"):
             raise InputError(f"--calibration must be fdr or quantile, got {self.calibration!r}")
         if not 0.0 < self.alpha < 1.0:
