@@ -324,3 +324,17 @@ def test_leaked_subject_gate(data, tmp_path):
             ScanOptions(fail_on_leaked_subjects=1, baseline_items=0),
         )
     assert (tmp_path / "run" / "subjects.parquet").exists()
+
+
+def test_option_validation():
+    from memscan.config import parse_bytes
+
+    assert parse_bytes("4GiB") == 4 * 2**30 and parse_bytes("512MB") == 512 * 10**6
+    with pytest.raises(InputError, match="at least 256MiB"):
+        ScanOptions(memory_budget=parse_bytes("64MiB"))
+    with pytest.raises(InputError, match="as a size"):
+        parse_bytes("lots")
+    for bad in (dict(top_k=0), dict(device="tpu"), dict(precision="int4"), dict(max_shift=-1),
+                dict(threshold=1.5), dict(fail_above=2.0), dict(alpha=0.0), dict(calibration="bonferroni")):
+        with pytest.raises(InputError):
+            ScanOptions(**bad)
