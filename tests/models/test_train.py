@@ -289,3 +289,14 @@ def test_stylegan2_trains_resumes_and_samples_through_the_loop(tmp_path, shape):
     np.testing.assert_array_equal(s1.read(0, 3), s2.read(0, 3))
     result = scan(data, s1.path, tmp_path / "run", ScanOptions(top_k=1, baseline_items=0), report=False)
     assert len(result.synthetic) == 3
+
+
+def test_ddpm_resume_in_3d(tmp_path):
+    rng = np.random.default_rng(1)
+    data = _write(tmp_path / "vol", rng.integers(0, 256, size=(4, 1, 8, 8, 8), dtype=np.uint8), ("t1",))
+    kw = dict(batch=2, checkpoint_every=2, **FAST)
+    train_model(data, tmp_path / "a", "ddpm", steps=4, **kw)
+    train_model(data, tmp_path / "b", "ddpm", steps=2, **kw)
+    kw.pop("preset")
+    train_model(data, tmp_path / "b", "ddpm", steps=4, resume=True, **kw)
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
