@@ -77,23 +77,9 @@ def test_usage_error_exit_2(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    from memscan.data import phantoms
-    from memscan.data.planted import plant_copies
-    from memscan.data.prepare import PrepareOptions, prepare_dataset
-    from memscan.data.store import Dataset
-
+def planted(tmp_path_factory, planted_cohort):
     root = tmp_path_factory.mktemp("cli_scan")
-    phantoms.write_brats_tree(root / "raw", 4, seed=2, shape=(32, 32, 16))
-    prepare_dataset(root / "raw", root / "ds", PrepareOptions(layout="brats", size=32, test_subjects=1))
-    plant_copies(
-        Dataset.open(root / "ds" / "train"),
-        Dataset.open(root / "ds" / "test"),
-        root / "syn",
-        n_copies=6,
-        n_novel=3,
-        seed=1,
-    )
+    planted_cohort(root, subjects=4, shape=(32, 32, 16), size=32, n_copies=6, n_novel=3, seed=1, tree_seed=2)
     return root
 
 

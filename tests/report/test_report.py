@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 
 from memscan.config import ScanOptions
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
 from memscan.data.prepare import PrepareOptions, prepare_dataset
 from memscan.data.store import Dataset, DatasetWriter
 from memscan.report import figures
@@ -58,13 +56,17 @@ class Page(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
+def base(tmp_path_factory, planted_cohort) -> dict[str, Path]:
     """3 phantom subjects (2 train, 1 test) of 32x32 slices; planted copies + novel items; one scan."""
-    root = tmp_path_factory.mktemp("report")
-    phantoms.write_brats_tree(root / "tree", 3, shape=(32, 32, 16))
-    prepare_dataset(root / "tree", root / "ds", PrepareOptions(layout="brats", size=32, test_subjects=1))
-    train, test = Dataset.open(root / "ds" / "train"), Dataset.open(root / "ds" / "test")
-    plant_copies(train, test, root / "syn", n_copies=6, n_novel=4, seed=1)
+    root = planted_cohort(
+        tmp_path_factory.mktemp("report"),
+        subjects=3,
+        shape=(32, 32, 16),
+        size=32,
+        n_copies=6,
+        n_novel=4,
+        seed=1,
+    )
     scan(
         root / "ds" / "train",
         root / "syn",
@@ -269,7 +271,7 @@ def test_calibrated_run_with_holdout_and_baseline(run, base):
 def test_volumes_and_channel_option(tmp_path, base):
     """3D items: the middle axial slice is shown, neighbour panels say why they are empty."""
     vol = prepare_dataset(
-        base["root"] / "tree",
+        base["root"] / "raw",
         tmp_path / "vol",
         PrepareOptions(layout="brats", volumes=True, size=32, modalities=("t1", "flair")),
     )

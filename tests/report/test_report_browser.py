@@ -15,10 +15,6 @@ from pathlib import Path
 import pytest
 
 from memscan.config import ScanOptions
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset
 from memscan.report.html import write_report
 from memscan.scanner import scan
 
@@ -36,12 +32,16 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("browser")
-    phantoms.write_brats_tree(root / "tree", 3, shape=(48, 48, 16))
-    prepare_dataset(root / "tree", root / "ds", PrepareOptions(layout="brats", size=48, test_subjects=1))
-    train, test = Dataset.open(root / "ds" / "train"), Dataset.open(root / "ds" / "test")
-    plant_copies(train, test, root / "syn", n_copies=8, n_novel=6, seed=2)
+def report(tmp_path_factory, planted_cohort) -> Path:
+    root = planted_cohort(
+        tmp_path_factory.mktemp("browser"),
+        subjects=3,
+        shape=(48, 48, 16),
+        size=48,
+        n_copies=8,
+        n_novel=6,
+        seed=2,
+    )
     scan(
         root / "ds" / "train",
         root / "syn",

@@ -334,7 +334,15 @@ def test_option_validation():
         ScanOptions(memory_budget=parse_bytes("64MiB"))
     with pytest.raises(InputError, match="as a size"):
         parse_bytes("lots")
-    for bad in (dict(top_k=0), dict(device="tpu"), dict(precision="int4"), dict(max_shift=-1),
-                dict(threshold=1.5), dict(fail_above=2.0), dict(alpha=0.0), dict(calibration="bonferroni")):
+    for bad in (
+        dict(top_k=0),
+        dict(device="tpu"),
+        dict(precision="int4"),
+        dict(max_shift=-1),
+        dict(threshold=1.5),
+        dict(fail_above=2.0),
+        dict(alpha=0.0),
+        dict(calibration="bonferroni"),
+    ):
         with pytest.raises(InputError):
             ScanOptions(**bad)
