@@ -44,6 +44,25 @@ def test_round_trip(tmp_path):
     assert ds.array.chunks[0] == 3
 
 
+def test_compression_only_where_it_pays(tmp_path):
+    """zstd for images with a background (it shrinks them), none for noise (decoding would only cost)."""
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, size=(8, 1, 32, 32), dtype=np.uint8)
+    slices = np.zeros((8, 1, 32, 32), dtype=np.uint8)
+    slices[:, :, 8:24, 8:24] = noise[:, :, :16, :16]
+    for name, items in (("noise", noise), ("slices", slices)):
+        with DatasetWriter(
+            tmp_path / name, item_shape=(1, 32, 32), dtype="uint8", channels=("g",), recipe={"name": "t"}
+        ) as w:
+            for i, item in enumerate(items):
+                w.add(item, {"id": f"i{i}", "subject": f"s{i}"})
+            ds = w.commit()
+        np.testing.assert_array_equal(ds.read(0, 8), items)
+        meta = json.loads((tmp_path / name / "images.zarr" / "zarr.json").read_text())
+        codecs = [c["name"] for c in meta["codecs"]]
+        assert codecs == (["bytes"] if name == "noise" else ["bytes", "zstd"]), codecs
+
+
 def test_split_view(tmp_path):
     items, _ = _write(tmp_path / "ds")
     test = Dataset.open(tmp_path / "ds" / "test")

@@ -391,6 +391,8 @@ def test_int8_near_ties_exact_for_every_block_size(near_ties, block: int) -> Non
     res = search_topk(q, blocks_of(t, block), 5, precision="int8")
     assert res.precision == "int8" and res.epsilon == 0.0
     check_against_reference(res, q, t, 5)
+    # the float32 ranking prunes: a handful of exact evaluations per query and block, not all pairs
+    assert res.n_candidates <= 2 * 5 * len(q) * -(-len(t) // block)
     assert_same(res, search_topk(q, blocks_of(t, len(t)), 5, precision="int8"))
     # agrees with the float64 routine to rounding (a different exact formula: not bitwise)
     f64 = search_topk(q, blocks_of(t, block), 5, precision="float64")
@@ -425,6 +427,71 @@ def test_int8_long_items_are_chunked_exactly() -> None:
     res = search_topk(q, blocks_of(t, 4), 6, precision="int8")
     check_against_reference(res, q, t, 6)
     assert res.values[0, 0] == 1.0 and res.values[0, -1] == -1.0 and res.indices[0, -1] == 3
+
+
+def adversarial_uint8(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Items that stress the int8 path's float32 ranking: near-constant items with extreme means (large
+    α = √(1 + mean'²/variance)), full-range binary items, scaled copies (exact ties) and plain noise."""
+    x = rng.integers(0, 256, size=(n, d), dtype=np.uint8)
+    x[0] = 255
+    x[0, :3] = 254  # almost white: α ≈ 1.5e3
+    x[1] = 0
+    x[1, 5] = 1  # almost black
+    x[2] = np.where(rng.random(d) < 0.5, 0, 255)  # maximal variance
+    x[3] = x[2] // 2  # an exact positive tie with item 2 (r = 1)
+    x[4] = 255 - x[2]  # r = -1
+    x[5] = np.clip(x[6].astype(np.int16) + rng.integers(-1, 2, d), 0, 255)  # a near copy of item 6
+    return x
+
+
+def test_int8_ranking_error_within_its_proven_bound() -> None:
+    """|G - r·√V_q| <= ε_q for every pair of a block, G being the float32 ranking the int8 path screens."""
+    rng = np.random.default_rng(11)
+    for d in (64, 4099):
+        t = adversarial_uint8(rng, 40, d)
+        q = np.concatenate([adversarial_uint8(rng, 12, d), t[:6]])
+        sc = engine._IntScreen(q, "cpu", 3)
+        prep = sc.prepare(0, t)
+        screened = sc.screen(prep)
+        eps = sc.epsilon(prep)
+        ref = np.array(
+            [[float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1]) for b in t] for a in q]
+        )
+        g = screened.scores.numpy().astype(np.float64)
+        h = ref * sc.q_root[:, None]
+        err = np.abs(g - h)[np.ix_(sc.q_valid, prep.valid)]
+        assert (err <= eps[sc.q_valid, None]).all()
+        # one near-constant item with an extreme mean widens its block's bound (more candidates, never a
+        # wrong result); a block of ordinary items has a tight one
+        rel = eps / sc.q_root
+        assert rel[0] > 100 * rel[6:12].max()
+        assert (sc.epsilon(sc.prepare(0, t[6:])) / sc.q_root)[6:12].max() < 1e-5
+        # and the exact values from the integer products match the float64 reference
+        pairs = torch.tensor(
+            [[i, j] for i in range(len(q)) for j in range(len(t)) if sc.q_valid[i] and prep.valid[j]]
+        )
+        vals = sc.exact(screened, pairs[:, 0], pairs[:, 1])
+        np.testing.assert_allclose(vals, ref[pairs[:, 0], pairs[:, 1]], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("block", [1, 5, 40])
+def test_int8_adversarial_items_exact(block: int) -> None:
+    rng = np.random.default_rng(12)
+    t = adversarial_uint8(rng, 40, 515)
+    q = np.concatenate([t[:8], adversarial_uint8(rng, 8, 515)])
+    res = search_topk(q, blocks_of(t, block), 4, precision="int8")
+    # queries 2 and 3 have an exact tie at r = 1 (items 2 and 3), which the float64 reference's own
+    # rounding may order either way; the integer path computes both as exactly 1 and the lower index wins
+    for row in (2, 3):
+        assert list(res.indices[row, :2]) == [2, 3] and res.values[row, 0] == res.values[row, 1] == 1.0
+    rows = np.r_[0:2, 4 : len(q)]
+    ref_v, ref_i = reference_topk(q[rows], t, 4)
+    np.testing.assert_array_equal(res.indices[rows], ref_i)
+    np.testing.assert_allclose(res.values[rows], ref_v, atol=1e-6, rtol=0, equal_nan=True)
+    f64 = search_topk(q, blocks_of(t, block), 4, precision="float64")
+    np.testing.assert_array_equal(res.indices[rows], f64.indices[rows])
+    np.testing.assert_allclose(res.values, f64.values, atol=1e-13, rtol=0)
+    assert_same(res, search_topk(q, blocks_of(t, 40), 4, precision="int8"))
 
 
 @pytest.mark.gpu

@@ -32,11 +32,15 @@ slices): Pearson correlation is invariant to shifts, so with ``x' = x - 128`` (i
 ``(d Σx'y' - Σx' Σy') / sqrt((d Σx'² - (Σx')²) (d Σy'² - (Σy')²))``. ``Σx'y'`` comes from the int8
 matrix unit (``torch._int_mm``: AMX/VNNI on CPUs, int8 tensor cores on GPUs) with int32 accumulation,
 which is *exact* as long as a chunk has fewer than 2^31 / 2^14 = 131,072 terms; chunk sums add up in
-int64, and the numerator and variances are exact int64 for d ≤ 2^24. The only rounding is in the
-final float64 division and square roots (a few ulp), performed in the same order for every pair, so
-values are bitwise reproducible across block sizes, devices and thread counts. No screen margin and no
-re-rank are needed: ε = 0, candidates are just the block's top-k and exact ties. Values agree with the
-float64 routine to ~1e-15 (not bitwise: a different, equally exact formula).
+int64, and the numerator and variances are exact int64 for d ≤ 2^24. The block's products are then
+*ranked* in float32 (one scaled copy per block, no float64 pass over all pairs) with a proven
+per-query bound (:meth:`_IntScreen.epsilon`), the same candidate line as step 3 selects the pairs
+that can still enter the top-k, and only those are evaluated exactly from their integer products
+(:meth:`_IntScreen.exact`). The only rounding in a value is the final float64 product of the
+variances, square root and division (a few ulp), performed in the same order for every pair, so
+values are bitwise reproducible across block sizes, devices and thread counts. ``epsilon`` is
+reported as 0: no value carries screen error. Values agree with the float64 routine to ~1e-15 (not
+bitwise: a different, equally exact formula).
 
 The error bound follows the standard rounding-error model and the inner-product bound
 ``|fl(xᵀy) - xᵀy| <= γ_m Σ|x_i y_i|``, ``γ_m = m u / (1 - m u)``, valid for any summation order
@@ -502,7 +506,13 @@ def _exact_grouped(
 # candidates and merge
 
 
-def _thresholds(v_k: np.ndarray, s_k: np.ndarray, eps: float, q_valid: np.ndarray) -> np.ndarray:
+def _thresholds(
+    v_k: np.ndarray,
+    s_k: np.ndarray,
+    eps: float | np.ndarray,
+    q_valid: np.ndarray,
+    floor: float | np.ndarray = -2.0,
+) -> np.ndarray:
     """Per-query candidate line ``max(v_k - ε, s_k - 2ε)`` (float64 ``[nq]``).
 
     Proof that no item of the final top-k is missed. Let r_j be the exact value (re-rank routine) and
@@ -513,11 +523,13 @@ def _thresholds(v_k: np.ndarray, s_k: np.ndarray, eps: float, q_valid: np.ndarra
     ``r_j <= S_j + ε < s_k - ε``, so k items of the block are strictly better than j and j cannot be
     in the final top-k. Hence ``S_j >= max(v_k - ε, s_k - 2ε)``; ties (``=``) are kept, and the lower
     index rule is applied on exact values in the merge. Valid correlations are ≥ -1 - ε, so clamping
-    the line at -2 loses nothing (and excludes the ``-inf`` of invalid items).
+    the line at ``floor`` = -2 loses nothing (and excludes the ``-inf`` of invalid items). ``eps`` may
+    be one bound per query (the integer path's ranking, whose units are correlation · √V_q; its floor is
+    then ``-2 √V_q - 2ε``).
     """
     with np.errstate(invalid="ignore"):
         thr = np.maximum(v_k - eps, s_k - 2.0 * eps)
-    thr = np.maximum(thr, -2.0)
+    thr = np.maximum(thr, floor)
     thr[~q_valid] = np.inf
     return thr
 
@@ -582,7 +594,8 @@ class _Prepared:
 class _Screened:
     prep: _Prepared
     scores: torch.Tensor  # [nq, nb] float32/float64 on the device, -inf for invalid items
-    s_k: torch.Tensor  # [nq] k-th largest screened value in the block (-inf if fewer than k valid)
+    s_k: torch.Tensor | None  # [nq] k-th largest screened value in the block (-inf if fewer than k valid)
+    acc: torch.Tensor | None = None  # int8 path: the exact integer products Σx'y' [nq, nb]
 
 
 class _Screen:
@@ -706,11 +719,20 @@ def _mask_and_kth(scores: torch.Tensor, prep: _Prepared, k: int, groups: _Groups
     Returns:
         ``[nq]`` k-th largest value per row (``-inf`` if the row has fewer than k eligible items).
     """
-    invalid = torch.from_numpy(~prep.valid).to(scores.device)
-    if bool(invalid.any()):
-        scores.masked_fill_(invalid[None, :], -math.inf)
+    _mask_excluded(scores, prep, groups)
+    return _kth(scores, k)
+
+
+def _mask_excluded(scores: torch.Tensor, prep: _Prepared, groups: _Groups | None) -> None:
+    """Set invalid items and excluded same-group pairs to -inf in place."""
+    if not prep.valid.all():
+        scores.masked_fill_(torch.from_numpy(~prep.valid).to(scores.device)[None, :], -math.inf)
     if groups is not None:
         scores.masked_fill_(groups.same(prep.start, scores.shape[1], scores.device), -math.inf)
+
+
+def _kth(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k-th largest value (``-inf`` if the row has fewer than k items)."""
     if scores.shape[1] >= k:
         return torch.topk(scores, k, dim=1, largest=True, sorted=True).values[:, -1]
     return torch.full((scores.shape[0],), -math.inf, dtype=scores.dtype, device=scores.device)
@@ -760,12 +782,17 @@ def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
 class _IntScreen:
     """The exact integer path for uint8 items: int8 products with exact integer sums (see module doc).
 
-    ``screen`` returns *exact* float64 correlations for the whole block (invalid items ``-inf``), so
-    ``ε = 0`` and no re-rank is needed. Shapes are padded with zeros (which add nothing to the sums) to
-    what ``torch._int_mm`` needs on CUDA (rows > 16, inner and column sizes multiples of 8).
+    ``screen`` returns the block's exact int32/int64 products ``Σx'y'`` and a float32 *ranking* of them,
+    ``G = Σx'y' · d/√V_t - Σx'_q · Σx'_t/√V_t`` (= correlation · √V_q, V = d²·variance), with a proven
+    per-query bound ``|G - exact| <= ε_q`` (:meth:`epsilon`). The candidates it selects are then
+    evaluated exactly in float64 from the integer products (:meth:`exact`), so the float64 passes over
+    the whole ``[nq, nb]`` block of the earlier design (convert, numerator, outer product of the
+    variances, square root, division: ~3× the memory traffic of float32) shrink to a few values per
+    query. Shapes are padded with zeros (which add nothing to the sums) to what ``torch._int_mm`` needs
+    on CUDA (rows > 16, inner and column sizes multiples of 8).
     """
 
-    exact_scores = True
+    exact_scores = True  # no float re-rank from the raw rows: candidates are exact from the products
     precision = "int8"
     rounded_output = False
     groups: _Groups | None = None
@@ -783,13 +810,17 @@ class _IntScreen:
         self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
         self._buffer: np.ndarray | None = None
-        self.acc_dtype = torch.float64 if self.d <= 2**19 else torch.int64
+        self.exact_in_f64 = self.d <= 2**19
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
         self.zq = zq.to(self.device)
         self.zq_chunks = [self.zq[:, a:b].contiguous() for a, b in self.bounds]
-        self.q_s1 = torch.from_numpy(s1).to(self.device)
-        self.q_sqrt = torch.from_numpy(sq).to(self.device)
         self.q_valid = var[: self.nq] > 0
+        self.q_s1 = torch.from_numpy(s1[: self.nq]).to(self.device)
+        self.q_var = torch.from_numpy(sq[: self.nq]).to(self.device)  # d²·variance, float64 (exact)
+        self.q_s1_f32 = torch.from_numpy(s1[: self.nq].astype(np.float32)).to(self.device)
+        root = np.sqrt(np.where(self.q_valid, sq[: self.nq], 1.0))
+        self.q_root = root  # √V_q: converts correlations to the units of G and back
+        self.q_alpha = np.sqrt(1.0 + s1[: self.nq].astype(np.float64) ** 2 / root**2)
 
     def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
         """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64).
@@ -809,25 +840,33 @@ class _IntScreen:
             z[:n, self.d :] = 0
         else:
             z = np.zeros((rows, self.dp), dtype=np.int8)
-        np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
+        step = max(1, -(-n // (os.cpu_count() or 1)))
+
+        def shift(r0: int) -> None:  # x - 128, exactly; NumPy releases the GIL, so rows split over cores
+            r1 = min(n, r0 + step)
+            np.bitwise_xor(raw[r0:r1], np.uint8(128), out=z[r0:r1, : self.d].view(np.uint8))
+
+        list(_executor().map(shift, range(0, n, step)))
         zt = torch.from_numpy(z)
-        s1 = np.zeros(rows, dtype=np.int64)
-        s2 = np.zeros(rows, dtype=np.int64)
+        s1 = torch.zeros(rows, dtype=torch.int64)
+        s2 = torch.zeros(rows, dtype=torch.int64)
         # Σx' and Σx'² on the int8 matrix unit, exactly (int32 per chunk < 2^31, chunk sums in int64):
-        # Σx' = Z·1 and Σx'² = diag(Z Zᵀ) over row groups of 64 (64× the row's length in products: cheap).
+        # Σx' = Z·1 in one product; Σx'² = diag(Z Zᵀ) over groups of 32 rows (32× the rows' length in
+        # products: ~2% of the search's own product for 2,000 queries, and few calls).
         ones = torch.ones((INT8_CHUNK, 8), dtype=torch.int8)
-        eye = torch.eye(64, dtype=torch.bool)
-        for r in range(0, rows, 64):
-            e = min(rows, r + 64)
-            for a, b in self.bounds:
-                zc = zt[r:e, a:b]
-                if len(self.bounds) > 1:
-                    zc = zc.contiguous()
-                s1[r:e] += torch._int_mm(_pad_rows_for_int_mm(zc), ones[: b - a])[: e - r, 0].numpy()
-                gram = torch._int_mm(_pad_rows_for_int_mm(zc), _pad_rows_for_int_mm(zc).t())
-                s2[r:e] += gram[: e - r, : e - r][eye[: e - r, : e - r]].numpy()
-        var = self.d * s2 - s1 * s1  # = d² · population variance, exact
-        return torch.from_numpy(z), s1, var, var.astype(np.float64)
+        diag = torch.empty(rows, dtype=torch.int32)
+        for a, b in self.bounds:
+            zc = zt[:, a:b] if len(self.bounds) == 1 else zt[:, a:b].contiguous()
+            s1 += torch._int_mm(_pad_rows_for_int_mm(zc), ones[: b - a])[:rows, 0]
+            for r in range(0, rows, 32):
+                g = zc[r : r + 32]
+                if g.shape[0] < 8:  # _int_mm's smallest row count; zero rows add nothing
+                    g = torch.cat([g, g.new_zeros((8 - g.shape[0], g.shape[1]))])
+                diag[r : r + 32] = torch._int_mm(g, g.t()).diagonal()[: min(32, rows - r)]
+            s2 += diag
+        s1n, s2n = s1.numpy(), s2.numpy()
+        var = self.d * s2n - s1n * s1n  # = d² · population variance, exact
+        return zt, s1n, var, var.astype(np.float64)
 
     def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
         if self.cuda:
@@ -836,15 +875,8 @@ class _IntScreen:
         z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True)
         valid = var[:n] > 0
         prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
-        if self.cuda:
-            assert self.copy_stream is not None
-            with torch.cuda.stream(self.copy_stream):
-                prep.raw_dev = z.pin_memory().to(self.device, non_blocking=True)
-                prep.copied = torch.cuda.Event()
-                prep.copied.record(self.copy_stream)
-        else:
-            prep.raw_dev = z
-        prep.int_stats = (torch.from_numpy(s1).to(self.device), torch.from_numpy(sq).to(self.device))
+        prep.raw_dev = z
+        prep.int_stats = (torch.from_numpy(s1[:n]), torch.from_numpy(sq[:n]))
         return prep
 
     def _prepare_on_device(self, start: int, raw: np.ndarray) -> _Prepared:
@@ -859,18 +891,16 @@ class _IntScreen:
             z, s1, var = int8_block(host.to(self.device, non_blocking=True), self.dp, _pad_to(n, 8))
             ev = torch.cuda.Event()
             ev.record(self.copy_stream)
-        ev.synchronize()  # the validity mask is needed on the host (a vector of n booleans)
-        valid = (var[:n] > 0).cpu().numpy()
-        varf = var.to(torch.float64)
-        prep = _Prepared(
-            start, raw, s1[:n].double().cpu().numpy(), varf[:n].sqrt().cpu().numpy(), valid, None
-        )
+        ev.synchronize()  # the block's statistics are needed on the host (vectors of n values)
+        s1_h, var_h = s1[:n].cpu().numpy(), var[:n].cpu().numpy()
+        varf = var_h.astype(np.float64)
+        prep = _Prepared(start, raw, s1_h.astype(np.float64), np.sqrt(varf), var_h > 0, None)
         prep.raw_dev, prep.copied = z, ev
-        prep.int_stats = (s1, varf)
+        prep.int_stats = (s1[:n], var[:n].to(torch.float64))
         return prep
 
     def screen(self, prep: _Prepared) -> _Screened:
-        assert prep.raw_dev is not None
+        assert prep.raw_dev is not None and prep.int_stats is not None
         if self.cuda:
             assert prep.copied is not None
             torch.cuda.current_stream().wait_event(prep.copied)
@@ -881,20 +911,57 @@ class _IntScreen:
         for (a, b), zq in zip(self.bounds, self.zq_chunks, strict=True):
             ztc = zt if len(self.bounds) == 1 else zt[:, a:b].contiguous()  # mat2 column-major for cuBLASLt
             part = torch._int_mm(zq, ztc.t())
-            acc = part.to(self.acc_dtype) if acc is None else acc.add_(part)
+            acc = part if len(self.bounds) == 1 else (part.long() if acc is None else acc.add_(part))
         assert acc is not None
         n = len(prep.valid)
-        t_s1, t_sq = prep.int_stats
-        # every term is an integer below 2^53 in magnitude (d ≤ 2^19: |d Σx'y'|, |Σx'Σy'| ≤ 2^14 d²), so
-        # float64 holds them exactly and the result equals the int64 computation bit for bit
-        q_s1, t_s1 = self.q_s1[: self.nq].to(self.acc_dtype), t_s1[:n].to(self.acc_dtype)
-        if self.acc_dtype == torch.float64:  # one fused pass: d·acc - Σx'⊗Σy', exact (integers < 2^53)
-            num = torch.addr(acc[: self.nq, :n], q_s1, t_s1, beta=self.d, alpha=-1)
+        acc = acc[: self.nq, :n]
+        t_s1, _ = prep.int_stats
+        # the float32 ranking G (module doc): exact ints scaled per column, minus a rank-one term
+        root = np.where(prep.valid, prep.norm, 1.0)  # √V_t (prep.norm holds √V_t on this path)
+        p = torch.from_numpy((self.d / root).astype(np.float32)).to(self.device)
+        q = torch.from_numpy((prep.mean / root).astype(np.float32)).to(self.device)
+        g = acc.to(torch.float32).mul_(p[None, :])  # (one fused int32→float32 multiply is 4× slower)
+        g.addr_(self.q_s1_f32, q, alpha=-1.0)
+        _mask_excluded(g, prep, self.groups)
+        return _Screened(prep, g, None, acc)  # the block's k-th values only if needed (finish)
+
+    def epsilon(self, prep: _Prepared) -> np.ndarray:
+        """Per-query bound on ``|G - exact·√V_q|`` for this block, in the units of G.
+
+        Each factor of G is rounded to float32 (u = 2^-24) at most once before the product and once after
+        (p, q: float64 → float32; the integer sums: exact below 2^24, else one rounding; the products, the
+        subtraction: one each), so ``|G - h| <= 8u (|Σx'y'| d/√V_t + |Σx'_q| |Σx'_t|/√V_t)`` with
+        ``h = (d Σx'y' - Σx'_q Σx'_t)/√V_t`` exactly (the rounding-error model, Higham 2002, §2.2, with
+        ``γ_5 + u(1 + γ_5) < 8u``). Cauchy–Schwarz, ``|Σx'y'| <= √(Σx'²_q Σx'²_t)``, and
+        ``d Σx'² = V + (Σx')²`` turn the first term into ``√V_q α_q α_t`` and the second into
+        ``√V_q β_q β_t`` with ``β = |Σx'|/√V`` and ``α = √(1 + β²) >= β``, so
+        ``|G - h| <= 16u √V_q α_q max_t α_t`` over the block's valid items. For ordinary images α is 1–5;
+        a near-constant item with a large mean raises α and with it only the number of candidates.
+        ``+ 2^-40 √V_q`` covers the float64 roundings of the exact values and of ``v_k √V_q`` (< 2^-50).
+        """
+        if not prep.valid.any():
+            return np.full(self.nq, np.inf)
+        beta_t = np.abs(prep.mean[prep.valid]) / prep.norm[prep.valid]
+        alpha_t = float(np.sqrt(1.0 + beta_t**2).max())
+        return self.q_root * (16.0 * _U32 * self.q_alpha * alpha_t + 2.0**-40)
+
+    def exact(self, sc: _Screened, qi: torch.Tensor, ti: torch.Tensor) -> np.ndarray:
+        """Exact float64 correlations of the pairs ``(qi, ti)`` of a screened block.
+
+        From its integer products: ``(d Σx'y' - Σx'_q Σx'_t) / √(V_q V_t)``, the numerator exact
+        (integers < 2^53 for d ≤ 2^19, int64 beyond), then one rounding each in the product of the
+        variances, the root and the division, in the same order for every pair: bitwise reproducible
+        across block sizes, devices and thread counts."""
+        assert sc.acc is not None and sc.prep.int_stats is not None
+        t_s1, t_var = sc.prep.int_stats
+        a = sc.acc[qi, ti]
+        qs, ts = self.q_s1[qi], t_s1.to(self.device)[ti]
+        if self.exact_in_f64:
+            num = a.double().mul_(self.d).sub_(qs.double() * ts.double())
         else:
-            num = acc[: self.nq, :n].mul_(self.d).sub_(q_s1[:, None] * t_s1[None, :]).to(torch.float64)
-        # sqrt(fl(v_q v_t)) rather than sqrt(v_q) sqrt(v_t): an item against itself gives exactly 1
-        scores = num.div_(torch.outer(self.q_sqrt[: self.nq], t_sq[:n]).sqrt_())
-        return _Screened(prep, scores, _mask_and_kth(scores, prep, self.k, self.groups))
+            num = a.long().mul_(self.d).sub_(qs * ts).double()
+        den = (self.q_var[qi] * t_var.to(self.device)[ti]).sqrt_()
+        return num.div_(den).cpu().numpy()
 
 
 def _fill_normalised(
@@ -1033,6 +1100,33 @@ def search_topk(
         nonlocal best_v, best_i, n_cand, n_fallback
         prep = sc.prep
         v_k = best_v[:, -1]
+        if isinstance(screen, _IntScreen):  # a float32 ranking of exact integer products: exact candidates
+            eps_q = screen.epsilon(prep)
+            root = screen.q_root
+            # The line max(v_k - ε, s_k - 2ε) is proven with either term alone (_thresholds); s_k only
+            # prunes rows that have no running k-th value yet, so the top-k pass runs for those rows only.
+            s_k = np.full(nq, -np.inf)
+            fresh = np.flatnonzero(q_valid & ~np.isfinite(v_k))
+            if len(fresh):
+                rows = torch.from_numpy(fresh).to(screen.device)
+                s_k[fresh] = _kth(sc.scores[rows], screen.k).double().cpu().numpy()
+            thr = _thresholds(v_k * root, s_k, eps_q, q_valid, floor=-2.0 * root - 2.0 * eps_q)
+            mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(screen.device)[:, None]
+            if mask.is_cuda:
+                pairs_t = torch.nonzero(mask)
+            else:  # NumPy's flat nonzero is ~5× faster than torch's (and NumPy's 2-D) nonzero on the CPU
+                flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+                pairs_t = torch.stack([flat // mask.shape[1], flat % mask.shape[1]], dim=1)
+            del mask
+            vals = screen.exact(sc, pairs_t[:, 0], pairs_t[:, 1])
+            pairs = pairs_t.cpu().numpy()
+            del sc.scores, sc.acc
+            n_cand += len(pairs)
+            best_v, best_i = _merge(
+                best_v, best_i, pairs[:, 0].astype(np.intp), pairs[:, 1].astype(np.int64) + prep.start, vals
+            )
+            return
+        assert sc.s_k is not None
         s_k = sc.s_k.double().cpu().numpy()
         thr = _thresholds(v_k, s_k, eps, q_valid)
         if sc.scores.dtype == torch.float32:
@@ -1040,15 +1134,6 @@ def search_topk(
         else:
             thr_t = torch.from_numpy(thr).to(screen.device)
         mask = sc.scores >= thr_t[:, None]
-        if screen.exact_scores:  # exact values: the block's top-k and exact ties, nothing to re-rank
-            pairs_t = torch.nonzero(mask)
-            vals = sc.scores[pairs_t[:, 0], pairs_t[:, 1]].cpu().numpy()
-            pairs = pairs_t.cpu().numpy()
-            del mask, sc.scores
-            ti = pairs[:, 1].astype(np.int64)
-            n_cand += len(ti)
-            best_v, best_i = _merge(best_v, best_i, pairs[:, 0].astype(np.intp), ti + prep.start, vals)
-            return
         counts = mask.sum(dim=1)
         over = counts > candidate_cap
         n_over = int(over.sum())
@@ -1078,19 +1163,22 @@ def search_topk(
     pending: _Screened | None = None
     done_after: int = 0
     it = sub_blocks()
-    nxt = next(it, None)
-    prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
-    while prepared is not None:
-        cur_done = nxt[2] if nxt is not None else 0
-        screened = screen.screen(prepared)
+    cur = next(it, None)
+    prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
+    while prepared is not None and cur is not None:
+        # Taking the next sub-block first starts the stream's read-ahead of the block after it now, so
+        # that the read overlaps this product (long, on all cores) rather than the next block's
+        # statistics (many short products, which stall when a reader thread holds a core).
         nxt = next(it, None)
-        # the next block's statistics (and on CUDA its copy) overlap this block's product
+        screened = screen.screen(prepared)
+        # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
         prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
         if pending is not None:
             finish(pending)
             if progress is not None and done_after:
                 progress(done_after)
-        pending, done_after = screened, cur_done
+        pending, done_after = screened, cur[2]
+        cur = nxt
     if pending is not None:
         finish(pending)
         if progress is not None and done_after:
