@@ -809,7 +809,8 @@ class _IntScreen:
         self.dp = _pad_to(self.d, 8)
         self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
-        self._buffer: np.ndarray | None = None
+        self._buffers: list[np.ndarray | None] = [None, None]
+        self._slot = 0
         self.exact_in_f64 = self.d <= 2**19
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
         self.zq = zq.to(self.device)
@@ -825,48 +826,41 @@ class _IntScreen:
     def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
         """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64).
 
-        ``reuse``: write into one buffer kept across blocks (on the CPU a block's int8 copy is dead once it
-        is screened); fresh 100s-of-MB arrays cost more in page faults than the conversion itself.
+        NumPy only (no torch thread pool), so that on the CPU it runs in a background thread while the
+        previous block's product holds the cores (:func:`search_topk`).
+
+        ``reuse``: write into one of two buffers kept across blocks, alternately (one block is being
+        screened while the next is prepared; a block's int8 copy is dead once it is screened); fresh
+        100s-of-MB arrays cost more in page faults than the conversion itself.
         """
         if raw.dtype != np.uint8:
             raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
         n = raw.shape[0]
         rows = n if pad_rows is None else max(n, pad_rows)
         if reuse:
-            if self._buffer is None or self._buffer.shape[0] < rows:
-                self._buffer = np.empty((rows, self.dp), dtype=np.int8)
-            z = self._buffer[:rows]
+            slot = self._slot
+            self._slot = 1 - slot
+            buf = self._buffers[slot]
+            if buf is None or buf.shape[0] < rows:
+                buf = self._buffers[slot] = np.empty((rows, self.dp), dtype=np.int8)
+            z = buf[:rows]
             z[n:] = 0
             z[:n, self.d :] = 0
         else:
             z = np.zeros((rows, self.dp), dtype=np.int8)
-        step = max(1, -(-n // (os.cpu_count() or 1)))
-
-        def shift(r0: int) -> None:  # x - 128, exactly; NumPy releases the GIL, so rows split over cores
-            r1 = min(n, r0 + step)
-            np.bitwise_xor(raw[r0:r1], np.uint8(128), out=z[r0:r1, : self.d].view(np.uint8))
-
-        list(_executor().map(shift, range(0, n, step)))
-        zt = torch.from_numpy(z)
-        s1 = torch.zeros(rows, dtype=torch.int64)
-        s2 = torch.zeros(rows, dtype=torch.int64)
-        # Σx' and Σx'² on the int8 matrix unit, exactly (int32 per chunk < 2^31, chunk sums in int64):
-        # Σx' = Z·1 in one product; Σx'² = diag(Z Zᵀ) over groups of 32 rows (32× the rows' length in
-        # products: ~2% of the search's own product for 2,000 queries, and few calls).
-        ones = torch.ones((INT8_CHUNK, 8), dtype=torch.int8)
-        diag = torch.empty(rows, dtype=torch.int32)
-        for a, b in self.bounds:
-            zc = zt[:, a:b] if len(self.bounds) == 1 else zt[:, a:b].contiguous()
-            s1 += torch._int_mm(_pad_rows_for_int_mm(zc), ones[: b - a])[:rows, 0]
-            for r in range(0, rows, 32):
-                g = zc[r : r + 32]
-                if g.shape[0] < 8:  # _int_mm's smallest row count; zero rows add nothing
-                    g = torch.cat([g, g.new_zeros((8 - g.shape[0], g.shape[1]))])
-                diag[r : r + 32] = torch._int_mm(g, g.t()).diagonal()[: min(32, rows - r)]
-            s2 += diag
-        s1n, s2n = s1.numpy(), s2.numpy()
-        var = self.d * s2n - s1n * s1n  # = d² · population variance, exact
-        return zt, s1n, var, var.astype(np.float64)
+        np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
+        # Σx' and Σx'² exactly: |Σx'| <= 2^7 d and Σx'² <= 2^14 d decide the accumulator; x'² <= 2^14
+        # fits int16, so the squares are formed 256 rows at a time in a small int16 buffer.
+        s1 = z.sum(axis=1, dtype=np.int32 if self.d < 2**23 else np.int64).astype(np.int64)
+        s2 = np.empty(rows, dtype=np.int64)
+        acc2 = np.int32 if self.d < 2**17 else np.int64
+        sq = np.empty((min(rows, 256), self.dp), dtype=np.int16)
+        for r in range(0, rows, 256):
+            zz = z[r : r + 256]
+            np.multiply(zz, zz, out=sq[: len(zz)], dtype=np.int16)
+            s2[r : r + 256] = sq[: len(zz)].sum(axis=1, dtype=acc2)
+        var = self.d * s2 - s1 * s1  # = d² · population variance, exact
+        return torch.from_numpy(z), s1, var, var.astype(np.float64)
 
     def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
         if self.cuda:
@@ -1163,22 +1157,43 @@ def search_topk(
     pending: _Screened | None = None
     done_after: int = 0
     it = sub_blocks()
-    cur = next(it, None)
-    prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
-    while prepared is not None and cur is not None:
-        # Taking the next sub-block first starts the stream's read-ahead of the block after it now, so
-        # that the read overlaps this product (long, on all cores) rather than the next block's
-        # statistics (many short products, which stall when a reader thread holds a core).
-        nxt = next(it, None)
-        screened = screen.screen(prepared)
-        # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
-        prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
-        if pending is not None:
-            finish(pending)
-            if progress is not None and done_after:
-                progress(done_after)
-        pending, done_after = screened, cur[2]
-        cur = nxt
+    if isinstance(screen, _IntScreen) and not screen.cuda:
+        # CPU, integer path: the next sub-block is read, shifted to int8 and summed (NumPy, no torch
+        # thread pool) in a background thread while this one's product holds the cores; the product is
+        # long and its rate did not drop with a reader thread beside it (docs/benchmarks.md), whereas
+        # short preparation steps between products left the cores idle.
+        def take() -> tuple[tuple[int, np.ndarray, int], _Prepared] | None:
+            nxt = next(it, None)
+            return None if nxt is None else (nxt, screen.prepare(nxt[0], nxt[1]))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-prepare") as pool:
+            ahead = pool.submit(take)
+            while (item := ahead.result()) is not None:
+                cur, prepared = item
+                # the next block goes into the other int8 buffer: the one whose product ended last round
+                ahead = pool.submit(take)
+                screened = screen.screen(prepared)
+                if pending is not None:
+                    finish(pending)
+                    if progress is not None and done_after:
+                        progress(done_after)
+                pending, done_after = screened, cur[2]
+    else:
+        cur = next(it, None)
+        prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
+        while prepared is not None and cur is not None:
+            # Taking the next sub-block first starts the stream's read-ahead of the block after it now,
+            # so that the read overlaps this product rather than the next block's preparation.
+            nxt = next(it, None)
+            screened = screen.screen(prepared)
+            # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
+            prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
+            if pending is not None:
+                finish(pending)
+                if progress is not None and done_after:
+                    progress(done_after)
+            pending, done_after = screened, cur[2]
+            cur = nxt
     if pending is not None:
         finish(pending)
         if progress is not None and done_after:
