@@ -494,6 +494,22 @@ def test_int8_adversarial_items_exact(block: int) -> None:
     assert_same(res, search_topk(q, blocks_of(t, 40), 4, precision="int8"))
 
 
+@pytest.mark.parametrize("block", [3, 17, 80])
+def test_int8_background_preparation_changes_nothing(near_ties, monkeypatch, block: int) -> None:
+    """Large blocks are prepared in a background thread (two alternating int8 buffers): same results."""
+    q, t = near_ties
+    monkeypatch.setattr(engine, "_BACKGROUND_MIN_ROWS", 10**9)
+    sequential = search_topk(q, blocks_of(t, block), 5, precision="int8")
+    monkeypatch.setattr(engine, "_BACKGROUND_MIN_ROWS", 1)
+    done: list[int] = []
+    background = search_topk(q, blocks_of(t, block), 5, precision="int8", progress=done.append)
+    assert_same(background, sequential)
+    assert sum(done) == len(t)
+    check_against_reference(background, q, t, 5)
+    with pytest.raises(InputError, match="contiguous"):  # an error in the background reaches the caller
+        search_topk(q, lambda: iter([(0, t[:10]), (20, t[20:30])]), 5, precision="int8")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")
 def test_cuda_int8_identical_to_cpu(near_ties) -> None:

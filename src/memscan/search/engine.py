@@ -118,6 +118,8 @@ _ROW_ELEMS = 2**26
 # elements per float64 temporary in the exact re-rank / the row statistics
 _EXACT_ELEMS = 2**21
 _STATS_ELEMS = 2**18
+# the CPU integer path prepares the next sub-block in a background thread from this many rows on
+_BACKGROUND_MIN_ROWS = 1024
 # centred float64 queries are cached for the re-rank up to this size
 _QUERY_CACHE_BYTES = 2**30
 
@@ -810,6 +812,7 @@ class _IntScreen:
         self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
         self._buffers: list[np.ndarray | None] = [None, None]
+        self._squares: np.ndarray | None = None
         self._slot = 0
         self.exact_in_f64 = self.d <= 2**19
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
@@ -823,23 +826,26 @@ class _IntScreen:
         self.q_root = root  # √V_q: converts correlations to the units of G and back
         self.q_alpha = np.sqrt(1.0 + s1[: self.nq].astype(np.float64) ** 2 / root**2)
 
-    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
+    def _to_int8(
+        self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False, numpy_only: bool = False
+    ):
         """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64).
 
-        NumPy only (no torch thread pool), so that on the CPU it runs in a background thread while the
-        previous block's product holds the cores (:func:`search_topk`).
+        ``numpy_only``: the sums without torch's thread pool, for the background thread that prepares the
+        next block while this block's product holds the cores (:func:`search_topk`).
 
-        ``reuse``: write into one of two buffers kept across blocks, alternately (one block is being
-        screened while the next is prepared; a block's int8 copy is dead once it is screened); fresh
-        100s-of-MB arrays cost more in page faults than the conversion itself.
+        ``reuse``: write into a buffer kept across blocks (a block's int8 copy is dead once it is
+        screened; with ``numpy_only`` two buffers alternate, as the next block is prepared while this one
+        is screened); fresh 100s-of-MB arrays cost more in page faults than the conversion itself.
         """
         if raw.dtype != np.uint8:
             raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
         n = raw.shape[0]
         rows = n if pad_rows is None else max(n, pad_rows)
         if reuse:
-            slot = self._slot
-            self._slot = 1 - slot
+            slot = self._slot  # two alternating buffers when the next block is prepared during a product
+            if numpy_only:
+                self._slot = 1 - slot
             buf = self._buffers[slot]
             if buf is None or buf.shape[0] < rows:
                 buf = self._buffers[slot] = np.empty((rows, self.dp), dtype=np.int8)
@@ -849,24 +855,51 @@ class _IntScreen:
         else:
             z = np.zeros((rows, self.dp), dtype=np.int8)
         np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
-        # Σx' and Σx'² exactly: |Σx'| <= 2^7 d and Σx'² <= 2^14 d decide the accumulator; x'² <= 2^14
-        # fits int16, so the squares are formed 256 rows at a time in a small int16 buffer.
+        zt = torch.from_numpy(z)
+        s1, s2 = self._sums_numpy(z, rows) if numpy_only else self._sums_int_mm(zt, rows)
+        var = self.d * s2 - s1 * s1  # = d² · population variance, exact
+        return zt, s1, var, var.astype(np.float64)
+
+    def _sums_int_mm(self, zt: torch.Tensor, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Σx' and Σx'² exactly on the int8 matrix unit (int32 per chunk < 2^31, chunk sums in int64):
+        Σx' = Z·1 in one product; Σx'² = diag(Z Zᵀ) over groups of 32 rows (32× the rows' length in
+        products: ~2% of the search's own product for 2,000 queries, in few calls)."""
+        s1 = torch.zeros(rows, dtype=torch.int64)
+        s2 = torch.zeros(rows, dtype=torch.int64)
+        ones = torch.ones((INT8_CHUNK, 8), dtype=torch.int8)
+        diag = torch.empty(rows, dtype=torch.int32)
+        for a, b in self.bounds:
+            zc = zt[:, a:b] if len(self.bounds) == 1 else zt[:, a:b].contiguous()
+            s1 += torch._int_mm(_pad_rows_for_int_mm(zc), ones[: b - a])[:rows, 0]
+            for r in range(0, rows, 32):
+                g = zc[r : r + 32]
+                if g.shape[0] < 8:  # _int_mm's smallest row count; zero rows add nothing
+                    g = torch.cat([g, g.new_zeros((8 - g.shape[0], g.shape[1]))])
+                diag[r : r + 32] = torch._int_mm(g, g.t()).diagonal()[: min(32, rows - r)]
+            s2 += diag
+        return s1.numpy(), s2.numpy()
+
+    def _sums_numpy(self, z: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Σx' and Σx'² exactly with NumPy alone (no torch thread pool: for the background thread).
+        |Σx'| <= 2^7 d and Σx'² <= 2^14 d decide the accumulators; x'² <= 2^14 fits int16, so the squares
+        are formed 256 rows at a time in a kept int16 buffer."""
         s1 = z.sum(axis=1, dtype=np.int32 if self.d < 2**23 else np.int64).astype(np.int64)
         s2 = np.empty(rows, dtype=np.int64)
         acc2 = np.int32 if self.d < 2**17 else np.int64
-        sq = np.empty((min(rows, 256), self.dp), dtype=np.int16)
+        if self._squares is None or self._squares.shape[0] < min(rows, 256):
+            self._squares = np.empty((min(rows, 256), self.dp), dtype=np.int16)
+        sq = self._squares
         for r in range(0, rows, 256):
             zz = z[r : r + 256]
             np.multiply(zz, zz, out=sq[: len(zz)], dtype=np.int16)
             s2[r : r + 256] = sq[: len(zz)].sum(axis=1, dtype=acc2)
-        var = self.d * s2 - s1 * s1  # = d² · population variance, exact
-        return torch.from_numpy(z), s1, var, var.astype(np.float64)
+        return s1, s2
 
-    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
+    def prepare(self, start: int, raw: np.ndarray, background: bool = False) -> _Prepared:
         if self.cuda:
             return self._prepare_on_device(start, raw)
         n = raw.shape[0]
-        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True)
+        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True, numpy_only=background)
         valid = var[:n] > 0
         prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
         prep.raw_dev = z
@@ -1157,18 +1190,28 @@ def search_topk(
     pending: _Screened | None = None
     done_after: int = 0
     it = sub_blocks()
-    if isinstance(screen, _IntScreen) and not screen.cuda:
-        # CPU, integer path: the next sub-block is read, shifted to int8 and summed (NumPy, no torch
-        # thread pool) in a background thread while this one's product holds the cores; the product is
-        # long and its rate did not drop with a reader thread beside it (docs/benchmarks.md), whereas
-        # short preparation steps between products left the cores idle.
+    cur = next(it, None)
+    if (
+        cur is not None
+        and isinstance(screen, _IntScreen)
+        and not screen.cuda
+        and len(cur[1]) >= _BACKGROUND_MIN_ROWS
+    ):
+        # CPU, integer path, long products: the next sub-block is read, shifted to int8 and summed
+        # (NumPy, no torch thread pool) in a background thread while this one's product holds the cores.
+        # The product is long and its rate did not drop with a reader thread beside it, whereas short
+        # preparation steps between products left the cores idle. (With small blocks — a small
+        # --memory-budget — the overlap gains little and a second thread's allocator arena costs tens
+        # of MiB, so those stay sequential.)
+        first = (cur, screen.prepare(cur[0], cur[1], background=True))
+
         def take() -> tuple[tuple[int, np.ndarray, int], _Prepared] | None:
             nxt = next(it, None)
-            return None if nxt is None else (nxt, screen.prepare(nxt[0], nxt[1]))
+            return None if nxt is None else (nxt, screen.prepare(nxt[0], nxt[1], background=True))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-prepare") as pool:
-            ahead = pool.submit(take)
-            while (item := ahead.result()) is not None:
+            item: tuple[tuple[int, np.ndarray, int], _Prepared] | None = first
+            while item is not None:
                 cur, prepared = item
                 # the next block goes into the other int8 buffer: the one whose product ended last round
                 ahead = pool.submit(take)
@@ -1178,8 +1221,8 @@ def search_topk(
                     if progress is not None and done_after:
                         progress(done_after)
                 pending, done_after = screened, cur[2]
+                item = ahead.result()
     else:
-        cur = next(it, None)
         prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
         while prepared is not None and cur is not None:
             # Taking the next sub-block first starts the stream's read-ahead of the block after it now,
