@@ -557,3 +557,8 @@ def test_device_int8_block_matches_the_host_statistics() -> None:
     np.testing.assert_array_equal(s1_dev.numpy(), s1_host)
     np.testing.assert_array_equal(var_dev.numpy(), var_host)
     assert var_dev[5] == 0
+    # the background thread's NumPy sums equal the matrix unit's
+    z_np, s1_np, var_np, _ = sc._to_int8(raw, pad_rows=16, numpy_only=True)
+    np.testing.assert_array_equal(z_np.numpy(), z_host.numpy())
+    np.testing.assert_array_equal(s1_np, s1_host)
+    np.testing.assert_array_equal(var_np, var_host)
