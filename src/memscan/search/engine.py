@@ -118,8 +118,6 @@ _ROW_ELEMS = 2**26
 # elements per float64 temporary in the exact re-rank / the row statistics
 _EXACT_ELEMS = 2**21
 _STATS_ELEMS = 2**18
-# the CPU integer path prepares the next sub-block in a background thread from this many rows on
-_BACKGROUND_MIN_ROWS = 1024
 # centred float64 queries are cached for the re-rank up to this size
 _QUERY_CACHE_BYTES = 2**30
 
@@ -811,9 +809,7 @@ class _IntScreen:
         self.dp = _pad_to(self.d, 8)
         self.bounds = [(a, min(self.dp, a + INT8_CHUNK)) for a in range(0, self.dp, INT8_CHUNK)]
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
-        self._buffers: list[np.ndarray | None] = [None, None]
-        self._squares: np.ndarray | None = None
-        self._slot = 0
+        self._buffer: np.ndarray | None = None
         self.exact_in_f64 = self.d <= 2**19
         zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
         self.zq = zq.to(self.device)
@@ -826,16 +822,10 @@ class _IntScreen:
         self.q_root = root  # √V_q: converts correlations to the units of G and back
         self.q_alpha = np.sqrt(1.0 + s1[: self.nq].astype(np.float64) ** 2 / root**2)
 
-    def _to_int8(
-        self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False, numpy_only: bool = False
-    ):
+    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
         """uint8 ``[n, d]`` → (int8 ``[n_pad, dp]`` of x - 128, Σx', d²·variance (int64), it in float64).
 
-        ``numpy_only``: the sums without torch's thread pool, for the background thread that prepares the
-        next block while this block's product holds the cores (:func:`search_topk`).
-
-        ``reuse``: write into a buffer kept across blocks (a block's int8 copy is dead once it is
-        screened; with ``numpy_only`` two buffers alternate, as the next block is prepared while this one
+        ``reuse``: write into one buffer kept across blocks (on the CPU a block's int8 copy is dead once it
         is screened); fresh 100s-of-MB arrays cost more in page faults than the conversion itself.
         """
         if raw.dtype != np.uint8:
@@ -843,20 +833,16 @@ class _IntScreen:
         n = raw.shape[0]
         rows = n if pad_rows is None else max(n, pad_rows)
         if reuse:
-            slot = self._slot  # two alternating buffers when the next block is prepared during a product
-            if numpy_only:
-                self._slot = 1 - slot
-            buf = self._buffers[slot]
-            if buf is None or buf.shape[0] < rows:
-                buf = self._buffers[slot] = np.empty((rows, self.dp), dtype=np.int8)
-            z = buf[:rows]
+            if self._buffer is None or self._buffer.shape[0] < rows:
+                self._buffer = np.empty((rows, self.dp), dtype=np.int8)
+            z = self._buffer[:rows]
             z[n:] = 0
             z[:n, self.d :] = 0
         else:
             z = np.zeros((rows, self.dp), dtype=np.int8)
         np.bitwise_xor(raw, np.uint8(128), out=z[:n, : self.d].view(np.uint8))  # x - 128, exactly
         zt = torch.from_numpy(z)
-        s1, s2 = self._sums_numpy(z, rows) if numpy_only else self._sums_int_mm(zt, rows)
+        s1, s2 = self._sums_int_mm(zt, rows)
         var = self.d * s2 - s1 * s1  # = d² · population variance, exact
         return zt, s1, var, var.astype(np.float64)
 
@@ -879,27 +865,11 @@ class _IntScreen:
             s2 += diag
         return s1.numpy(), s2.numpy()
 
-    def _sums_numpy(self, z: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Σx' and Σx'² exactly with NumPy alone (no torch thread pool: for the background thread).
-        |Σx'| <= 2^7 d and Σx'² <= 2^14 d decide the accumulators; x'² <= 2^14 fits int16, so the squares
-        are formed 256 rows at a time in a kept int16 buffer."""
-        s1 = z.sum(axis=1, dtype=np.int32 if self.d < 2**23 else np.int64).astype(np.int64)
-        s2 = np.empty(rows, dtype=np.int64)
-        acc2 = np.int32 if self.d < 2**17 else np.int64
-        if self._squares is None or self._squares.shape[0] < min(rows, 256):
-            self._squares = np.empty((min(rows, 256), self.dp), dtype=np.int16)
-        sq = self._squares
-        for r in range(0, rows, 256):
-            zz = z[r : r + 256]
-            np.multiply(zz, zz, out=sq[: len(zz)], dtype=np.int16)
-            s2[r : r + 256] = sq[: len(zz)].sum(axis=1, dtype=acc2)
-        return s1, s2
-
-    def prepare(self, start: int, raw: np.ndarray, background: bool = False) -> _Prepared:
+    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
         if self.cuda:
             return self._prepare_on_device(start, raw)
         n = raw.shape[0]
-        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True, numpy_only=background)
+        z, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True)
         valid = var[:n] > 0
         prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
         prep.raw_dev = z
@@ -1191,52 +1161,23 @@ def search_topk(
     done_after: int = 0
     it = sub_blocks()
     cur = next(it, None)
-    if (
-        cur is not None
-        and isinstance(screen, _IntScreen)
-        and not screen.cuda
-        and len(cur[1]) >= _BACKGROUND_MIN_ROWS
-    ):
-        # CPU, integer path, long products: the next sub-block is read, shifted to int8 and summed
-        # (NumPy, no torch thread pool) in a background thread while this one's product holds the cores.
-        # The product is long and its rate did not drop with a reader thread beside it, whereas short
-        # preparation steps between products left the cores idle. (With small blocks — a small
-        # --memory-budget — the overlap gains little and a second thread's allocator arena costs tens
-        # of MiB, so those stay sequential.)
-        first = (cur, screen.prepare(cur[0], cur[1], background=True))
-
-        def take() -> tuple[tuple[int, np.ndarray, int], _Prepared] | None:
-            nxt = next(it, None)
-            return None if nxt is None else (nxt, screen.prepare(nxt[0], nxt[1], background=True))
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-prepare") as pool:
-            item: tuple[tuple[int, np.ndarray, int], _Prepared] | None = first
-            while item is not None:
-                cur, prepared = item
-                # the next block goes into the other int8 buffer: the one whose product ended last round
-                ahead = pool.submit(take)
-                screened = screen.screen(prepared)
-                if pending is not None:
-                    finish(pending)
-                    if progress is not None and done_after:
-                        progress(done_after)
-                pending, done_after = screened, cur[2]
-                item = ahead.result()
-    else:
-        prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
-        while prepared is not None and cur is not None:
-            # Taking the next sub-block first starts the stream's read-ahead of the block after it now,
-            # so that the read overlaps this product rather than the next block's preparation.
-            nxt = next(it, None)
-            screened = screen.screen(prepared)
-            # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
-            prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
-            if pending is not None:
-                finish(pending)
-                if progress is not None and done_after:
-                    progress(done_after)
-            pending, done_after = screened, cur[2]
-            cur = nxt
+    prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
+    while prepared is not None and cur is not None:
+        # Taking the next sub-block first starts the stream's read-ahead of the block after it now, so
+        # that the read overlaps this product (long, on all cores) rather than the next block's
+        # statistics (short products, which stall when a reader thread holds a core). Preparing the next
+        # block in a background thread during the product was measured too: no faster on 2 cores
+        # (2.51 vs 2.38 s, five alternating runs), so it stays sequential.
+        nxt = next(it, None)
+        screened = screen.screen(prepared)
+        # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
+        prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
+        if pending is not None:
+            finish(pending)
+            if progress is not None and done_after:
+                progress(done_after)
+        pending, done_after = screened, cur[2]
+        cur = nxt
     if pending is not None:
         finish(pending)
         if progress is not None and done_after:
