@@ -127,6 +127,9 @@ def scan(
     shift_candidates: Annotated[
         int, typer.Option(help="With --max-shift: best unshifted matches per item re-ranked under shifts.")
     ] = 20,
+    resize: Annotated[
+        bool, typer.Option("--resize", help="Resample SYNTHETIC/HOLDOUT to TRAIN's size when they differ.")
+    ] = False,
     mask: Annotated[str, typer.Option(help="none | foreground | FILE (one mask for all items)")] = "none",
     channel: Annotated[str | None, typer.Option(help="Compare this channel only (e.g. flair).")] = None,
     holdout: Annotated[
@@ -177,6 +180,7 @@ def scan(
         precision=precision,
         flips=flips,
         max_shift=max_shift,
+        resize=resize,
         shift_candidates=shift_candidates,
         mask=mask,
         channel=channel,

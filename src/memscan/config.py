@@ -54,6 +54,7 @@ class ScanOptions:
             the plain float64 path, for comparison.
         flips: also compare each synthetic item mirrored left-right.
         max_shift: translation tolerance in pixels, evaluated on the re-rank candidates.
+        resize: resample SYNTHETIC (and HOLDOUT) to TRAIN's spatial size when they differ.
         mask: ``none``, ``foreground`` (derived from the training set) or a path to a mask file.
         channel: compare one channel only (by name), else all channels.
         threshold: fixed correlation threshold used for flags without a held-out set.
@@ -77,6 +78,7 @@ class ScanOptions:
     precision: str = "auto"
     flips: bool = False
     max_shift: int = 0
+    resize: bool = False
     mask: str = "none"
     channel: str | None = None
     threshold: float = 0.95

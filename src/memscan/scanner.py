@@ -106,7 +106,7 @@ def _check_compatible(train: Dataset, synth: Dataset, name: str = "SYNTHETIC") -
     if train.item_shape != synth.item_shape:
         raise InputError(
             f"item shapes differ: TRAIN {train.path} has {list(train.item_shape)}, {name} {synth.path} has "
-            f"{list(synth.item_shape)} (prepare both with the same recipe and --size)"
+            f"{list(synth.item_shape)} (prepare both with the same recipe and --size, or pass --resize)"
         )
 
 
@@ -549,6 +549,13 @@ def _scan(
     for what, ds in (("training", train_ds), ("synthetic", synth_ds), ("held-out", hold_ds)):
         if ds is not None and ds.n_items == 0:
             raise InputError(f"the {what} dataset has no items", ds.path)
+    if opts.resize:
+        from memscan.data.resample import resized_dataset
+
+        if synth_ds.item_shape != train_ds.item_shape:
+            synth_ds = resized_dataset(synth_ds, train_ds, cache / "synthetic-resized")
+        if hold_ds is not None and hold_ds.item_shape != train_ds.item_shape:
+            hold_ds = resized_dataset(hold_ds, train_ds, cache / "holdout-resized")
     _check_compatible(train_ds, synth_ds)
     if hold_ds is not None:
         _check_compatible(train_ds, hold_ds, "HOLDOUT")

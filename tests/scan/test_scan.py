@@ -262,6 +262,41 @@ def test_3d_volumes(tmp_path):
         scan(ds.path, tmp_path / "syn", tmp_path / "run2", ScanOptions(top_k=2, max_shift=1))
 
 
+def test_resize_brings_synthetic_to_the_training_size(data, tmp_path):
+    """Synthetic items made at 96x96 from training slices (48x48) are found again with --resize."""
+    from memscan.data.resample import resize_items
+
+    train = data["train"]
+    picks = [3, 11, 20]
+    big = resize_items(train.take(picks), (96, 96))
+    assert big.dtype == np.uint8 and big.shape[1:] == (5, 96, 96)
+    with DatasetWriter(
+        tmp_path / "big", item_shape=big.shape[1:], dtype="uint8", channels=train.channels, recipe={}
+    ) as w:
+        for i, item in enumerate(big):
+            w.add(item, {"id": f"sample_{i:06d}", "subject": "model"})
+        w.commit()
+    with pytest.raises(InputError, match=r"item shapes differ.*\[5, 48, 48\].*\[5, 96, 96\].*--resize"):
+        scan(train.path, tmp_path / "big", tmp_path / "r0")
+    res = scan(train.path, tmp_path / "big", tmp_path / "run", ScanOptions(top_k=1, resize=True))
+    syn = res.synthetic.set_index("synthetic_id")
+    assert list(syn["nearest_train_id"]) == list(train.ids[picks])
+    assert (syn["max_correlation"] > 0.97).all()
+    resized = Dataset.open(tmp_path / "run" / ".prepared" / "synthetic-resized")
+    assert resized.item_shape == train.item_shape and list(resized.ids) == list(syn.index)
+    assert res.summary["synthetic"] == str(resized.path)  # what was compared, for the report
+    # a second scan reuses the resampled copy
+    before = (resized.path / "dataset.json").stat().st_mtime_ns
+    scan(train.path, tmp_path / "big", tmp_path / "run", ScanOptions(top_k=1, resize=True))
+    assert (resized.path / "dataset.json").stat().st_mtime_ns == before
+    # channels cannot be resized
+    one = DatasetWriter(tmp_path / "one", item_shape=(1, 48, 48), dtype="uint8", channels=("g",), recipe={})
+    one.add(big[0, :1, :48, :48], {"id": "x", "subject": "m"})
+    one.commit()
+    with pytest.raises(InputError, match="not the channels"):
+        scan(train.path, tmp_path / "one", tmp_path / "r1", ScanOptions(resize=True))
+
+
 def test_bad_inputs(data, tmp_path):
     phantoms.write_folder_tree(tmp_path / "png", 1, seed=0, size=16)
     with pytest.raises(InputError, match=r"item shapes differ.*\[5, 48, 48\].*\[1, 16, 16\]"):
