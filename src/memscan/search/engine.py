@@ -912,7 +912,6 @@ class _IntScreen:
         assert acc is not None
         n = len(prep.valid)
         acc = acc[: self.nq, :n]
-        t_s1, _ = prep.int_stats
         # the float32 ranking G (module doc): exact ints scaled per column, minus a rank-one term
         root = np.where(prep.valid, prep.norm, 1.0)  # √V_t (prep.norm holds √V_t on this path)
         p = torch.from_numpy((self.d / root).astype(np.float32)).to(self.device)
@@ -941,6 +940,33 @@ class _IntScreen:
         beta_t = np.abs(prep.mean[prep.valid]) / prep.norm[prep.valid]
         alpha_t = float(np.sqrt(1.0 + beta_t**2).max())
         return self.q_root * (16.0 * _U32 * self.q_alpha * alpha_t + 2.0**-40)
+
+    def candidates(self, sc: _Screened, v_k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The block's pairs that can still enter the top-k, with their exact values: (query, block-local
+        train index, value). ``v_k``: each query's running exact k-th value (``-inf`` while unknown).
+
+        The line ``max(v_k - ε, s_k - 2ε)`` (:func:`_thresholds`, here in the ranking's units) is proven
+        with either term alone; ``s_k`` only prunes rows without a running k-th value yet, so the top-k
+        pass runs for those rows only.
+        """
+        eps = self.epsilon(sc.prep)
+        root = self.q_root
+        s_k = np.full(self.nq, -np.inf)
+        fresh = np.flatnonzero(self.q_valid & ~np.isfinite(v_k))
+        if len(fresh):
+            rows = torch.from_numpy(fresh).to(self.device)
+            s_k[fresh] = _kth(sc.scores[rows], self.k).double().cpu().numpy()
+        thr = _thresholds(v_k * root, s_k, eps, self.q_valid, floor=-2.0 * root - 2.0 * eps)
+        mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(self.device)[:, None]
+        if mask.is_cuda:
+            pairs = torch.nonzero(mask)
+        else:  # NumPy's flat nonzero is ~5× faster than torch's (and NumPy's 2-D) nonzero on the CPU
+            flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+            pairs = torch.stack([flat // mask.shape[1], flat % mask.shape[1]], dim=1)
+        del mask
+        vals = self.exact(sc, pairs[:, 0], pairs[:, 1])
+        pairs_h = pairs.cpu().numpy()
+        return pairs_h[:, 0].astype(np.intp), pairs_h[:, 1].astype(np.int64), vals
 
     def exact(self, sc: _Screened, qi: torch.Tensor, ti: torch.Tensor) -> np.ndarray:
         """Exact float64 correlations of the pairs ``(qi, ti)`` of a screened block.
@@ -1098,30 +1124,9 @@ def search_topk(
         prep = sc.prep
         v_k = best_v[:, -1]
         if isinstance(screen, _IntScreen):  # a float32 ranking of exact integer products: exact candidates
-            eps_q = screen.epsilon(prep)
-            root = screen.q_root
-            # The line max(v_k - ε, s_k - 2ε) is proven with either term alone (_thresholds); s_k only
-            # prunes rows that have no running k-th value yet, so the top-k pass runs for those rows only.
-            s_k = np.full(nq, -np.inf)
-            fresh = np.flatnonzero(q_valid & ~np.isfinite(v_k))
-            if len(fresh):
-                rows = torch.from_numpy(fresh).to(screen.device)
-                s_k[fresh] = _kth(sc.scores[rows], screen.k).double().cpu().numpy()
-            thr = _thresholds(v_k * root, s_k, eps_q, q_valid, floor=-2.0 * root - 2.0 * eps_q)
-            mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(screen.device)[:, None]
-            if mask.is_cuda:
-                pairs_t = torch.nonzero(mask)
-            else:  # NumPy's flat nonzero is ~5× faster than torch's (and NumPy's 2-D) nonzero on the CPU
-                flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
-                pairs_t = torch.stack([flat // mask.shape[1], flat % mask.shape[1]], dim=1)
-            del mask
-            vals = screen.exact(sc, pairs_t[:, 0], pairs_t[:, 1])
-            pairs = pairs_t.cpu().numpy()
-            del sc.scores, sc.acc
-            n_cand += len(pairs)
-            best_v, best_i = _merge(
-                best_v, best_i, pairs[:, 0].astype(np.intp), pairs[:, 1].astype(np.int64) + prep.start, vals
-            )
+            qi, ti, vals = screen.candidates(sc, v_k)
+            n_cand += len(qi)
+            best_v, best_i = _merge(best_v, best_i, qi, ti + prep.start, vals)
             return
         assert sc.s_k is not None
         s_k = sc.s_k.double().cpu().numpy()
