@@ -127,6 +127,37 @@ def test_shift_rerank_prefers_zero_shift_on_ties() -> None:
     assert best[0] == pytest.approx(1.0)
 
 
+def naive_shift_correlations(query: np.ndarray, item: np.ndarray, s: int) -> dict[tuple[int, int], float]:
+    """Every shift's Pearson correlation on the cropped overlap, one crop at a time, in float64."""
+    _, h, w = query.shape
+    out = {}
+    for dy in range(-s, s + 1):
+        for dx in range(-s, s + 1):
+            a = query[:, max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)].astype(np.float64)
+            b = item[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)].astype(np.float64)
+            a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+            out[(dy, dx)] = float(a @ b / np.sqrt((a @ a) * (b @ b)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float64"])
+def test_shift_rerank_matches_a_naive_crop_per_shift(dtype: str) -> None:
+    """Best value and shift equal a naive crop-and-correlate over every shift (3 channels, 4 candidates)."""
+    rng = np.random.default_rng(5)
+    base = rng.random((3, 30, 33))
+    query = base[:, 2:26, 3:30]
+    items = np.stack([base[:, 4:28, 1:28], base[:, 0:24, 5:32], rng.random((3, 24, 27)), base[:, 2:26, 3:30]])
+    if dtype == "uint8":
+        query, items = np.rint(query * 255).astype(np.uint8), np.rint(items * 255).astype(np.uint8)
+    best, shifts = shift_rerank(query, items, max_shift=3)
+    for i in range(len(items)):
+        ref = naive_shift_correlations(query, items[i], 3)
+        top = max(ref.values())
+        assert best[i] == pytest.approx(top, abs=1e-12)
+        assert ref[shifts[i]] == pytest.approx(top, abs=1e-12)
+    assert shifts[0] == (2, -2) and shifts[1] == (-2, 2) and shifts[3] == (0, 0)
+
+
 def test_shift_rerank_validation() -> None:
     with pytest.raises(InputError):
         shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 9)), 1)
