@@ -16,6 +16,7 @@ Shapes: 2D items ``[n, C, H, W]``, 3D items ``[n, C, X, Y, Z]`` (NIfTI order: x 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from memscan.errors import InputError
 from memscan.search.engine import SearchResult
@@ -248,14 +249,23 @@ class ShiftCandidates:
         self.m, self.c, self.h, self.w = train_items.shape
         self.s = int(max_shift)
         self.integer = integer
-        t = train_items.astype(np.float64)
-        if not integer:  # centring (shift-invariant) keeps the float sums well conditioned
-            t -= t.mean(axis=(1, 2, 3), keepdims=True)
-        self.fh = sfft.next_fast_len(self.h + self.s, real=True)
-        self.fw = sfft.next_fast_len(self.w + self.s, real=True)
-        self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
+        # 8-bit items: the cross sums on the int8 matrix unit, exactly, at the (2s+1)² lags needed only
+        self.int8 = integer and train_items.dtype == np.uint8
         if integer:
-            t = t.astype(np.int64)
+            t = train_items.astype(np.int64)
+        else:  # centring (shift-invariant) keeps the float sums well conditioned
+            t = train_items.astype(np.float64)
+            t -= t.mean(axis=(1, 2, 3), keepdims=True)
+        if self.int8:
+            d = self.c * self.h * self.w
+            self.dp = -(-d // 8) * 8
+            t8 = np.zeros((self.m, self.dp), dtype=np.int8)
+            np.bitwise_xor(train_items.reshape(self.m, d), np.uint8(128), out=t8[:, :d].view(np.uint8))
+            self.t8 = torch.from_numpy(t8)
+        else:
+            self.fh = sfft.next_fast_len(self.h + self.s, real=True)
+            self.fw = sfft.next_fast_len(self.w + self.s, real=True)
+            self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
         self.t1, self.t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
         self.lags = list(_shift_order(self.s))
 
@@ -272,44 +282,91 @@ class ShiftCandidates:
         b, c, h, w = queries.shape
         idx = np.arange(self.m) if idx is None else np.asarray(idx)
         m = len(idx)
-        q = queries.astype(np.float64)
-        if not self.integer:
-            q -= q.mean(axis=(1, 2, 3), keepdims=True)
-        fh, fw = self.fh, self.fw
-        fq = sfft.rfft2(q, s=(fh, fw), workers=-1)  # [b, C, fh, fw//2+1]
-        ly = np.array([dy % fh for dy, _ in self.lags])
-        lx = np.array([dx % fw for _, dx in self.lags])
-        cross = np.empty((b, m, len(self.lags)))  # only the (2s+1)² lags are kept
-        for a0 in range(0, m, 16):  # bounded memory: 16 candidates at a time
-            full = sfft.irfft2(
-                np.einsum("mcyx,bcyx->bmyx", self.ft[idx[a0 : a0 + 16]], fq), s=(fh, fw), workers=-1
-            )
-            cross[:, a0 : a0 + 16] = full[:, :, ly, lx]
-        dtype = np.int64 if self.integer else np.float64
         if self.integer:
-            q, cross = q.astype(np.int64), np.rint(cross).astype(np.int64)
+            q = queries.astype(np.int64)
+        else:
+            q = queries.astype(np.float64)
+            q -= q.mean(axis=(1, 2, 3), keepdims=True)
+        int8 = self.int8 and queries.dtype == np.uint8
+        if int8:
+            cross = self._cross_int8(queries, idx)  # Σ x'y' over each overlap, x' = x - 128
+        else:
+            fh, fw = self.fh, self.fw
+            fq = sfft.rfft2(q, s=(fh, fw), workers=-1)  # [b, C, fh, fw//2+1]
+            ly = np.array([dy % fh for dy, _ in self.lags])
+            lx = np.array([dx % fw for _, dx in self.lags])
+            cross = np.empty((b, m, len(self.lags)))  # only the (2s+1)² lags are kept
+            for a0 in range(0, m, 16):  # bounded memory: 16 candidates at a time
+                full = sfft.irfft2(
+                    np.einsum("mcyx,bcyx->bmyx", self.ft[idx[a0 : a0 + 16]], fq), s=(fh, fw), workers=-1
+                )
+                cross[:, a0 : a0 + 16] = full[:, :, ly, lx]
+        dtype = np.int64 if self.integer else np.float64
+        if self.integer and not int8:
+            cross = np.rint(cross).astype(np.int64)
         q1, q2 = _integral(q.sum(axis=1)), _integral((q * q).sum(axis=1))  # [b, H+1, W+1]
         t1, t2 = self.t1[idx], self.t2[idx]
+        # every lag at once: overlap sizes [L], the query's crop sums [b, 1, L], the candidates' [1, m, L]
+        boxes = [_overlap(dy, dx, h, w) for dy, dx in self.lags]
+        qb = tuple(np.array([bx[i][j] for bx in boxes]) for i in (0, 1) for j in (0, 1))
+        tb = tuple(np.array([bx[i][j] for bx in boxes]) for i in (2, 3) for j in (0, 1))
+        n = (c * (qb[1] - qb[0]) * (qb[3] - qb[2])).astype(dtype)
+        sq, sqq = _box_many(q1, qb)[:, None], _box_many(q2, qb)[:, None]
+        st, stt = _box_many(t1, tb)[None], _box_many(t2, tb)[None]
+        # 8-bit: Σqt = Σq't' + 128 (Σq + Σt) - 128² n over the overlap (q = q' + 128, t = t' + 128)
+        qt = cross + 128 * (sq + st) - 16384 * n if int8 else cross
+        num = n * qt - sq * st
+        vq, vt = n * sqq - sq * sq, n * stt - st * st
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals = num.astype(np.float64) / np.sqrt(vq.astype(np.float64) * vt.astype(np.float64))
+        vals[np.broadcast_to((vt <= 0) | (vq <= 0), vals.shape) | ~np.isfinite(vals)] = np.nan
         best = np.full((b, m), -np.inf)
         where = np.zeros((b, m), dtype=np.int64)
         tol = 0.0 if self.integer else _TIE_TOL
-        for j, (dy, dx) in enumerate(self.lags):
-            qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
-            ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
-            n = dtype(c * (qy[1] - qy[0]) * (qx[1] - qx[0]))
-            sq, sqq = _box(q1, qy, qx)[:, None], _box(q2, qy, qx)[:, None]  # [b, 1]
-            st, stt = _box(t1, ty, tx)[None], _box(t2, ty, tx)[None]  # [1, m]
-            num = n * cross[:, :, j] - sq * st
-            vq, vt = n * sqq - sq * sq, n * stt - st * st
-            with np.errstate(invalid="ignore", divide="ignore"):
-                vals = num.astype(np.float64) / np.sqrt(vq.astype(np.float64) * vt.astype(np.float64))
-            vals[np.broadcast_to((vt <= 0) | (vq <= 0), vals.shape) | ~np.isfinite(vals)] = np.nan
+        for j in range(len(self.lags)):
             # a later shift must win by more than the tie tolerance: earlier shifts, (0, 0) first, win ties
-            better = vals > best + tol
-            best[better] = vals[better]
+            better = vals[:, :, j] > best + tol
+            best[better] = vals[:, :, j][better]
             where[better] = j
         best[np.isneginf(best)] = np.nan
         return best, [[self.lags[j] for j in row] for row in where]
+
+    def _cross_int8(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Exact int64 ``[b, m, L]``: ``Σ q'[y, x] t'[y - dy, x - dx]`` over each lag's overlap, x' = x - 128.
+
+        Each query is copied once per lag, moved by (-dy, -dx) with zeros (x' = 0) where it leaves the
+        frame, so a lag's sums are a row of one int8 product with the candidates (int32 per chunk of
+        < 131,072 terms, chunks added in int64): only the (2s+1)² lags needed, where an FFT computes all
+        of them, at a byte per value.
+        """
+        b, c, h, w = queries.shape
+        d, lags = c * h * w, self.lags
+        q8 = np.bitwise_xor(queries, np.uint8(128)).view(np.int8)
+        moved = np.zeros((b * len(lags), self.dp), dtype=np.int8)
+        for k, (dy, dx) in enumerate(lags):
+            (qy0, qy1), (qx0, qx1), (ty0, ty1), (tx0, tx1) = _overlap(dy, dx, h, w)
+            for i in range(b):
+                moved[i * len(lags) + k, :d].reshape(c, h, w)[:, ty0:ty1, tx0:tx1] = q8[
+                    i, :, qy0:qy1, qx0:qx1
+                ]
+        a = torch.from_numpy(moved)
+        t = self.t8[torch.from_numpy(np.asarray(idx, dtype=np.int64))]
+        out = torch.zeros((a.shape[0], t.shape[0]), dtype=torch.int64)
+        for c0 in range(0, self.dp, _INT8_TERMS):
+            c1 = min(self.dp, c0 + _INT8_TERMS)
+            out += torch._int_mm(a[:, c0:c1].contiguous(), t[:, c0:c1].contiguous().t())
+        return out.numpy().reshape(b, len(lags), -1).transpose(0, 2, 1)
+
+
+# int8 products summed in int32 are exact below 2^31 / 2^14 terms (a multiple of 8)
+_INT8_TERMS = 131064
+
+
+def _overlap(dy: int, dx: int, h: int, w: int) -> tuple[tuple[int, int], ...]:
+    """Shift (dy, dx): the query's rows/columns and the train item's rows/columns of their overlap."""
+    qy, qx = (max(0, dy), h + min(0, dy)), (max(0, dx), w + min(0, dx))
+    ty, tx = (max(0, -dy), h - max(0, dy)), (max(0, -dx), w - max(0, dx))
+    return qy, qx, ty, tx
 
 
 def integer_mode(dtype: np.dtype, item_size: int) -> bool:
@@ -338,7 +395,7 @@ def _integral(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _box(ii: np.ndarray, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
-    """Sum over rows ``ys[0]:ys[1]`` and columns ``xs[0]:xs[1]`` from an integral image."""
-    (y0, y1), (x0, x1) = ys, xs
+def _box_many(ii: np.ndarray, r: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Sums over rectangles of an integral image: ``r = (y0, y1, x0, x1)``, arrays ``[L]`` → ``[..., L]``."""
+    y0, y1, x0, x1 = r
     return ii[..., y1, x1] - ii[..., y0, x1] - ii[..., y1, x0] + ii[..., y0, x0]
