@@ -382,12 +382,15 @@ def _shift_rerank(
     out_i = np.full((len(items), k), -1, dtype=np.int64)
     out_t = np.full((len(items), k), None, dtype=object)
     bases = ("none", "flip") if opts.flips else ("none",)
-    # Queries are taken in groups whose candidates' spectra fit in an eighth of the memory budget: each
-    # candidate's spectrum is computed once per group, however many queries share it.
+    # Queries are taken in groups whose prepared candidates fit in an eighth of the memory budget: each
+    # candidate is prepared once per group, however many queries share it (8-bit items: a byte per
+    # value; others: their spectra), plus two integral images.
     c, h, w = items.shape[1:]
-    per_candidate = c * (h + opts.max_shift + 8) * ((w + opts.max_shift + 8) // 2 + 1) * 16 + 16 * (h + 1) * (
-        w + 1
-    )
+    if integer and items.dtype == np.uint8 and cand_items.dtype == np.uint8:
+        per_candidate = c * h * w + 16 * (h + 1) * (w + 1)
+    else:
+        pad_h, pad_w = h + opts.max_shift + 8, (w + opts.max_shift + 8) // 2 + 1
+        per_candidate = c * pad_h * pad_w * 16 + 16 * (h + 1) * (w + 1)
     cap = max(16, opts.memory_budget // 8 // per_candidate)
     position = {int(t): i for i, t in enumerate(uniq)}
     group: list[int] = []

@@ -251,23 +251,31 @@ class ShiftCandidates:
         self.integer = integer
         # 8-bit items: the cross sums on the int8 matrix unit, exactly, at the (2s+1)² lags needed only
         self.int8 = integer and train_items.dtype == np.uint8
-        if integer:
-            t = train_items.astype(np.int64)
-        else:  # centring (shift-invariant) keeps the float sums well conditioned
-            t = train_items.astype(np.float64)
-            t -= t.mean(axis=(1, 2, 3), keepdims=True)
-        if self.int8:
+        self.lags = list(_shift_order(self.s))
+        if self.int8:  # a byte per value, and the crop sums' integral images 64 candidates at a time
             d = self.c * self.h * self.w
             self.dp = -(-d // 8) * 8
             t8 = np.zeros((self.m, self.dp), dtype=np.int8)
             np.bitwise_xor(train_items.reshape(self.m, d), np.uint8(128), out=t8[:, :d].view(np.uint8))
             self.t8 = torch.from_numpy(t8)
-        else:
-            self.fh = sfft.next_fast_len(self.h + self.s, real=True)
-            self.fw = sfft.next_fast_len(self.w + self.s, real=True)
-            self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
+            self.t1 = np.empty((self.m, self.h + 1, self.w + 1), dtype=np.int64)
+            self.t2 = np.empty_like(self.t1)
+            for a in range(0, self.m, 64):
+                t = train_items[a : a + 64].astype(np.int64)
+                self.t1[a : a + 64], self.t2[a : a + 64] = (
+                    _integral(t.sum(axis=1)),
+                    _integral((t * t).sum(axis=1)),
+                )
+            return
+        if integer:
+            t = train_items.astype(np.int64)
+        else:  # centring (shift-invariant) keeps the float sums well conditioned
+            t = train_items.astype(np.float64)
+            t -= t.mean(axis=(1, 2, 3), keepdims=True)
+        self.fh = sfft.next_fast_len(self.h + self.s, real=True)
+        self.fw = sfft.next_fast_len(self.w + self.s, real=True)
+        self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
         self.t1, self.t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
-        self.lags = list(_shift_order(self.s))
 
     def score(
         self, queries: np.ndarray, idx: np.ndarray | None = None
