@@ -362,6 +362,10 @@ class _Searcher:
         )
 
 
+# the shift re-rank's candidate banks get 1/_SHIFT_BANK_SHARE of --memory-budget (groups of >= 16 candidates)
+_SHIFT_BANK_SHARE = 8
+
+
 def _shift_rerank(
     items, values, indices, transforms, train: Dataset, feats: Features, opts: ScanOptions, k: int
 ):
@@ -371,28 +375,25 @@ def _shift_rerank(
     within ``max_shift`` is found exactly over the overlapping region.
     Arrays in: ``[n, k']``; out: ``[n, k]``.
     """
-    uniq = np.unique(indices[indices >= 0])
-    cand_items = train.take(uniq)
     if feats.channels is not None:
-        cand_items, items = cand_items[:, feats.channels], items[:, feats.channels]
-    integer = variants.integer_mode(items.dtype, int(np.prod(items.shape[1:]))) and variants.integer_mode(
-        cand_items.dtype, int(np.prod(items.shape[1:]))
-    )
+        items = items[:, feats.channels]
+    size = int(np.prod(items.shape[1:]))
+    integer = variants.integer_mode(items.dtype, size) and variants.integer_mode(train.dtype, size)
     out_v = np.full((len(items), k), np.nan)
     out_i = np.full((len(items), k), -1, dtype=np.int64)
     out_t = np.full((len(items), k), None, dtype=object)
     bases = ("none", "flip") if opts.flips else ("none",)
-    # Queries are taken in groups whose prepared candidates fit in an eighth of the memory budget: each
-    # candidate is prepared once per group, however many queries share it (8-bit items: a byte per
-    # value; others: their spectra), plus two integral images.
+    # Queries are taken in groups whose candidates, read and prepared, fit in an eighth of the memory
+    # budget: each candidate is read and prepared once per group, however many queries share it (8-bit
+    # items: a byte per value; others: their spectra), plus two integral images.
     c, h, w = items.shape[1:]
-    if integer and items.dtype == np.uint8 and cand_items.dtype == np.uint8:
-        per_candidate = c * h * w + 16 * (h + 1) * (w + 1)
+    per_candidate = size * train.dtype.itemsize + 16 * (h + 1) * (w + 1)
+    if integer and items.dtype == np.uint8 and train.dtype == np.uint8:
+        per_candidate += size
     else:
         pad_h, pad_w = h + opts.max_shift + 8, (w + opts.max_shift + 8) // 2 + 1
-        per_candidate = c * pad_h * pad_w * 16 + 16 * (h + 1) * (w + 1)
-    cap = max(16, opts.memory_budget // 8 // per_candidate)
-    position = {int(t): i for i, t in enumerate(uniq)}
+        per_candidate += c * pad_h * pad_w * 16
+    cap = max(16, opts.memory_budget // _SHIFT_BANK_SHARE // per_candidate)
     group: list[int] = []
     members: set[int] = set()
     for q in range(len(items) + 1):
@@ -400,9 +401,10 @@ def _shift_rerank(
         new = set(cands.tolist()) - members
         if group and (q == len(items) or len(members) + len(new) > cap):
             local = sorted(members)
-            bank = variants.ShiftCandidates(
-                cand_items[[position[t] for t in local]], opts.max_shift, integer=integer
-            )
+            cand_items = train.take(local)
+            if feats.channels is not None:
+                cand_items = cand_items[:, feats.channels]
+            bank = variants.ShiftCandidates(cand_items, opts.max_shift, integer=integer)
             slot = {t: i for i, t in enumerate(local)}
             for g in group:
                 _shift_one(g, items, indices, bank, slot, bases, k, out_v, out_i, out_t)

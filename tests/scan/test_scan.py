@@ -175,6 +175,27 @@ def test_block_sizes_and_precision_change_nothing(data, tmp_path):
     assert small.summary["query_block"] == 3
 
 
+def test_shift_groups_change_nothing(data, tmp_path, monkeypatch):
+    """Shift re-rank with candidate groups of the smallest size (many reads, many banks): same tables."""
+    opts = ScanOptions(top_k=3, flips=True, max_shift=2, shift_candidates=6, baseline_items=20)
+    scan(data["train"].path, data["synth"].path, tmp_path / "big", opts)
+    calls: list[int] = []
+    bank = scan_module.variants.ShiftCandidates
+
+    def counted(items, *args, **kwargs):
+        calls.append(len(items))
+        return bank(items, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module.variants, "ShiftCandidates", counted)
+    scan(data["train"].path, data["synth"].path, tmp_path / "one", opts)
+    few = len(calls)
+    monkeypatch.setattr(scan_module, "_SHIFT_BANK_SHARE", 2**62)  # groups of 16 candidates at most
+    calls.clear()
+    scan(data["train"].path, data["synth"].path, tmp_path / "small", opts)
+    assert len(calls) > few and max(calls) <= 16  # a group closes before its candidates pass 16
+    assert _tables(tmp_path / "big") == _tables(tmp_path / "small") == _tables(tmp_path / "one")
+
+
 def test_resume_after_interruption_is_identical_and_skips_done_blocks(data, tmp_path, monkeypatch):
     opts = ScanOptions(top_k=3, query_block=4, baseline_items=0)
     scan(data["train"].path, data["synth"].path, tmp_path / "ref", opts)
