@@ -158,6 +158,26 @@ def test_shift_rerank_matches_a_naive_crop_per_shift(dtype: str) -> None:
     assert shifts[0] == (2, -2) and shifts[1] == (-2, 2) and shifts[3] == (0, 0)
 
 
+def test_shift_rerank_int8_chunks_long_items(monkeypatch) -> None:
+    """Items longer than one int8 chunk (131,064 terms) are summed chunk by chunk, exactly."""
+    from memscan.search import variants
+
+    rng = np.random.default_rng(6)
+    query = rng.integers(0, 256, size=(2, 12, 13), dtype=np.uint8)
+    items = np.stack(
+        [np.roll(query, (1, -2), axis=(1, 2)), rng.integers(0, 256, size=(2, 12, 13), dtype=np.uint8)]
+    )
+    whole = shift_rerank(query, items, max_shift=2)
+    monkeypatch.setattr(variants, "_INT8_TERMS", 64)  # 312 values: 5 chunks
+    chunked = shift_rerank(query, items, max_shift=2)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    assert chunked[1] == whole[1] and whole[1][0] == (-1, 2)  # query[y, x] == item[y + 1, x - 2]
+    for i in range(2):
+        assert whole[0][i] == pytest.approx(
+            max(naive_shift_correlations(query, items[i], 2).values()), abs=1e-12
+        )
+
+
 def test_shift_rerank_validation() -> None:
     with pytest.raises(InputError):
         shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 9)), 1)
