@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from memscan.errors import InputError
-from memscan.search.engine import SearchResult
+from memscan.search.engine import INT8_CHUNK, SearchResult
 
 _TIE_TOL = 1e-12
 
@@ -262,10 +262,7 @@ class ShiftCandidates:
             self.t2 = np.empty_like(self.t1)
             for a in range(0, self.m, 64):
                 t = train_items[a : a + 64].astype(np.int64)
-                self.t1[a : a + 64], self.t2[a : a + 64] = (
-                    _integral(t.sum(axis=1)),
-                    _integral((t * t).sum(axis=1)),
-                )
+                self.t1[a : a + 64], self.t2[a : a + 64] = _crop_integrals(t)
             return
         if integer:
             t = train_items.astype(np.int64)
@@ -275,7 +272,7 @@ class ShiftCandidates:
         self.fh = sfft.next_fast_len(self.h + self.s, real=True)
         self.fw = sfft.next_fast_len(self.w + self.s, real=True)
         self.ft = sfft.rfft2(t, s=(self.fh, self.fw), workers=-1).conj()  # [m, C, fh, fw//2+1]
-        self.t1, self.t2 = _integral(t.sum(axis=1)), _integral((t * t).sum(axis=1))  # [m, H+1, W+1]
+        self.t1, self.t2 = _crop_integrals(t)  # [m, H+1, W+1]
 
     def score(
         self, queries: np.ndarray, idx: np.ndarray | None = None
@@ -312,7 +309,7 @@ class ShiftCandidates:
         dtype = np.int64 if self.integer else np.float64
         if self.integer and not int8:
             cross = np.rint(cross).astype(np.int64)
-        q1, q2 = _integral(q.sum(axis=1)), _integral((q * q).sum(axis=1))  # [b, H+1, W+1]
+        q1, q2 = _crop_integrals(q)  # [b, H+1, W+1]
         t1, t2 = self.t1[idx], self.t2[idx]
         # every lag at once: overlap sizes [L], the query's crop sums [b, 1, L], the candidates' [1, m, L]
         boxes = [_overlap(dy, dx, h, w) for dy, dx in self.lags]
@@ -366,8 +363,8 @@ class ShiftCandidates:
         return out.numpy().reshape(b, len(lags), -1).transpose(0, 2, 1)
 
 
-# int8 products summed in int32 are exact below 2^31 / 2^14 terms (a multiple of 8)
-_INT8_TERMS = 131064
+# terms per int8 product (exact in int32): the engine's chunk
+_INT8_TERMS = INT8_CHUNK
 
 
 def _overlap(dy: int, dx: int, h: int, w: int) -> tuple[tuple[int, int], ...]:
@@ -394,6 +391,12 @@ def _exact_integer(query: np.ndarray, train_items: np.ndarray) -> bool:
         return False
     peak = max(int(query.max()), int(train_items.max()), 1)
     return query.size * peak * peak < 2**42
+
+
+def _crop_integrals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integral images of the channel sums of ``x`` and of ``x²`` (``[n, C, H, W]`` → two ``[n, H+1, W+1]``):
+    any crop's Σx and Σx² in four lookups."""
+    return _integral(x.sum(axis=1)), _integral((x * x).sum(axis=1))
 
 
 def _integral(a: np.ndarray) -> np.ndarray:
