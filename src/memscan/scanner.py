@@ -257,7 +257,7 @@ class LocalSearch:
         query_groups: np.ndarray | None = None,
         train_groups: np.ndarray | None = None,
     ) -> engine.SearchResult:
-        return engine.search_topk(
+        res = engine.search_topk(
             queries,
             self.stream,
             k,
@@ -266,6 +266,9 @@ class LocalSearch:
             query_groups=query_groups,
             train_groups=train_groups,
         )
+        if res.switched_from is not None:  # 'auto' found its bf16 screen too loose: keep float32 from now on
+            self.precision = res.precision
+        return res
 
 
 def _search_query_block(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_round_trip(tmp_path):
 
 
 def test_compression_only_where_it_pays(tmp_path):
-    """zstd for images with a background (it shrinks them), none for noise (decoding would only cost)."""
+    """Blosc-LZ4 for images with a background (it shrinks them), none for noise (decoding would only cost)."""
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, size=(8, 1, 32, 32), dtype=np.uint8)
     slices = np.zeros((8, 1, 32, 32), dtype=np.uint8)
@@ -60,7 +61,22 @@ def test_compression_only_where_it_pays(tmp_path):
         np.testing.assert_array_equal(ds.read(0, 8), items)
         meta = json.loads((tmp_path / name / "images.zarr" / "zarr.json").read_text())
         codecs = [c["name"] for c in meta["codecs"]]
-        assert codecs == (["bytes"] if name == "noise" else ["bytes", "zstd"]), codecs
+        assert codecs == (["bytes"] if name == "noise" else ["bytes", "blosc"]), codecs
+        if name == "slices":
+            assert meta["codecs"][1]["configuration"]["cname"] == "lz4"
+
+
+def test_datasets_written_with_zstd_still_read(tmp_path):
+    """Folders written before the switch to Blosc-LZ4 (zarr's default zstd) read unchanged."""
+    import zarr
+
+    items, _ = _write(tmp_path / "ds")
+    arr = tmp_path / "ds" / "images.zarr"
+    shutil.rmtree(arr)
+    z = zarr.create_array(str(arr), shape=items.shape, chunks=(3, *items.shape[1:]), dtype=items.dtype)
+    z[:] = items
+    assert json.loads((arr / "zarr.json").read_text())["codecs"][1]["name"] == "zstd"
+    np.testing.assert_array_equal(Dataset.open(tmp_path / "ds").read(0, len(items)), items)
 
 
 def test_split_view(tmp_path):

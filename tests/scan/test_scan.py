@@ -402,3 +402,25 @@ def test_option_validation():
     ):
         with pytest.raises(InputError):
             ScanOptions(**bad)
+
+
+def test_auto_switch_to_float32_is_kept_for_later_query_blocks(monkeypatch):
+    """Once 'auto' finds its bf16 screen too loose for the data, later searches of the scan start in
+    float32 instead of probing bf16 again."""
+    from memscan.search import engine
+
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    base = np.linspace(0.0, 1.0, 400, dtype=np.float32)
+    t = np.stack([base + 1e-3 * np.sin(i + np.arange(400, dtype=np.float32)) for i in range(64)])
+    q = t[:8] + 1e-4
+
+    def stream():
+        yield 0, t[:32]
+        yield 32, t[32:]
+
+    search = scan_module.LocalSearch(stream, "auto", "cpu")
+    first = search(q, 2)
+    assert (first.switched_from, first.precision, search.precision) == ("bf16", "float32", "float32")
+    second = search(q, 2)
+    assert (second.switched_from, second.precision) == (None, "float32")
+    np.testing.assert_array_equal(first.indices, second.indices)

@@ -545,3 +545,38 @@ def test_device_int8_block_matches_the_host_statistics() -> None:
     wide = raw.astype(np.int64) - 128
     np.testing.assert_array_equal(s1_host[:13], wide.sum(axis=1))
     np.testing.assert_array_equal(var_host[:13], 301 * (wide**2).sum(axis=1) - wide.sum(axis=1) ** 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# 'auto' on float data: bf16, or float32 when bf16 would leave too many pairs for the exact re-rank
+
+
+def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeypatch) -> None:
+    """Near-tie float items: the bf16 screen's margin covers most of each block, so 'auto' screens in
+    float32; the result is the float64 brute force's, identical to a float32 and a bf16 scan."""
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    q, t = (a.astype(np.float32) for a in near_ties)
+    res = search_topk(q, blocks_of(t, 16), 3, precision="auto")
+    assert (res.switched_from, res.precision) == ("bf16", "float32")
+    check_against_reference(res, q, t, 3)
+    assert_same(res, search_topk(q, blocks_of(t, 16), 3, precision="float32"))
+    bf16 = search_topk(q, blocks_of(t, 16), 3, precision="bf16")
+    assert bf16.switched_from is None and bf16.n_candidates > res.n_candidates
+    assert_same(res, bf16)
+    groups = np.arange(len(q)), np.arange(len(t)) + 1000  # exclusion groups survive the switch
+    grouped = search_topk(q, blocks_of(t, 16), 3, precision="auto", query_groups=groups[0], train_groups=groups[1])
+    assert grouped.switched_from == "bf16"
+    assert_same(res, grouped)
+
+
+def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
+    """Each query's near copy stands far above the rest: the bf16 screen leaves (almost) nothing beyond the
+    top-k, so 'auto' keeps it, first block included."""
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    rng = np.random.default_rng(5)
+    t = rng.standard_normal((300, 512)).astype(np.float32)
+    q = t[rng.permutation(64)[:40]] + 0.3 * rng.standard_normal((40, 512)).astype(np.float32)
+    res = search_topk(q, blocks_of(t, 64), 1, precision="auto")
+    assert (res.switched_from, res.precision) == (None, "bf16")
+    check_against_reference(res, q, t, 1)
+    assert_same(res, search_topk(q, blocks_of(t, 64), 1, precision="bf16"))
