@@ -57,8 +57,9 @@ def volumes(n: int, channels: int, shape: tuple[int, ...], dtype: str, gen: torc
 
 
 def write(path: Path, items, n: int, item_shape: tuple[int, ...], dtype: str, prefix: str) -> None:
-    with DatasetWriter(path, item_shape, dtype, tuple(f"c{i}" for i in range(item_shape[0])),
-                       recipe={"name": "bench3d"}) as w:
+    with DatasetWriter(
+        path, item_shape, dtype, tuple(f"c{i}" for i in range(item_shape[0])), recipe={"name": "bench3d"}
+    ) as w:
         for i, item in zip(range(n), items, strict=False):
             w.add(item, {"id": f"{prefix}_{i:05d}", "subject": f"{prefix}{i:05d}"})
         w.commit()
@@ -139,8 +140,14 @@ def main() -> None:
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     train_dir, synth_dir = work / "train", work / "synthetic"
-    write(train_dir, volumes(args.nt, args.channels, shape, args.dtype, gen, gen_dev), args.nt, item_shape,
-          args.dtype, "train")
+    write(
+        train_dir,
+        volumes(args.nt, args.channels, shape, args.dtype, gen, gen_dev),
+        args.nt,
+        item_shape,
+        args.dtype,
+        "train",
+    )
     train = Dataset.open(train_dir)
     rng = np.random.default_rng(0)
 
@@ -153,8 +160,11 @@ def main() -> None:
                 src = train.read(j, j + 1)[0]
                 noise = rng.normal(0.0, 2.0 if args.dtype == "uint8" else 10.0, size=src.shape)
                 item = src.astype(np.float64) + noise
-                item = np.clip(item, 0, 255).round().astype(np.uint8) if args.dtype == "uint8" else \
-                    item.astype(np.float32)
+                item = (
+                    np.clip(item, 0, 255).round().astype(np.uint8)
+                    if args.dtype == "uint8"
+                    else item.astype(np.float32)
+                )
             yield item
 
     write(synth_dir, synthetic(), args.nq, item_shape, args.dtype, "sample")
@@ -169,22 +179,34 @@ def main() -> None:
 
     def run(name: str) -> dict[str, Any]:
         evict(files)
-        opts = ScanOptions(top_k=1, device=args.device, baseline_items=0,
-                           memory_budget=parse_bytes(args.memory_budget))
+        opts = ScanOptions(
+            top_k=1, device=args.device, baseline_items=0, memory_budget=parse_bytes(args.memory_budget)
+        )
         return scan(train_dir, synth_dir, work / name, opts, report=False).summary
 
     first = run("run1")  # first-run costs (kernels, threads) are not the 3D question: the second run is timed
     summary = run("run2")
     t_scan = summary["seconds"]
     result: dict[str, Any] = {
-        "shape": [args.nq, args.nt, *item_shape], "dtype": args.dtype, "device": args.device,
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "shape": [args.nq, args.nt, *item_shape],
+        "dtype": args.dtype,
+        "device": args.device,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "write_seconds": t_write, "file_bytes": nbytes, "array_file_bytes": array_bytes, "raw_bytes": raw_bytes,
-        "read_cold_seconds": t_cold, "read_warm_seconds": t_warm,
-        "scan_seconds": t_scan, "scan_seconds_first_run": first["seconds"], "precision": summary["precision"],
-        "read_share_cold": t_cold / t_scan, "read_share_warm": t_warm / t_scan,
+        "write_seconds": t_write,
+        "file_bytes": nbytes,
+        "array_file_bytes": array_bytes,
+        "raw_bytes": raw_bytes,
+        "read_cold_seconds": t_cold,
+        "read_warm_seconds": t_warm,
+        "scan_seconds": t_scan,
+        "scan_seconds_first_run": first["seconds"],
+        "precision": summary["precision"],
+        "read_share_cold": t_cold / t_scan,
+        "read_share_warm": t_warm / t_scan,
     }
     if raw_bytes <= 4 * 2**30:
         v, i = brute_top1(train, Dataset.open(synth_dir))
@@ -196,19 +218,28 @@ def main() -> None:
         result["exact_ids"] = int((m["train_id"].to_numpy() == want).sum())
         result["max_abs_diff"] = float(np.abs(m["correlation"].to_numpy() - v).max())
     gb = 1e9
-    print(f"\n3D: {args.nq} synthetic x {args.nt} training volumes of {list(item_shape)} {args.dtype}, "
-          f"{args.device}, {os.cpu_count()} cores, torch {torch.__version__}, {result['date']}\n")
+    print(
+        f"\n3D: {args.nq} synthetic x {args.nt} training volumes of {list(item_shape)} {args.dtype}, "
+        f"{args.device}, {os.cpu_count()} cores, torch {torch.__version__}, {result['date']}\n"
+    )
     print("| | seconds | GB/s of dataset files |\n|---|---|---|")
     print(f"| read every file, pages evicted (cold) | {t_cold:.2f} | {nbytes / t_cold / gb:.2f} |")
     print(f"| read every file again (warm) | {t_warm:.2f} | {nbytes / t_warm / gb:.2f} |")
-    print(f"| memscan scan, end to end ({summary['precision']}), pages evicted | {t_scan:.2f} | "
-          f"{nbytes / t_scan / gb:.2f} |")
-    print(f"\nfiles {nbytes / gb:.2f} GB (image arrays {array_bytes / gb:.2f} GB, raw {raw_bytes / gb:.2f} GB); "
-          f"scan at {result['read_share_cold']:.0%} of the cold read rate, {result['read_share_warm']:.0%} "
-          f"of the warm one (goal >= 80%); first run {first['seconds']:.2f} s")
+    print(
+        f"| memscan scan, end to end ({summary['precision']}), pages evicted | {t_scan:.2f} | "
+        f"{nbytes / t_scan / gb:.2f} |"
+    )
+    print(
+        f"\nfiles {nbytes / gb:.2f} GB (image arrays {array_bytes / gb:.2f} GB, "
+        f"raw {raw_bytes / gb:.2f} GB); "
+        f"scan at {result['read_share_cold']:.0%} of the cold read rate, {result['read_share_warm']:.0%} "
+        f"of the warm one (goal >= 80%); first run {first['seconds']:.2f} s"
+    )
     if "exact_ids" in result:
-        print(f"top-1 ids equal to float64 brute force: {result['exact_ids']}/{args.nq}, "
-              f"max |dr| {result['max_abs_diff']:.1e}")
+        print(
+            f"top-1 ids equal to float64 brute force: {result['exact_ids']}/{args.nq}, "
+            f"max |dr| {result['max_abs_diff']:.1e}"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if not args.keep and args.workdir is None:

@@ -564,7 +564,9 @@ def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeyp
     assert bf16.switched_from is None and bf16.n_candidates > res.n_candidates
     assert_same(res, bf16)
     groups = np.arange(len(q)), np.arange(len(t)) + 1000  # exclusion groups survive the switch
-    grouped = search_topk(q, blocks_of(t, 16), 3, precision="auto", query_groups=groups[0], train_groups=groups[1])
+    grouped = search_topk(
+        q, blocks_of(t, 16), 3, precision="auto", query_groups=groups[0], train_groups=groups[1]
+    )
     assert grouped.switched_from == "bf16"
     assert_same(res, grouped)
 

@@ -122,9 +122,10 @@ _STATS_ELEMS = 2**18
 _QUERY_CACHE_BYTES = 2**30
 #: 'auto' screens float data in bf16 unless the first block's bf16 screen leaves more than this fraction of
 #: its pairs for the exact float64 re-rank; then it screens in float32. An exact pair costs ~100-1,000
-#: screened pairs (it re-reads both rows in float64), so beyond ~0.5% the wider screen is the cheaper side. Seen on
-#: this project's 2-core CPU: 2D 2,000 x 20,000 x 128² re-ranks 0.18% in bf16 (bf16 5.4 s, float32 8.3 s:
-#: stays bf16); 3D 50 x 200 volumes of 128x128x96 re-rank 13% (bf16 9.7 s, float32 4.7 s: switches).
+#: screened pairs (it re-reads both rows in float64), so beyond ~0.5% the wider screen is the cheaper
+#: side. Seen on this project's 2-core CPU: 2D 2,000 x 20,000 x 128² re-ranks 0.18% in bf16 (bf16 5.4 s,
+#: float32 8.3 s: stays bf16); 3D 50 x 200 volumes of 128x128x96 re-rank 13% (bf16 9.7 s, float32 4.7 s:
+#: switches).
 AUTO_SWITCH_FRACTION = 0.005
 
 
@@ -1179,10 +1180,10 @@ def search_topk(
 
     def probe_bf16(prepared: _Prepared) -> _Screened | None:
         """'auto' on float data: screen the first block in bf16 and count the pairs it leaves for the exact
-        re-rank beyond each query's top-k. Above :data:`AUTO_SWITCH_FRACTION` of the block (an exact pair costs ~100-1,000 screened
-        ones), the scan screens in float32 instead and this block is screened again; the results cannot
-        change (every screen is followed by the same exact re-rank). Returns the block's bf16 screen when
-        it is kept."""
+        re-rank beyond each query's top-k. Above :data:`AUTO_SWITCH_FRACTION` of the block (an exact pair
+        costs ~100-1,000 screened ones), the scan screens in float32 instead and this block is screened
+        again; the results cannot change (every screen is followed by the same exact re-rank). Returns the
+        block's bf16 screen when it is kept."""
         nonlocal screen, eps, precision, started_with
         assert isinstance(screen, _Screen)
         sc = screen.screen(prepared)
@@ -1193,7 +1194,11 @@ def search_topk(
             return sc
         logger.info(
             "the bf16 screen leaves %d pairs beyond the top-%d of the first block's %d for the exact re-rank "
-            "(> %.1f%%): screening in float32", n_extra, k, n_pairs, 100 * AUTO_SWITCH_FRACTION,
+            "(> %.1f%%): screening in float32",
+            n_extra,
+            k,
+            n_pairs,
+            100 * AUTO_SWITCH_FRACTION,
         )
         started_with, precision = precision, "float32"
         screen.zq = []  # free the bf16 queries before the float32 copy is made
