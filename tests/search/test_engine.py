@@ -529,15 +529,22 @@ def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str
         search_topk(t, blocks_of(t, 13), 3, query_groups=subject)
 
 
-def test_device_int8_block_matches_the_host_statistics() -> None:
-    """The GPU path's conversion (run here on CPU tensors) equals the host path bit for bit."""
+@pytest.mark.parametrize("chunk", [engine.INT8_CHUNK, 104])
+def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) -> None:
+    """The GPU path's conversion (run here on CPU tensors) equals the host path bit for bit, also when the
+    host splits long items into chunk-major tensors (reused across blocks of different sizes)."""
+    monkeypatch.setattr(engine, "INT8_CHUNK", chunk)
     rng = np.random.default_rng(9)
     raw = rng.integers(0, 256, size=(13, 301), dtype=np.uint8)
     raw[5] = 200  # constant
     sc = engine._IntScreen(raw[:3], "cpu", 2)
-    z_host, s1_host, var_host, _ = sc._to_int8(raw, pad_rows=16)
+    assert len(sc.bounds) == (1 if chunk > 304 else 3)
+    sc._to_int8(
+        rng.integers(0, 256, size=(16, 301), dtype=np.uint8), pad_rows=16, reuse=True
+    )  # dirty buffers
+    z_host, s1_host, var_host, _ = sc._to_int8(raw, pad_rows=16, reuse=True)
     z_dev, s1_dev, var_dev = engine.int8_block(torch.from_numpy(raw), sc.dp, 16)
-    np.testing.assert_array_equal(z_dev.numpy(), z_host.numpy())
+    np.testing.assert_array_equal(z_dev.numpy(), torch.cat(z_host, dim=1).numpy())
     np.testing.assert_array_equal(s1_dev.numpy(), s1_host)
     np.testing.assert_array_equal(var_dev.numpy(), var_host)
     assert var_dev[5] == 0
