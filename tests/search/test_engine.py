@@ -131,6 +131,34 @@ def test_item_stats_and_exact_values_do_not_depend_on_the_batch() -> None:
     assert one == [many[0], many[77], many[349]]
 
 
+def test_long_rows_are_summed_in_segments_exactly(near_ties, monkeypatch) -> None:
+    """Rows longer than ``_SEGMENT`` (3D volumes) take the segmented statistics and exact routine: the same
+    values as the float64 reference (1e-12), constant rows excluded, and bitwise the same results for every
+    block size and float precision (here with 100-value segments, so d = 1,024 has 11)."""
+    monkeypatch.setattr(engine, "_SEGMENT", 100)
+    q, t = (a.astype(np.float32) for a in near_ties)
+    t = t.copy()
+    t[3] = 77.0  # constant
+    mean, norm = item_stats(t)
+    f = t.astype(np.float64)
+    np.testing.assert_allclose(mean, f.mean(axis=1), rtol=1e-13)
+    want = np.sqrt(((f - f.mean(axis=1, keepdims=True)) ** 2).sum(axis=1))
+    np.testing.assert_allclose(norm, want, rtol=1e-12)
+    assert norm[3] == 0.0 and mean[3] == 77.0
+    for i in (0, 3, 79):  # independent of the block the row sits in
+        m1, n1 = item_stats(t[i : i + 1])
+        assert (m1[0], n1[0]) == (mean[i], norm[i])
+    z = np.empty(t.shape, dtype=np.float32)
+    engine._map_rows(t, z)
+    np.testing.assert_array_equal(z[3], 0.0)
+    np.testing.assert_allclose(z[0], ((f[0] - mean[0]) / norm[0]).astype(np.float32), rtol=1e-6)
+    base = search_topk(q, blocks_of(t, len(t)), 4, precision="float64")
+    check_against_reference(base, q, t, 4)
+    for precision in ("bf16", "float32"):
+        for bs in (1, 13, len(t)):
+            assert_same(search_topk(q, blocks_of(t, bs), 4, precision=precision), base)
+
+
 # --------------------------------------------------------------------------------------------------
 # exactness
 

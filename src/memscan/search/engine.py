@@ -118,6 +118,9 @@ _ROW_ELEMS = 2**26
 # elements per float64 temporary in the exact re-rank / the row statistics
 _EXACT_ELEMS = 2**21
 _STATS_ELEMS = 2**18
+# rows longer than this (3D volumes) are summed in segments of this many values (1 MiB of float64: two
+# such buffers stay in a core's L2 cache) rather than through row-sized float64 copies
+_SEGMENT = 2**17
 # centred float64 queries are cached for the re-rank up to this size
 _QUERY_CACHE_BYTES = 2**30
 #: 'auto' screens float data in bf16 unless the first block's bf16 screen leaves more than this fraction of
@@ -357,9 +360,61 @@ def _rows_f64(block: np.ndarray, r0: int, r1: int) -> np.ndarray:
     return np.array(block[r0:r1], dtype=np.float64, order="C", copy=True)
 
 
+def _segments(d: int) -> list[tuple[int, int]]:
+    return [(a, min(d, a + _SEGMENT)) for a in range(0, d, _SEGMENT)]
+
+
+def _stats_long_rows(
+    block: np.ndarray, r0: int, r1: int, z_out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_stats_rows` for rows longer than ``_SEGMENT`` (3D volumes: tens of MB per row), in
+    cache-resident float64 segments: two or three reads of the raw row instead of ~9 passes over a
+    row-sized float64 copy. Each sum is the segments' pairwise sums added in order: it depends on the row
+    and ``d`` only, like the short-row path (the same definition as :func:`_long_dot`)."""
+    d = block.shape[1]
+    segs = _segments(d)
+    buf = np.empty(min(d, _SEGMENT))
+    sq = np.empty_like(buf)
+    mean = np.empty(r1 - r0)
+    norm = np.empty(r1 - r0)
+    for i, r in enumerate(range(r0, r1)):
+        row = block[r]
+        total = 0.0
+        for a, b in segs:
+            seg = buf[: b - a]
+            seg[...] = row[a:b]
+            total += float(seg.sum())
+        m = total / d
+        acc = 0.0
+        for a, b in segs:
+            seg = buf[: b - a]
+            seg[...] = row[a:b]
+            seg -= m
+            acc += float(np.square(seg, out=sq[: b - a]).sum())
+        mean[i], norm[i] = m, math.sqrt(acc)
+        # a constant row's float64 mean can be off by a few ulp (sums of float32 values are exact up to
+        # 2^29 terms; of float64 ones, pairwise sums err by ~log2(d) ulp), leaving a spurious tiny norm:
+        # only a norm that small (the values within ~64 ulp of the mean, on average) is worth the pass that
+        # tells
+        if norm[i] <= 128.0 * _U64 * abs(m) * math.sqrt(d) and np.all(row == row[0]):
+            mean[i], norm[i] = float(row[0]), 0.0
+        if z_out is not None:
+            if not (norm[i] > 0 and math.isfinite(norm[i]) and math.isfinite(mean[i])):
+                z_out[r] = 0.0
+                continue
+            for a, b in segs:
+                seg = buf[: b - a]
+                seg[...] = row[a:b]
+                seg -= mean[i]
+                np.divide(seg, norm[i], out=z_out[r, a:b], casting="same_kind")
+    return mean, norm
+
+
 def _stats_rows(
     block: np.ndarray, r0: int, r1: int, z_out: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
+    if block.shape[1] > _SEGMENT:
+        return _stats_long_rows(block, r0, r1, z_out)
     f = _rows_f64(block, r0, r1)
     d = f.shape[1]
     mean = f.sum(axis=1) / d
@@ -394,7 +449,8 @@ def item_stats(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-item mean and centred norm in float64.
 
     Computed row by row (independent of the block the row sits in): ``mean = sum(x) / d`` and
-    ``norm = sqrt(sum((x - mean)²))`` with NumPy pairwise summation over the contiguous row. Rows whose
+    ``norm = sqrt(sum((x - mean)²))`` with NumPy pairwise summation over the contiguous row (rows longer
+    than ``_SEGMENT``: over each segment of that length, the segments' sums added in order). Rows whose
     values are all equal get ``norm = 0`` exactly (the float64 mean of equal values can be off by an
     ulp, which would otherwise give a spurious tiny norm).
 
@@ -410,6 +466,27 @@ def item_stats(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _valid(mean: np.ndarray, norm: np.ndarray) -> np.ndarray:
     return (norm > 0) & np.isfinite(norm) & np.isfinite(mean)
+
+
+def _long_dot(
+    qraw: np.ndarray, q_mean: np.ndarray, q: int, traw: np.ndarray, t_mean: np.ndarray, t: int
+) -> float:
+    """``sum((x_q - μ_q) * (x_t - μ_t))`` of one pair of rows longer than ``_SEGMENT``, in cache-resident
+    float64 segments (each segment's pairwise sum, added in order): one read of each raw row instead of
+    row-sized float64 copies (a BraTS volume is 286 MB in float64)."""
+    d = qraw.shape[1]
+    a_buf = np.empty(min(d, _SEGMENT))
+    b_buf = np.empty_like(a_buf)
+    acc = 0.0
+    for a, b in _segments(d):
+        x, y = a_buf[: b - a], b_buf[: b - a]
+        x[...] = qraw[q, a:b]
+        x -= q_mean[q]
+        y[...] = traw[t, a:b]
+        y -= t_mean[t]
+        x *= y
+        acc += float(x.sum())
+    return acc
 
 
 def _exact_batch(
@@ -443,7 +520,8 @@ def exact_correlation(
     """THE exact routine: correlation of the pairs ``(qi[p], ti[p])`` in float64.
 
     ``sum((x_q - μ_q) * (x_t - μ_t)) / (norm_q * norm_t)`` as an elementwise float64 product summed
-    along the contiguous row (pairwise summation; no BLAS), in batches of pairs run on a thread pool.
+    along the contiguous row (pairwise summation; no BLAS; rows longer than ``_SEGMENT``: segment by
+    segment, :func:`_long_dot`), in batches of pairs run on a thread pool.
     The value of a pair does not depend on the batch, the thread or the caller.
 
     Args:
@@ -459,6 +537,13 @@ def exact_correlation(
     d = qraw.shape[1]
     if p == 0:
         return np.zeros(0, dtype=np.float64)
+    if d > _SEGMENT:
+
+        def one(j: int) -> float:
+            num = _long_dot(qraw, q_mean, int(qi[j]), traw, t_mean, int(ti[j]))
+            return num / (q_norm[qi[j]] * t_norm[ti[j]])
+
+        return np.fromiter(_executor().map(one, range(p)), dtype=np.float64, count=p)
     step = max(1, _EXACT_ELEMS // max(d, 1))
     ranges = [(s, min(p, s + step)) for s in range(0, p, step)]
 
@@ -617,7 +702,7 @@ class _Screen:
 
     def __init__(
         self,
-        queries: np.ndarray,
+        queries: np.ndarray | torch.Tensor,
         q_mean: np.ndarray,
         q_norm: np.ndarray,
         q_valid: np.ndarray,
@@ -625,7 +710,10 @@ class _Screen:
         device: str,
         chunk: int,
         k: int,
+        keep_float32: bool = False,
     ) -> None:
+        """``keep_float32`` (CPU): keep the float32 normalised queries as ``zq32`` (for a float32 screen
+        that may take over from this one, without normalising them again)."""
         self.precision = precision
         self.device = torch.device(device)
         self.cuda = device == "cuda"
@@ -641,12 +729,16 @@ class _Screen:
             self.float32_out = _cuda_float32_out(self.dtype)
         self.rounded_output = precision in ("bf16", "fp16") and not self.float32_out
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
-        zq = self._normalise_host(queries, q_mean, q_norm, q_valid)
+        self.zq32: torch.Tensor | None = None
+        if isinstance(queries, torch.Tensor):  # float32 normalised queries kept by an earlier screen (CPU)
+            zq = queries.to(self.dtype)
+        else:
+            zq = self._normalise_host(queries, q_mean, q_norm, q_valid, keep_float32)
         self.zq = [zq[:, a:b].contiguous() for a, b in self.bounds]
 
     # normalised rows on the device, in the screen dtype
     def _normalise_host(
-        self, raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray
+        self, raw: np.ndarray, mean: np.ndarray, norm: np.ndarray, valid: np.ndarray, keep_float32: bool
     ) -> torch.Tensor:
         if self.cuda:
             x = _to_device_raw(raw, self.device, None)
@@ -654,6 +746,8 @@ class _Screen:
         zdt = np.float64 if self.precision == "float64" else np.float32
         z = np.empty(raw.shape, dtype=zdt)
         _fill_normalised(raw, mean, norm, valid, z)
+        if keep_float32 and zdt == np.float32:
+            self.zq32 = torch.from_numpy(z)
         return torch.from_numpy(z).to(self.dtype)
 
     def _normalise_device(
@@ -688,7 +782,9 @@ class _Screen:
         z = np.empty(raw.shape, dtype=zdt)
         mean, norm = _map_rows(raw, z)
         valid = _valid(mean, norm)
-        return _Prepared(start, raw, mean, norm, valid, torch.from_numpy(z).to(self.dtype))
+        # kept in float32 (float64) here and converted to the screen dtype by screen(): a float32 screen that
+        # takes over from a bf16 one ('auto') can then screen this block without preparing it again
+        return _Prepared(start, raw, mean, norm, valid, torch.from_numpy(z))
 
     def screen(self, prep: _Prepared) -> _Screened:
         if self.cuda:
@@ -700,7 +796,7 @@ class _Screen:
             ctx: contextlib.AbstractContextManager[None] = _cuda_matmul_flags(self.precision)
         else:
             assert prep.z is not None
-            zt = prep.z
+            zt = prep.z.to(self.dtype)
             prep.z = None
             ctx = contextlib.nullcontext()
         scores: torch.Tensor | None = None
@@ -1098,7 +1194,7 @@ def search_topk(
     else:
         q_mean, q_norm = item_stats(queries)
         q_valid = _valid(q_mean, q_norm)
-        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
+        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k, keep_float32=adaptive)
         eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
     if (query_groups is None) != (train_groups is None):
         raise InputError("query_groups and train_groups go together")
@@ -1114,8 +1210,8 @@ def search_topk(
     )
 
     # centred float64 queries, kept when they fit in _QUERY_CACHE_BYTES (faster exact re-rank)
-    q_centred: np.ndarray | None = None
-    if not screen.exact_scores and nq * d * 8 <= _QUERY_CACHE_BYTES:
+    q_centred: np.ndarray | None = None  # (long rows are re-ranked segment by segment: no cache)
+    if not screen.exact_scores and nq * d * 8 <= _QUERY_CACHE_BYTES and d <= _SEGMENT:
         q_centred = np.empty((nq, d), dtype=np.float64)
         for r in range(0, nq, 1024):
             q_centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
@@ -1195,10 +1291,12 @@ def search_topk(
         block's bf16 screen when it is kept."""
         nonlocal screen, eps, precision, started_with
         assert isinstance(screen, _Screen)
+        z, raw_dev = prepared.z, prepared.raw_dev  # screen() lets go of them; a float32 screen needs them
         sc = screen.screen(prepared)
         n_pairs = int(sc.scores.shape[0] * sc.scores.shape[1])
         # beyond the k per query that any screen leaves in a first block
         n_extra = int(candidate_mask(sc, best_v[:, -1], eps).sum()) - k * int(q_valid.sum())
+        zq32, screen.zq32 = screen.zq32, None
         if n_extra <= AUTO_SWITCH_FRACTION * n_pairs:
             return sc
         logger.info(
@@ -1212,9 +1310,12 @@ def search_topk(
         started_with, precision = precision, "float32"
         screen.zq = []  # free the bf16 queries before the float32 copy is made
         del sc
-        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k)
+        screen = _Screen(
+            queries if zq32 is None else zq32, q_mean, q_norm, q_valid, precision, device, chunk, k
+        )
         screen.groups = groups
         eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+        prepared.z, prepared.raw_dev = z, raw_dev  # the block, ready for the float32 screen
         return None
 
     pending: _Screened | None = None
@@ -1226,8 +1327,6 @@ def search_topk(
     first: _Screened | None = None
     if adaptive and prepared is not None:
         first = probe_bf16(prepared)
-        if first is None:  # prepared for the bf16 screen: again for the float32 one
-            prepared = screen.prepare(prepared.start, prepared.raw)
     while prepared is not None and cur is not None:
         # Taking the next sub-block first starts the stream's read-ahead of the block after it now, so
         # that the read overlaps this product (long, on all cores) rather than the next block's
