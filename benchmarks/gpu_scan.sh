@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 # The device tool brings back at most 8 files: everything goes to RES and is packed into one archive at
 # exit (also when the run is cut short), with the console log beside it.
 RES=$(mktemp -d)
-trap 'tar czf "$RES/gpu_scan.tar.gz" -C "$RES" . ; cp "$RES/console.log" "$RES/" 2>/dev/null || true' EXIT
+trap 'tar czf "$OUT/gpu_scan.tar.gz" --exclude=./console.log -C "$RES" . || true; cp "$RES/console.log" "$OUT/" || true' EXIT
 exec > >(tee "$RES/console.log") 2>&1
 source benchmarks/gpu_env.sh
 DEV=cuda
