@@ -196,7 +196,12 @@ def main() -> None:
         if args.compile:
             variants.append(("memscan + torch.compile", args.big_batch, True))
         for name, b, comp in variants:
-            steps = max(2, args.steps * args.batch // b) if b > args.batch else args.steps
+            # the same images as the batch-32 runs, but at least 10 timed steps (a few steps time poorly)
+            steps = (
+                max(10 if device.type == "cuda" else 2, args.steps * args.batch // b)
+                if b > args.batch
+                else args.steps
+            )
             rate = memscan_loop(data_path, args, device, b, steps, comp)
             rows.append((name, b, rate))
             logger.info("%s batch %d: %.1f images/s", name, b, rate)

@@ -727,9 +727,13 @@ def ema_beta(batch_size: int, ema_kimg: float, nimg: int = 0, rampup: float | No
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    """``ema ← β · ema + (1 − β) · model`` for parameters; buffers (``w_avg``) are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    """``ema ← β · ema + (1 − β) · model`` for parameters (one multi-tensor kernel: a per-parameter loop is
+    ~150 small launches per step on a GPU); buffers (``w_avg``) are copied."""
+    ema_p = list(ema.parameters())
+    src_p = [p.detach() for p in model.parameters()]
+    if len(ema_p) != len(src_p):
+        raise ValueError("EMA and model have different parameters")
+    torch._foreach_lerp_(ema_p, src_p, 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
 
