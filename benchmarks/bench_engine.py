@@ -31,31 +31,39 @@ from memscan.search.engine import item_stats, resolve_precision, search_topk
 logger = logging.getLogger("bench_engine")
 
 
-def make_images(n_train: int, n_query: int, side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random fields as uint8 ``[n, side*side]``; every third query is a noisy train copy."""
-    gen = torch.Generator().manual_seed(seed)
+def make_images(
+    n_train: int, n_query: int, side: int, seed: int = 0, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random fields as uint8 ``[n, side*side]``; every third query is a noisy train copy.
+
+    ``device='cuda'`` generates them on the GPU (the GPU scripts' shapes: 130,000 images of 256² take
+    minutes on a CPU); the images differ from the CPU's but have the same statistics.
+    """
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
     low = max(4, side // 8)
 
     def fields(n: int) -> np.ndarray:
         out = np.empty((n, side * side), dtype=np.uint8)
         for s in range(0, n, 2048):
             m = min(n, s + 2048) - s
-            x = torch.rand(m, 1, low, low, generator=gen)
+            x = torch.rand(m, 1, low, low, generator=gen, device=dev)
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
-            x = x + 0.05 * torch.rand(m, 1, side, side, generator=gen)
+            x = x + 0.05 * torch.rand(m, 1, side, side, generator=gen, device=dev)
             x = (x - x.amin(dim=(2, 3), keepdim=True)) / (
                 x.amax(dim=(2, 3), keepdim=True) - x.amin(dim=(2, 3), keepdim=True)
             )
-            out[s : s + m] = (x * 255).round().to(torch.uint8).reshape(m, -1).numpy()
+            out[s : s + m] = (x * 255).round().to(torch.uint8).reshape(m, -1).cpu().numpy()
         return out
 
     train = fields(n_train)
     queries = fields(n_query)
-    rng = np.random.default_rng(seed)
     copies = np.arange(0, n_query, 3)
-    src = rng.integers(0, n_train, len(copies))
-    noisy = train[src].astype(np.int16) + rng.integers(-3, 4, size=(len(copies), train.shape[1]))
-    queries[copies] = np.clip(noisy, 0, 255).astype(np.uint8)
+    src = torch.randint(0, n_train, (len(copies),), generator=gen, device=dev).cpu().numpy()
+    for s in range(0, len(copies), 2048):
+        rows = torch.from_numpy(train[src[s : s + 2048]]).to(dev, torch.int16)
+        noise = torch.randint(-3, 4, rows.shape, generator=gen, device=dev, dtype=torch.int16)
+        queries[copies[s : s + 2048]] = (rows + noise).clamp_(0, 255).to(torch.uint8).cpu().numpy()
     return train, queries
 
 
@@ -212,7 +220,7 @@ def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     d = args.side * args.side
     flops = 2.0 * args.nq * args.nt * d
-    train, queries = make_images(args.nt, args.nq, args.side)
+    train, queries = make_images(args.nt, args.nq, args.side, device="cuda")
     block = args.block
     zq = torch.from_numpy(normalised(queries[:])).to("cuda").bfloat16()
     zt = torch.empty((args.nt, d), dtype=torch.bfloat16, device="cuda")

@@ -198,7 +198,7 @@ def main() -> None:
     print(
         f"# generating {args.nt} training + {args.nq} synthetic images of {args.side}x{args.side} in {work}"
     )
-    train, queries = make_images(args.nt, args.nq, args.side)
+    train, queries = make_images(args.nt, args.nq, args.side, device=args.device)
     write_dataset(work / "train", train, args.side, "train", 50)
     write_dataset(work / "synthetic", queries, args.side, "sample", 10**9)
     rows: list[tuple[str, float, str]] = []
