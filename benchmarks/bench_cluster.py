@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/bench_cluster.py                      # uint8 data, exact int8 path
     python benchmarks/bench_cluster.py --precision float64  # the float64 matrix-product path
+    python benchmarks/bench_cluster.py --flips --baseline-items 2000 --compare-cache  # many searches
 
 Prints a markdown table (the only ``print`` in memscan: benchmark output).
 """
@@ -18,6 +19,7 @@ Prints a markdown table (the only ``print`` in memscan: benchmark output).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import tempfile
@@ -52,6 +54,17 @@ def main() -> None:
     p.add_argument("--precision", default="auto", help="auto (int8 on uint8) | float64 | bf16 ...")
     p.add_argument("--workers", default="1,2", help="comma-separated local cluster sizes")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument(
+        "--flips", action="store_true", help="also search mirrored queries (two searches per block)"
+    )
+    p.add_argument(
+        "--baseline-items", type=int, default=0, help="train-vs-train baseline items (more searches)"
+    )
+    p.add_argument(
+        "--compare-cache",
+        action="store_true",
+        help="also time each cluster with the workers' shard cache off (every search re-reads its shards)",
+    )
     args = p.parse_args()
 
     import logging
@@ -59,7 +72,10 @@ def main() -> None:
     from memscan.config import ScanOptions
     from memscan.progress import set_quiet
     from memscan.scanner import RUN_TABLES, scan
+    from memscan.search import cluster as cluster_module
     from memscan.search.cluster import open_cluster
+
+    dask_search = cluster_module.DaskSearch
 
     set_quiet(True)
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
@@ -68,7 +84,13 @@ def main() -> None:
         root = Path(tmp)
         write_random(root / "train", args.n_train, args.size, 0)
         write_random(root / "synth", args.n_query, args.size, 1)
-        base = {"top_k": args.top_k, "device": "cpu", "precision": args.precision, "baseline_items": 0}
+        base = {
+            "top_k": args.top_k,
+            "device": "cpu",
+            "precision": args.precision,
+            "baseline_items": args.baseline_items,
+            "flips": args.flips,
+        }
 
         t = time.perf_counter()
         ref = scan(root / "train", root / "synth", root / "local", ScanOptions(**base), report=False)
@@ -79,17 +101,21 @@ def main() -> None:
             client, close = open_cluster(w, None)  # processes started, memscan imported on every worker
             startup = time.perf_counter() - t
             try:
-                t = time.perf_counter()
-                opts = ScanOptions(scheduler=client.scheduler.address, **base)
-                scan(root / "train", root / "synth", root / f"w{w}", opts, report=False)
-                secs = time.perf_counter() - t
+                for cached in [False, True] if args.compare_cache else [True]:
+                    cluster_module.DaskSearch = functools.partial(dask_search, cache=cached)
+                    t = time.perf_counter()
+                    opts = ScanOptions(scheduler=client.scheduler.address, **base)
+                    scan(root / "train", root / "synth", root / f"w{w}{cached}", opts, report=False)
+                    secs = time.perf_counter() - t
+                    cache_note = "" if cached else ", shard cache off"
+                    rows.append((f"Dask LocalCluster, {w} worker process(es){cache_note}", startup, secs))
+                    for name in RUN_TABLES:
+                        a, b = root / "local" / name, root / f"w{w}{cached}" / name
+                        if a.exists():
+                            assert a.read_bytes() == b.read_bytes(), f"{name} differs with {w} workers"
             finally:
+                cluster_module.DaskSearch = dask_search
                 close()
-            rows.append((f"Dask LocalCluster, {w} worker process(es)", startup, secs))
-            for name in RUN_TABLES:
-                a, b = root / "local" / name, root / f"w{w}" / name
-                if a.exists():
-                    assert a.read_bytes() == b.read_bytes(), f"{name} differs with {w} workers"
 
     flops = 2.0 * args.n_query * args.n_train * d
     print(

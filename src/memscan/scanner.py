@@ -614,9 +614,21 @@ def _scan(
     if opts.workers is not None or opts.scheduler is not None:
         from memscan.search.cluster import DaskSearch, open_cluster
 
-        client, close_cluster = open_cluster(opts.workers, opts.scheduler)
+        client, close_client = open_cluster(opts.workers, opts.scheduler)
         path = os.path.abspath(train_ds.path)  # as the workers see it (a shared file system)
-        search = DaskSearch(client, path, feats, train_ds.n_items, tb, opts.engine_precision, device)
+        search = dask_search = DaskSearch(
+            client, path, feats, train_ds.n_items, tb, opts.engine_precision, device
+        )
+
+        def close_cluster() -> None:
+            log.info(
+                "cluster: %d shard tasks, %d read their rows from a worker's cache",
+                dask_search.n_tasks,
+                dask_search.n_cache_hits,
+            )
+            dask_search.release()
+            close_client()
+
     try:
         searcher = _Searcher(train_ds, feats, search, opts, _Checkpoints(out, key), qb, stats)
         log.info(

@@ -182,6 +182,42 @@ def test_worker_killed_mid_scan_identical(data, dask_cluster, tmp_path, monkeypa
     assert pids[victim] not in client.run(os.getpid).values()
 
 
+def test_workers_cache_their_shards_between_calls(data, dask_cluster):
+    """The second search of a scan reads every shard from the worker that kept it (same results), and
+    release() empties the workers' caches."""
+    from memscan.scanner import Features
+    from memscan.search.engine import search_topk
+
+    client = dask_cluster["client"]
+    client.wait_for_workers(2, timeout=30)
+    train = Dataset.open(data["train"])
+    feats = Features(None, None)
+    queries = feats(Dataset.open(data["syn"]).read(0, 6))
+    search = cluster_module.DaskSearch(
+        client, os.path.abspath(train.path), feats, train.n_items, 8, "auto", shard_items=16
+    )
+    first = search(queries, 3)
+    n_shards = search.n_tasks
+    assert n_shards >= 2 and search.n_cache_hits == 0
+    second = search(queries, 3)
+    assert search.n_cache_hits == n_shards
+    np.testing.assert_array_equal(first.indices, second.indices)
+    np.testing.assert_array_equal(first.values, second.values)
+    rows = feats(train.read(0, train.n_items))
+    local = search_topk(queries, lambda: iter([(0, rows)]), 3)
+    np.testing.assert_array_equal(second.indices, local.indices)
+    np.testing.assert_array_equal(second.values, local.values)
+    assert sum(client.run(lambda: cluster_module._CACHE.nbytes).values()) > 0
+    search.release()
+    assert sum(client.run(lambda: cluster_module._CACHE.nbytes).values()) == 0
+    no_cache = cluster_module.DaskSearch(
+        client, os.path.abspath(train.path), feats, train.n_items, 8, "auto", shard_items=16, cache=False
+    )
+    no_cache(queries, 3)
+    no_cache(queries, 3)
+    assert no_cache.n_cache_hits == 0
+
+
 def test_merge_topk_matches_brute_force_with_ties():
     rng = np.random.default_rng(0)
     values = rng.integers(0, 5, size=(6, 40)).astype(np.float64) / 4  # many exact ties

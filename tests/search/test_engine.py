@@ -573,6 +573,11 @@ def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) 
     z_host, s1_host, var_host, _ = sc._to_int8(raw, pad_rows=16, reuse=True)
     z_dev, s1_dev, var_dev = engine.int8_block(torch.from_numpy(raw), sc.dp, 16)
     np.testing.assert_array_equal(z_dev.numpy(), torch.cat(z_host, dim=1).numpy())
+    z_q, s1_q, var_q, _ = sc._int8_on_device(raw, 16)  # the queries' conversion on CUDA, run here on the CPU
+    assert [c.shape for c in z_q] == [c.shape for c in z_host]
+    np.testing.assert_array_equal(torch.cat(z_q, dim=1).numpy(), torch.cat(z_host, dim=1).numpy())
+    np.testing.assert_array_equal(s1_q, s1_host)
+    np.testing.assert_array_equal(var_q, var_host)
     np.testing.assert_array_equal(s1_dev.numpy(), s1_host)
     np.testing.assert_array_equal(var_dev.numpy(), var_host)
     assert var_dev[5] == 0

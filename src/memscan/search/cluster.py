@@ -17,6 +17,14 @@ therefore the top-k of the union of the shards' top-k lists, element for element
 Tasks are pure functions of their arguments (they read, never write), so when a worker dies the
 scheduler simply reruns its tasks on another worker and the result is the same.
 
+A scan searches the training set many times (every query block, with and without mirroring, then the
+held-out and the baseline items), so each worker keeps the feature rows of the shards it has read in a
+per-process cache (:class:`_ShardCache`: least recently used out first, at most :data:`CACHE_SHARE` of
+the worker's memory limit), and shard i is submitted to the same worker every time (a loose restriction:
+another worker takes it if that one is gone). The cache is keyed by the scan, so a later scan never sees
+another's rows, and is emptied when the scan ends. It changes nothing in the results: the rows are the
+ones the task would read again.
+
 Shapes: queries ``[nq, d]`` (feature rows), results ``[nq, k]``.
 """
 
@@ -28,8 +36,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +63,8 @@ __all__ = ["DaskSearch", "merge_topk", "open_cluster", "plan_shards", "search_sh
 CONNECT_TIMEOUT = 10.0
 #: Shards per worker thread: enough to balance uneven tasks and to lose little when a worker dies.
 TASKS_PER_THREAD = 3
+#: Share of a worker's memory limit that its shard cache may hold.
+CACHE_SHARE = 0.3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +234,52 @@ def plan_shards(n_train: int, block: int, n_threads: int, tasks_per_thread: int 
     return [(a, min(n_train, a + size)) for a in range(0, n_train, size)], block
 
 
+class _ShardCache:
+    """The feature rows of the shards a worker process has read: ``key → [(offset, rows), ...]``, least
+    recently used out first, at most ``limit`` bytes (given by each task). Shared by the worker's threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[tuple, list[tuple[int, np.ndarray]]] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: tuple) -> list[tuple[int, np.ndarray]] | None:
+        with self.lock:
+            rows = self.entries.get(key)
+            if rows is not None:
+                self.entries.move_to_end(key)
+            return rows
+
+    def put(self, key: tuple, rows: list[tuple[int, np.ndarray]], limit: int) -> None:
+        size = sum(r.nbytes for _, r in rows)
+        with self.lock:
+            if key in self.entries or size > limit:
+                return
+            while self.entries and self.nbytes + size > limit:
+                _, old = self.entries.popitem(last=False)
+                self.nbytes -= sum(r.nbytes for _, r in old)
+            self.entries[key] = rows
+            self.nbytes += size
+
+    def drop(self, scan: str) -> int:
+        """Forget every entry of one scan; returns the bytes freed."""
+        with self.lock:
+            keys = [k for k in self.entries if k[0] == scan]
+            freed = 0
+            for key in keys:
+                freed += sum(r.nbytes for _, r in self.entries.pop(key))
+            self.nbytes -= freed
+            return freed
+
+
+_CACHE = _ShardCache()
+
+
+def _drop_cached(scan: str) -> int:
+    """Run on every worker when a scan ends."""
+    return _CACHE.drop(scan)
+
+
 def search_shard(
     path: str,
     features: Features,
@@ -235,10 +293,12 @@ def search_shard(
     query_groups: np.ndarray | None = None,
     train_groups: np.ndarray | None = None,
     delay: float = 0.0,
+    cache: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """One Dask task: exact top-k of ``queries [nq, d]`` against training items ``start:stop``.
 
-    Pure: opens the dataset read-only, writes nothing; rerunning it gives the same result.
+    Pure: opens the dataset read-only, writes nothing; rerunning it gives the same result (the worker's
+    shard cache only saves reading the same rows again).
 
     Args:
         path: the training dataset folder (or ``DATASET/SPLIT``), readable on the worker.
@@ -253,20 +313,36 @@ def search_shard(
         query_groups: exclusion groups of the queries ``[nq]`` (or None).
         train_groups: exclusion groups of the shard's items ``[stop - start]`` (or None).
         delay: seconds slept per block (test hook: makes tasks slow enough to kill a worker mid-scan).
+        cache: ``(scan id, bytes)``: keep this shard's feature rows in the worker's cache of that size.
 
     Returns:
         ``values``/``indices`` ``[nq, k]`` (global training indices), ``n_candidates``, ``n_fallback``,
-        ``precision``, ``epsilon``.
+        ``precision``, ``epsilon``, ``cache_hit``.
     """
     from memscan.data.store import Dataset
 
-    ds = Dataset.open(path)
+    key = None if cache is None else (cache[0], path, start, stop, block)
+    cached = None if key is None else _CACHE.get(key)
+    kept: list[tuple[int, np.ndarray]] | None = [] if key is not None and cached is None else None
 
     def stream():
+        nonlocal kept
+        if cached is not None:
+            yield from cached
+            return
+        ds = Dataset.open(path)
+        size = 0
         for lo in range(start, stop, block):
             if delay:
                 time.sleep(delay)
-            yield lo - start, features(ds.read(lo, min(stop, lo + block)))
+            rows = features(ds.read(lo, min(stop, lo + block)))
+            if kept is not None and cache is not None:
+                size += rows.nbytes
+                if size <= cache[1]:
+                    kept.append((lo - start, rows))
+                else:  # the shard is larger than the cache: stream it as before
+                    kept = None
+            yield lo - start, rows
 
     res = engine.search_topk(
         queries,
@@ -277,6 +353,8 @@ def search_shard(
         query_groups=query_groups,
         train_groups=train_groups,
     )
+    if kept is not None and key is not None and cache is not None:
+        _CACHE.put(key, kept, cache[1])
     indices = np.where(res.indices >= 0, res.indices + start, -1)
     return {
         "values": res.values,
@@ -285,6 +363,7 @@ def search_shard(
         "n_fallback": int(res.n_fallback),
         "precision": res.precision,
         "epsilon": float(res.epsilon),
+        "cache_hit": cached is not None,
     }
 
 
@@ -329,6 +408,7 @@ class DaskSearch:
         tasks_per_thread: shards per worker thread.
         shard_items: fixed shard size (items; rounded to whole blocks), overriding ``tasks_per_thread``.
         delay: test hook: seconds each task sleeps per block.
+        cache: keep the shards' feature rows in the workers' caches between calls (module doc).
     """
 
     client: Client
@@ -341,7 +421,23 @@ class DaskSearch:
     tasks_per_thread: int = TASKS_PER_THREAD
     shard_items: int | None = None
     delay: float = 0.0
+    cache: bool = True
     n_tasks: int = field(default=0, init=False)
+    n_cache_hits: int = field(default=0, init=False)
+    scan_id: str = field(default_factory=lambda: uuid.uuid4().hex, init=False)
+
+    def _cache_bytes(self, workers: dict[str, Any]) -> int:
+        """The smallest worker's cache size (memory limit × :data:`CACHE_SHARE`; 0 = no limit known)."""
+        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+        return int(CACHE_SHARE * min(limits)) if limits and min(limits) > 0 else 0
+
+    def release(self) -> None:
+        """Empty the workers' caches of this scan's rows (call when the scan is done)."""
+        if self.cache:
+            try:
+                self.client.run(_drop_cached, self.scan_id)
+            except Exception as exc:  # noqa: BLE001 - a closing cluster may refuse; the LRU evicts anyway
+                log.debug("could not empty the workers' shard caches: %s", exc)
 
     def shards(self) -> tuple[list[tuple[int, int]], int]:
         """``([(start, stop), ...], block)`` for the cluster as it is now."""
@@ -367,12 +463,20 @@ class DaskSearch:
         queries = np.ascontiguousarray(queries)
         shards, block = self.shards()
         call = uuid.uuid4().hex[:10]
+        workers = self.client.scheduler_info().get("workers", {})
+        addresses = sorted(workers)
+        cache_bytes = self._cache_bytes(workers) if self.cache else 0
+        cache = (self.scan_id, cache_bytes) if cache_bytes > 0 else None
         q_future = self.client.scatter(queries, broadcast=True, hash=False)
         f_future = self.client.scatter(self.features, broadcast=True, hash=False)
         q_groups = None if query_groups is None else np.asarray(query_groups, dtype=np.int64)
         futures = []
         for i, (a, b) in enumerate(shards):
             t_groups = None if train_groups is None else np.asarray(train_groups[a:b], dtype=np.int64)
+            # the same worker for shard i at every call, where its cache holds the rows
+            where: dict[str, Any] = {}
+            if cache and addresses:
+                where = {"workers": [addresses[i % len(addresses)]], "allow_other_workers": True}
             futures.append(
                 self.client.submit(
                     search_shard,
@@ -388,8 +492,10 @@ class DaskSearch:
                     q_groups,
                     t_groups,
                     self.delay,
+                    cache,
                     key=f"memscan-shard-{call}-{i:05d}",
                     pure=False,
+                    **where,
                 )
             )
         self.n_tasks += len(futures)
@@ -408,6 +514,7 @@ class DaskSearch:
             raise
         finally:
             del q_future, f_future
+        self.n_cache_hits += sum(bool(r.get("cache_hit")) for r in results)
         values, indices = merge_topk([(r["values"], r["indices"]) for r in results], k)
         return engine.SearchResult(
             values=values,

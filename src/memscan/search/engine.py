@@ -918,8 +918,11 @@ class _IntScreen:
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
         self._buffers: list[np.ndarray] = []
         self.exact_in_f64 = self.d <= 2**19
-        zq, s1, var, sq = self._to_int8(queries, pad_rows=_pad_to(self.nq, 8, 24))
-        self.zq_chunks = [c.to(self.device) for c in zq]
+        rows = _pad_to(self.nq, 8, 24)
+        if self.cuda:
+            self.zq_chunks, s1, var, sq = self._int8_on_device(queries, rows)
+        else:
+            self.zq_chunks, s1, var, sq = self._to_int8(queries, pad_rows=rows)
         self.q_valid = var[: self.nq] > 0
         self.q_s1 = torch.from_numpy(s1[: self.nq]).to(self.device)
         self.q_var = torch.from_numpy(sq[: self.nq]).to(self.device)  # d²·variance, float64 (exact)
@@ -956,6 +959,24 @@ class _IntScreen:
         s1, s2 = self._sums_int_mm(chunks, rows)
         var = self.d * s2 - s1 * s1  # = d² · population variance, exact
         return chunks, s1, var, var.astype(np.float64)
+
+    def _int8_on_device(self, raw: np.ndarray, rows: int):
+        """:meth:`_to_int8` on :attr:`device` (the queries on CUDA): the shift and the exact sums by
+        :func:`int8_block`, bit for bit the host's, 4,096 rows at a time (its int32 temporaries stay small).
+        The host's own int8 products may have no fast kernel on the GPU machine's CPU."""
+        if raw.dtype != np.uint8:
+            raise InputError(f"precision 'int8' needs uint8 items, got a block of {raw.dtype}")
+        n = raw.shape[0]
+        z = torch.zeros((rows, self.dp), dtype=torch.int8, device=self.device)
+        s1 = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        var = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        for r in range(0, n, 4096):
+            part = torch.from_numpy(np.ascontiguousarray(raw[r : r + 4096])).to(self.device)
+            m = part.shape[0]
+            z[r : r + m], s1[r : r + m], var[r : r + m] = int8_block(part, self.dp, m)
+        chunks = [z] if len(self.bounds) == 1 else [z[:, a:b].contiguous() for a, b in self.bounds]
+        s1_h, var_h = s1.cpu().numpy(), var.cpu().numpy()
+        return chunks, s1_h, var_h, var_h.astype(np.float64)
 
     def _sums_int_mm(self, chunks: list[torch.Tensor], rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Σx' and Σx'² exactly on the int8 matrix unit (int32 per chunk < 2^31, chunk sums in int64):
