@@ -36,10 +36,14 @@ fi
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
   echo "== 1. training throughput: plain MONAI loop vs memscan =="
-  $PY benchmarks/bench_train.py $BENCH --json "$OUT/bench_train.json"
+  # time limits (one device call may run 10 minutes): a stage that runs out is recorded, the next runs
+  timeout "${T_BENCH:-200}" $PY benchmarks/bench_train.py $BENCH --json "$OUT/bench_train.json" \
+    || echo "bench_train: rc $? (timed out or failed)"
 
   echo "== 2-4. phantoms, training, sampling =="
-  $PY - "$WORK" "$OUT" "$DEV" "$SIZE" "$SHAPE" "$PRESET" "$STEPS" "$BATCH" "$N" $SAMPLING <<'EOF'
+  rc=0
+  timeout "${T_TRAIN:-270}" $PY - "$WORK" "$OUT" "$DEV" "$SIZE" "$SHAPE" "$PRESET" "$STEPS" "$BATCH" "$N" \
+    $SAMPLING <<'EOF' || rc=$?
 import json, shutil, sys, time
 from pathlib import Path
 
@@ -113,11 +117,15 @@ result = {
 (work / "result.json").write_text(json.dumps(result, indent=2))
 print(json.dumps(result, indent=2))
 EOF
+  if [ "$rc" != 0 ]; then  # cut short: keep what the training wrote so far
+    echo "training/sampling: rc $rc (timed out or failed)"
+    cp "$WORK/model/log.jsonl" "$OUT/train_log.jsonl" 2>/dev/null || true
+  fi
 
   echo "== 5. memscan scan: samples against the 32 training slices, calibrated on held-out subjects =="
   $PY -m memscan --quiet scan "$WORK/train32" "$WORK/samples" --out "$WORK/run" --holdout "$WORK/holdout" \
     --top-k 1 --device "$DEV" --baseline-items 0 || echo "scan exit code $?"
-  $PY - "$WORK" "$OUT" <<'EOF'
+  $PY - "$WORK" "$OUT" <<'EOF' || echo "results.json: rc $? (an earlier stage did not finish)"
 import json, sys
 from pathlib import Path
 

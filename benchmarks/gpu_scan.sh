@@ -29,13 +29,32 @@ else
 fi
 (nvidia-smi || true) > "$RES/env.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$RES/env.txt"
-$PY -m pytest -q -p no:cacheprovider tests/search/test_engine.py -k "cuda or int8" 2>&1 | tail -5 | tee "$RES/gpu-tests.txt"
-$PY benchmarks/bench_engine.py $EPAR 2>&1 | tee "$RES/engine.md"
-$PY benchmarks/bench_scan.py --device $DEV $S1 --skip-reference --pairs 50 --json "$RES/scan.json" \
-  --workdir /tmp/bench1 2>&1 | tee "$RES/scan.md"
+
+# One device call may run 10 minutes: every stage gets a time limit within BUDGET seconds in all, in the
+# order of what the issue needs most; a stage that fails or runs out is recorded and the next one runs.
+BUDGET=${BUDGET:-560}
+T_END=$(( $(date +%s) + BUDGET ))
+stage() {  # stage FILE SECONDS COMMAND...
+  local file=$1 limit=$2 left t0 rc
+  shift 2
+  left=$(( T_END - $(date +%s) ))
+  if [ "$left" -lt 20 ]; then echo "== $file: skipped, ${left} s left" | tee -a "$RES/$file"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  t0=$(date +%s)
+  echo "== $file (limit ${limit} s): $*"
+  set +e
+  timeout "$limit" "$@" 2>&1 | tee -a "$RES/$file"
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "== $file: rc $rc after $(( $(date +%s) - t0 )) s" | tee -a "$RES/$file"
+}
+stage gpu-tests.txt 120 $PY -m pytest -q -p no:cacheprovider tests/search/test_engine.py -k "cuda or int8 or auto"
+stage scan.md 150 $PY benchmarks/bench_scan.py --device $DEV $S1 --skip-reference --pairs 50 \
+  --json "$RES/scan.json" --workdir /tmp/bench1
 rm -rf /tmp/bench1
-$PY benchmarks/bench_scan.py --device $DEV $S2 --skip-reference --pairs 20 --json "$RES/study_scale.json" \
-  --workdir /tmp/bench2 2>&1 | tee "$RES/study_scale.md"
+stage study_scale.md 180 $PY benchmarks/bench_scan.py --device $DEV $S2 --skip-reference --pairs 20 \
+  --json "$RES/study_scale.json" --workdir /tmp/bench2
 rm -rf /tmp/bench2
-$PY benchmarks/bench_scan3d.py --device $DEV $V1 --json "$RES/scan3d_float32.json" 2>&1 | tee "$RES/scan3d.md"
-$PY benchmarks/bench_scan3d.py --device $DEV $V2 --json "$RES/scan3d_uint8.json" 2>&1 | tee -a "$RES/scan3d.md"
+stage scan3d.md 120 $PY benchmarks/bench_scan3d.py --device $DEV $V1 --json "$RES/scan3d_float32.json"
+stage scan3d.md 90 $PY benchmarks/bench_scan3d.py --device $DEV $V2 --json "$RES/scan3d_uint8.json"
+stage engine.md 90 $PY benchmarks/bench_engine.py $EPAR

@@ -27,7 +27,12 @@ LOG=$OUT/study.log
 } > "$LOG" 2>&1
 start=$(date +%s)
 # shellcheck disable=SC2086
-if ! $PY -m memscan $ARGS >> "$LOG" 2>&1; then
+# under the device tool's 10 minutes a call; cut short, a second call within the machine's idle window
+# (--resume) continues from the finished stages
+rc=0
+timeout "${T_STUDY:-560}" $PY -m memscan $ARGS >> "$LOG" 2>&1 || rc=$?
+if [ "$rc" != 0 ]; then
+  echo "study: not finished (rc $rc); run this script again to resume" >> "$LOG"
   tail -40 "$LOG"
   exit 1
 fi
