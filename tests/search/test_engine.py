@@ -152,6 +152,9 @@ def test_long_rows_are_summed_in_segments_exactly(near_ties, monkeypatch) -> Non
     engine._map_rows(t, z)
     np.testing.assert_array_equal(z[3], 0.0)
     np.testing.assert_allclose(z[0], ((f[0] - mean[0]) / norm[0]).astype(np.float32), rtol=1e-6)
+    z2 = np.full(t.shape, np.nan, dtype=np.float32)  # the queries' normalisation: the same values
+    engine._fill_normalised(t, mean, norm, engine._valid(mean, norm), z2)
+    np.testing.assert_array_equal(z2, z)
     base = search_topk(q, blocks_of(t, len(t)), 4, precision="float64")
     check_against_reference(base, q, t, 4)
     for precision in ("bf16", "float32"):

@@ -1137,7 +1137,21 @@ def _fill_normalised(
         f[~valid[r0:r1]] = 0.0
         z[r0:r1] = f
 
-    list(_executor().map(run, range(0, n, step)))
+    def run_long(r: int) -> None:  # the same values, a cache-resident segment at a time
+        if not valid[r]:
+            z[r] = 0.0
+            return
+        buf = np.empty(min(d, _SEGMENT))
+        for a, b in _segments(d):
+            seg = buf[: b - a]
+            seg[...] = raw[r, a:b]
+            seg -= mean[r]
+            np.divide(seg, norm[r], out=z[r, a:b], casting="same_kind")
+
+    if d > _SEGMENT:
+        list(_executor().map(run_long, range(n)))
+    else:
+        list(_executor().map(run, range(0, n, step)))
 
 
 def _to_device_raw(raw: np.ndarray, device: torch.device, stream: torch.cuda.Stream | None) -> torch.Tensor:
