@@ -111,7 +111,12 @@ def plain_loop(
 
 
 def memscan_loop(
-    data_path: Path, args: argparse.Namespace, device: torch.device, batch: int, steps: int, compile: bool
+    data_path: Path,
+    args: argparse.Namespace,
+    device: torch.device,
+    batch: int,
+    steps: int,
+    compile: bool | str,
 ) -> float:
     """memscan's DDPM + device-resident data; returns images/s over ``steps`` timed steps."""
     from memscan.data.store import Dataset
@@ -192,9 +197,14 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         rows.append(("plain MONAI loop", args.batch, plain_loop(items, args, device, args.batch, args.steps)))
         logger.info("plain: %.1f images/s", rows[-1][2])
-        variants = [("memscan", args.batch, False), ("memscan", args.big_batch, False)]
+        variants: list[tuple[str, int, bool | str]] = [
+            ("memscan", args.batch, False),
+            ("memscan", args.big_batch, False),
+        ]
         if args.compile:
             variants.append(("memscan + torch.compile", args.big_batch, True))
+            if device.type == "cuda":  # the small batch is launch-bound: CUDA graphs replay it in one call
+                variants.append(("memscan + torch.compile, CUDA graphs", args.batch, "reduce-overhead"))
         for name, b, comp in variants:
             # the same images as the batch-32 runs, but at least 10 timed steps (a few steps time poorly)
             steps = (
@@ -202,7 +212,11 @@ def main() -> None:
                 if b > args.batch
                 else args.steps
             )
-            rate = memscan_loop(data_path, args, device, b, steps, comp)
+            try:
+                rate = memscan_loop(data_path, args, device, b, steps, comp)
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not cost the others
+                logger.info("%s batch %d failed: %s", name, b, exc)
+                rate = float("nan")
             rows.append((name, b, rate))
             logger.info("%s batch %d: %.1f images/s", name, b, rate)
 

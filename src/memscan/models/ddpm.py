@@ -439,7 +439,7 @@ class DDPM:
         device: torch.device,
         *,
         amp: torch.dtype | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
     ) -> None:
         """Move to ``device`` and set the speed options (called once by the training loop, before steps).
@@ -447,7 +447,8 @@ class DDPM:
         Args:
             device: where the networks and the optimizer state live.
             amp: autocast dtype for the forward pass (bf16 on CUDA), or None for float32.
-            compile: wrap the U-Net's forward in ``torch.compile`` (the checkpointed module is unchanged).
+            compile: wrap the U-Net's forward in ``torch.compile`` (the checkpointed module is unchanged);
+                a string is ``torch.compile``'s mode, e.g. ``"reduce-overhead"`` (CUDA graphs).
             channels_last: NHWC memory layout (2D on CUDA: faster convolutions on tensor cores).
         """
         self.unet.to(device)
@@ -462,7 +463,10 @@ class DDPM:
             self.optimizer = torch.optim.AdamW(
                 self.unet.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True
             )
-        self._forward = torch.compile(self.unet) if compile else self.unet
+        if isinstance(compile, str):
+            self._forward = torch.compile(self.unet, mode=compile)
+        else:
+            self._forward = torch.compile(self.unet) if compile else self.unet
 
     def memory_estimate(self, batch: int) -> int:
         """Rough peak bytes of one training step (weights, EMA, AdamW state, gradients, activations)."""
