@@ -374,7 +374,6 @@ def _stats_long_rows(
     d = block.shape[1]
     segs = _segments(d)
     buf = np.empty(min(d, _SEGMENT))
-    sq = np.empty_like(buf)
     mean = np.empty(r1 - r0)
     norm = np.empty(r1 - r0)
     for i, r in enumerate(range(r0, r1)):
@@ -387,10 +386,10 @@ def _stats_long_rows(
         m = total / d
         acc = 0.0
         for a, b in segs:
-            seg = buf[: b - a]
-            seg[...] = row[a:b]
-            seg -= m
-            acc += float(np.square(seg, out=sq[: b - a]).sum())
+            seg = np.subtract(
+                row[a:b], m, out=buf[: b - a], dtype=np.float64
+            )  # exact cast, then one rounding
+            acc += float(np.multiply(seg, seg, out=seg).sum())
         mean[i], norm[i] = m, math.sqrt(acc)
         # a constant row's float64 mean can be off by a few ulp (sums of float32 values are exact up to
         # 2^29 terms; of float64 ones, pairwise sums err by ~log2(d) ulp), leaving a spurious tiny norm:
@@ -403,9 +402,7 @@ def _stats_long_rows(
                 z_out[r] = 0.0
                 continue
             for a, b in segs:
-                seg = buf[: b - a]
-                seg[...] = row[a:b]
-                seg -= mean[i]
+                seg = np.subtract(row[a:b], mean[i], out=buf[: b - a], dtype=np.float64)
                 np.divide(seg, norm[i], out=z_out[r, a:b], casting="same_kind")
     return mean, norm
 
@@ -479,13 +476,9 @@ def _long_dot(
     b_buf = np.empty_like(a_buf)
     acc = 0.0
     for a, b in _segments(d):
-        x, y = a_buf[: b - a], b_buf[: b - a]
-        x[...] = qraw[q, a:b]
-        x -= q_mean[q]
-        y[...] = traw[t, a:b]
-        y -= t_mean[t]
-        x *= y
-        acc += float(x.sum())
+        x = np.subtract(qraw[q, a:b], q_mean[q], out=a_buf[: b - a], dtype=np.float64)
+        y = np.subtract(traw[t, a:b], t_mean[t], out=b_buf[: b - a], dtype=np.float64)
+        acc += float(np.multiply(x, y, out=x).sum())
     return acc
 
 
@@ -1143,9 +1136,7 @@ def _fill_normalised(
             return
         buf = np.empty(min(d, _SEGMENT))
         for a, b in _segments(d):
-            seg = buf[: b - a]
-            seg[...] = raw[r, a:b]
-            seg -= mean[r]
+            seg = np.subtract(raw[r, a:b], mean[r], out=buf[: b - a], dtype=np.float64)
             np.divide(seg, norm[r], out=z[r, a:b], casting="same_kind")
 
     if d > _SEGMENT:
