@@ -585,10 +585,16 @@ def _scan(
     feats = Features(channels, mask)
     d = feats.dim(train_ds.item_shape)
     itemsize = train_ds.dtype.itemsize
-    n_queries = synth_ds.n_items + (hold_ds.n_items if hold_ds is not None else 0)
-    qb, tb = plan_blocks(train_ds.n_items, n_queries, d, itemsize, opts.memory_budget)
-    qb, tb = min(opts.query_block or qb, n_queries), min(opts.train_block or tb, train_ds.n_items)
-    # Keep the training features in memory across query blocks when they fit in a quarter of the budget.
+    n_hold = hold_ds.n_items if hold_ds is not None else 0
+    n_base = len(baseline_sample(train_ds.n_items, opts.baseline_items)) if opts.baseline_items else 0
+    # query blocks sized for the largest query set (the baselines are often larger than the synthetic set:
+    # each block is one more pass over the training set)
+    n_largest = max(synth_ds.n_items, n_hold, n_base)
+    qb, tb = plan_blocks(train_ds.n_items, n_largest, d, itemsize, opts.memory_budget)
+    qb, tb = min(opts.query_block or qb, n_largest), min(opts.train_block or tb, train_ds.n_items)
+    # Keep the training features in memory across the scan's passes (query blocks, held-out items, the two
+    # baselines) when they fit in a quarter of the budget.
+    n_queries = synth_ds.n_items + n_hold + 2 * n_base
     fits = train_ds.n_items * d * itemsize <= opts.memory_budget // 4 and n_queries > qb
     stream = _train_stream(train_ds, feats, tb, [] if fits else None)
     key = hashlib.sha256(

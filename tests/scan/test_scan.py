@@ -424,3 +424,26 @@ def test_auto_switch_to_float32_is_kept_for_later_query_blocks(monkeypatch):
     second = search(q, 2)
     assert (second.switched_from, second.precision) == (None, "float32")
     np.testing.assert_array_equal(first.indices, second.indices)
+
+
+def test_query_blocks_sized_for_the_largest_query_set(tmp_path):
+    """The train-vs-train baselines (here 30 items) are often more than the synthetic items (5): the query
+    blocks are sized for the largest set, so they take one pass over the training set, not six; the
+    tables do not depend on it."""
+    rng = np.random.default_rng(4)
+    for name, n in (("train", 40), ("syn", 5)):
+        with DatasetWriter(tmp_path / name, (1, 8, 8), "uint8", ("g",), recipe={"name": "t"}) as w:
+            for i in range(n):
+                w.add(
+                    rng.integers(0, 256, (1, 8, 8), dtype=np.uint8),
+                    {"id": f"{name}{i}", "subject": f"s{i % 7}"},
+                )
+            w.commit()
+    res = scan(tmp_path / "train", tmp_path / "syn", tmp_path / "run", ScanOptions(baseline_items=30))
+    assert res.summary["query_block"] == 30
+    small = scan(
+        tmp_path / "train", tmp_path / "syn", tmp_path / "run5", ScanOptions(baseline_items=30, query_block=5)
+    )
+    assert small.summary["query_block"] == 5
+    for table in ("matches.parquet", "synthetic.parquet", "baseline.parquet"):
+        assert pd.read_parquet(tmp_path / "run" / table).equals(pd.read_parquet(tmp_path / "run5" / table))
