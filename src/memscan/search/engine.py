@@ -401,10 +401,16 @@ def _stats_long_rows(
             if not (norm[i] > 0 and math.isfinite(norm[i]) and math.isfinite(mean[i])):
                 z_out[r] = 0.0
                 continue
-            for a, b in segs:
-                seg = np.subtract(row[a:b], mean[i], out=buf[: b - a], dtype=np.float64)
-                np.divide(seg, norm[i], out=z_out[r, a:b], casting="same_kind")
+            _normalise_long_row(row, mean[i], norm[i], z_out[r], buf)
     return mean, norm
+
+
+def _normalise_long_row(row: np.ndarray, mean: float, norm: float, out: np.ndarray, buf: np.ndarray) -> None:
+    """``out = (row - mean) / norm`` segment by segment through the float64 buffer ``buf`` (the same values
+    as the short rows' whole-row float64 path: one exact cast, one rounding each for − and ÷)."""
+    for a, b in _segments(len(row)):
+        seg = np.subtract(row[a:b], mean, out=buf[: b - a], dtype=np.float64)
+        np.divide(seg, norm, out=out[a:b], casting="same_kind")
 
 
 def _stats_rows(
@@ -1134,10 +1140,7 @@ def _fill_normalised(
         if not valid[r]:
             z[r] = 0.0
             return
-        buf = np.empty(min(d, _SEGMENT))
-        for a, b in _segments(d):
-            seg = np.subtract(raw[r, a:b], mean[r], out=buf[: b - a], dtype=np.float64)
-            np.divide(seg, norm[r], out=z[r, a:b], casting="same_kind")
+        _normalise_long_row(raw[r], mean[r], norm[r], z[r], np.empty(min(d, _SEGMENT)))
 
     if d > _SEGMENT:
         list(_executor().map(run_long, range(n)))
