@@ -9,6 +9,7 @@
 #
 # What it does, in one run:
 #   1. benchmarks/bench_train.py: plain MONAI loop vs memscan's loop (+ torch.compile), images/s and ratio;
+#      benchmarks/bench_stylegan2.py: StyleGAN2 with per-sample kernels vs memscan's modulated convolution;
 #   2. phantom BraTS slices at 64x64 (one channel, t1): 32 training slices of 2 subjects, held-out slices of
 #      2 other subjects;
 #   3. memscan's DDPM (preset quick) trained on the 32 slices for STEPS steps (log, grids, throughput, peak
@@ -37,8 +38,12 @@ fi
 
   echo "== 1. training throughput: plain MONAI loop vs memscan =="
   # time limits (one device call may run 10 minutes): a stage that runs out is recorded, the next runs
-  timeout "${T_BENCH:-200}" $PY benchmarks/bench_train.py $BENCH --json "$OUT/bench_train.json" \
+  timeout "${T_BENCH:-170}" $PY benchmarks/bench_train.py $BENCH --json "$OUT/bench_train.json" \
     || echo "bench_train: rc $? (timed out or failed)"
+
+  echo "== 1b. StyleGAN2 training throughput: per-sample kernels vs memscan's modulated convolution =="
+  timeout "${T_SG2:-90}" $PY benchmarks/bench_stylegan2.py $BENCH --json "$OUT/bench_stylegan2.json" \
+    || echo "bench_stylegan2: rc $? (timed out or failed)"
 
   echo "== 2-4. phantoms, training, sampling =="
   rc=0

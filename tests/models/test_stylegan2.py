@@ -100,6 +100,29 @@ def test_demodulation_gives_unit_variance(spatial_dims: int) -> None:
     assert abs(raw.std().item() - 1.0) > 0.3  # the property comes from demodulation, not from luck
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulated_conv_equals_per_sample_kernels(spatial_dims: int, demodulate: bool) -> None:
+    """The scaled-activation form equals Eq. 1–3 with per-sample kernels (a float64 grouped convolution)."""
+    torch.manual_seed(1)
+    conv = ModulatedConv(6, 5, 3, w_dim=8, spatial_dims=spatial_dims, demodulate=demodulate).double()
+    with torch.no_grad():
+        conv.affine.weight.mul_(2.0)
+    size = (9, 7) if spatial_dims == 2 else (5, 6, 4)
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    w = torch.randn(3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        out = conv(x, w)
+        styles = conv.affine(w)
+        kernels = conv.weight[None] * conv.weight_gain * styles.view(3, 1, 6, *[1] * spatial_dims)
+        if demodulate:
+            dims = tuple(range(2, kernels.ndim))
+            kernels = kernels / torch.sqrt(kernels.square().sum(dim=dims, keepdim=True) + 1e-8)
+        fn = torch.nn.functional.conv2d if spatial_dims == 2 else torch.nn.functional.conv3d
+        ref = fn(x.reshape(1, 18, *size), kernels.reshape(15, 6, *kernels.shape[3:]), padding=1, groups=3)
+    torch.testing.assert_close(out, ref.reshape(3, 5, *size), rtol=1e-12, atol=1e-12)
+
+
 # --- validation -----------------------------------------------------------------------------------------
 
 
