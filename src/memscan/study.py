@@ -17,6 +17,7 @@ A study is described by a TOML file (or the name of a shipped preset, see ``stud
     [[models]]
     family = "ddpm"
     preset = "tiny"
+    config = { lr = 1e-3 }    # optional overrides of the preset (memscan train --config keys)
     steps = 10
 
     [scan]
@@ -70,7 +71,17 @@ TRAIN_SPLIT = "train"
 _TOP_KEYS = ("name", "description", "sizes", "samples", "seed", "data", "models", "scan")
 _DATA_KEYS = ("source", "phantom", "layout", "recipe", "size", "modalities", "holdout_subjects", "seed")
 _PHANTOM_KEYS = ("subjects", "shape")
-_MODEL_KEYS = ("family", "preset", "steps", "batch", "name", "sampler", "sampling_steps", "sample_batch")
+_MODEL_KEYS = (
+    "family",
+    "preset",
+    "config",
+    "steps",
+    "batch",
+    "name",
+    "sampler",
+    "sampling_steps",
+    "sample_batch",
+)
 _SCAN_KEYS = (
     "flips",
     "max_shift",
@@ -153,6 +164,7 @@ class ModelConfig:
     Attributes:
         family: ``ddpm`` or ``stylegan2``.
         preset: the family's preset (``tiny``, ``quick``, ``study``, ...).
+        config: overrides of the preset's values (a TOML table, the keys of ``memscan train --config``).
         steps: training steps per cell (default: the preset's).
         batch: images per step (default: the preset's).
         name: label of the model in tables and folder names (default: the family).
@@ -163,6 +175,7 @@ class ModelConfig:
 
     family: str
     preset: str = "quick"
+    config: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     batch: int | None = None
     name: str = ""
@@ -379,12 +392,18 @@ def _parse_model(m: Any, i: int, path: Path | None) -> ModelConfig:
     name = str(m.get("name", ""))
     if name and not all(c.isalnum() or c in "-_." for c in name):
         raise InputError(f"{where}: name {name!r} may hold letters, digits, '-', '_' and '.' only", path)
+    overrides = m.get("config", {})
+    if not isinstance(overrides, dict):
+        raise InputError(
+            f"{where}: config must be a table of model options, e.g. config = {{ lr = 1e-4 }}", path
+        )
     sampler = m.get("sampler")
     if sampler is not None and sampler not in ("ddpm", "ddim"):
         raise InputError(f"{where}: sampler must be ddpm or ddim, got {sampler!r}", path)
     return ModelConfig(
         family=family,
         preset=str(m.get("preset", "quick")),
+        config=dict(overrides),
         steps=_opt_int(m.get("steps"), f"{where} steps", path),
         batch=_opt_int(m.get("batch"), f"{where} batch", path),
         name=name,
@@ -633,11 +652,11 @@ def mean_intensity(path: Path) -> float:
     return total / max(count, 1)
 
 
-def _check_presets(cfg: StudyConfig) -> None:
-    from memscan.models.registry import check_preset
+def _check_models(cfg: StudyConfig) -> None:
+    from memscan.models.registry import check_config
 
     for m in cfg.models:
-        check_preset(m.family, m.preset)
+        check_config(m.family, m.config, m.preset)
 
 
 def run_study(
@@ -675,7 +694,7 @@ def run_study(
         raise InputError("is not empty; pass --resume to continue the study in it", out)
     if not out.parent.exists():
         raise InputError("parent folder does not exist", out.parent)
-    _check_presets(config)
+    _check_models(config)
     data = config.data
     if data.source is not None and not data.source.exists():
         raise InputError("[data] source does not exist", data.source)
@@ -784,7 +803,9 @@ def _run_cell(
     train_st = Stage(
         f"train {cell.key}",
         cell.folder / "model",
-        config_hash(subset.hash, m.family, m.preset, m.steps, m.batch, config.seed),
+        config_hash(
+            subset.hash, m.family, m.preset, m.steps, m.batch, config.seed, *([m.config] if m.config else [])
+        ),
     )
 
     def do_train(interrupted: bool) -> dict[str, Any]:
@@ -799,6 +820,7 @@ def _run_cell(
             subset.path,
             train_st.path,
             m.family,
+            config=m.config or None,
             preset=m.preset,
             steps=steps,
             batch=m.batch,

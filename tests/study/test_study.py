@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,25 @@ def test_tiny_grid_writes_every_output(tiny_study):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "stylegan2-s1" in html
     assert len(result.ran) == 2 + 2 + 3 * 4  # phantoms, prepare, 2 subsets, 4 cells x (train, sample, scan)
+    stored = json.loads((out / "cells/ddpm-s1/model/config.json").read_text())
+    assert stored["config"]["ema_decay"] == 0.8  # tiny.toml's override reached the model
+    assert stored["config"]["lr"] == 2e-3  # the rest is the preset's
+
+
+def test_bad_model_override_fails_before_any_work(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        (REPO / "src/memscan/study_presets/tiny.toml")
+        .read_text()
+        .replace("config = { ema_decay = 0.8 }", "config = { ema_decy = 0.8 }")
+    )
+    cfg = load_config(path)
+    with pytest.raises(InputError, match="'ema_decy'.*did you mean 'ema_decay'"):
+        run_study(cfg, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+    path.write_text(path.read_text().replace("config = { ema_decy = 0.8 }", 'config = "fast"'))
+    with pytest.raises(InputError, match="config must be a table"):
+        load_config(path)
 
 
 def test_second_run_skips_every_stage(tiny_study, monkeypatch):

@@ -1,7 +1,8 @@
 """Model families by name: ``ddpm`` and ``stylegan2`` → their builders and presets.
 
 A family module offers ``build(config: dict | None, data: DataInfo, *, preset: str = 'quick') ->
-GenerativeModel`` and ``PRESETS: dict[str, dict]``. Modules are imported lazily, so a family whose module
+GenerativeModel``, ``resolve_config(config, preset)`` (validates overrides without data) and
+``PRESETS: dict[str, dict]``. Modules are imported lazily, so a family whose module
 is missing (or fails to import) gives a clear ``InputError`` only when it is asked for.
 """
 
@@ -65,6 +66,14 @@ def check_preset(family: str, preset: str) -> None:
         hint = difflib.get_close_matches(str(preset), names, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise InputError(f"unknown {family} preset {preset!r}{extra}; presets: {', '.join(names)}")
+
+
+def check_config(family: str, config: dict[str, Any] | None, preset: str) -> None:
+    """Raise InputError for an unknown preset, or config overrides ``family`` does not accept."""
+    check_preset(family, preset)
+    resolve = getattr(family_module(family), "resolve_config", None)
+    if resolve is not None:
+        resolve(config, preset)
 
 
 def build_model(

@@ -344,10 +344,11 @@ def load_checkpoint(path: Path, model: GenerativeModel, data: DeviceData | None)
 
 
 # --- sample grids ----------------------------------------------------------------------------------------
-def write_grid(images: torch.Tensor, path: Path) -> Path:
+def write_grid(images: torch.Tensor, path: str | Path) -> Path:
     """Save ``[n, C, *S]`` images in ``[-1, 1]`` as one PNG grid (first channel; 3D: middle of last axis)."""
     from PIL import Image
 
+    path = Path(path)
     x = images.detach().float().cpu()[:, 0]
     while x.ndim > 3:
         x = x[..., x.shape[-1] // 2]
@@ -431,7 +432,7 @@ def train_model(
     out: str | Path,
     family: str,
     *,
-    config: str | Path | None = None,
+    config: str | Path | dict[str, Any] | None = None,
     preset: str | None = None,
     steps: int | None = None,
     batch: int | None = None,
@@ -452,7 +453,7 @@ def train_model(
         data: dataset folder or ``DATASET/SPLIT`` (items ``[N, C, *S]``).
         out: model folder to create (or to continue with ``resume``).
         family: ``ddpm`` or ``stylegan2``.
-        config: JSON file of config overrides (or a model folder's ``config.json``).
+        config: config overrides: a dict, or a JSON file of them (or a model folder's ``config.json``).
         preset: the family's preset (default: the config file's, else ``quick``).
         steps: total optimisation steps (default: the config's ``steps``); a resumed run continues to it.
         batch: images per step (default: the config's ``batch_size``).
@@ -498,7 +499,9 @@ def train_model(
 
     overrides: dict[str, Any] = {}
     file_preset = file_family = None
-    if config is not None:
+    if isinstance(config, dict):
+        overrides = dict(config)
+    elif config is not None:
         overrides, file_preset, file_family = read_config_file(Path(config))
         if file_family is not None and file_family != family:
             raise InputError(f"the config is for family {file_family!r}, not {family!r}", config)
