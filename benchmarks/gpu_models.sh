@@ -14,7 +14,7 @@
 #      2 other subjects;
 #   3. memscan's DDPM (preset quick) trained on the 32 slices for STEPS steps (log, grids, throughput, peak
 #      GPU memory via torch.cuda.max_memory_allocated);
-#   4. N samples (DDIM, 100 steps) -> sampling throughput; a grid of samples;
+#   4. N samples (ancestral sampler on 100 strided steps) -> sampling throughput; a grid of samples;
 #   5. memscan scan TRAIN SAMPLES --holdout HOLDOUT: how many samples are flagged as copies (the study's
 #      effect: a DDPM trained long enough on 32 images reproduces them).
 set -euo pipefail
@@ -99,7 +99,7 @@ if dev == "cuda":
     torch.cuda.reset_peak_memory_stats()
 t0 = time.perf_counter()
 ds = sample_model(work / "model", n, work / "samples", seed=0, batch=min(n, 512), device=dev,
-                  sampler="ddim", sampling_steps=sampling_steps)
+                  sampler="ddpm", sampling_steps=sampling_steps)
 sample_s = time.perf_counter() - t0
 peak_sample = torch.cuda.max_memory_allocated() if dev == "cuda" else None
 grid = to_model_range(torch.from_numpy(ds.read(0, 16)), {"lo": 0.0, "hi": 255.0})

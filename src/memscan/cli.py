@@ -290,7 +290,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="Item i depends on (seed, i) only.")] = 0,
     batch: Annotated[int | None, typer.Option(help="Images generated at once.")] = None,
     sampler: Annotated[str | None, typer.Option(help="ddpm models: ddpm | ddim")] = None,
-    sampling_steps: Annotated[int | None, typer.Option(help="ddpm models with ddim: steps.")] = None,
+    sampling_steps: Annotated[
+        int | None,
+        typer.Option(help="ddpm models: steps (ddpm: fewer than T = the strided ancestral chain)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")

@@ -176,9 +176,9 @@ def trained_tiny():
     return model
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_sampling_is_deterministic_for_a_seed(trained_tiny, sampler):
-    opts = {"sampler": sampler}
+@pytest.mark.parametrize("sampler, steps", [("ddim", None), ("ddpm", None), ("ddpm", 12)])
+def test_sampling_is_deterministic_for_a_seed(trained_tiny, sampler, steps):
+    opts = {"sampler": sampler, "sampling_steps": steps}
     a = trained_tiny.sample(2, torch.Generator().manual_seed(3), **opts)
     b = trained_tiny.sample(2, torch.Generator().manual_seed(3), **opts)
     c = trained_tiny.sample(2, torch.Generator().manual_seed(4), **opts)
@@ -208,6 +208,63 @@ def test_ddim_timesteps_are_evenly_strided(trained_tiny, monkeypatch):
     monkeypatch.setattr(net, "forward", spy)
     trained_tiny.sample(1, torch.Generator().manual_seed(0), sampler="ddim", sampling_steps=4)
     assert seen == [9, 6, 3, 0]  # T = 12, stride 3 (Song et al. 2021, uniform sub-sequence)
+
+
+class _Oracle(torch.nn.Module):
+    """The exact ε-predictor for a data set of one image ``x0``: ε(x_t, t) = (x_t − √ᾱ_t x0) / √(1 − ᾱ_t)."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the sampler reads the device from a parameter
+        self.x0, self.ab = x0, alphas_cumprod.double()
+
+    def forward(self, x, timesteps):
+        a = self.ab[timesteps].view(-1, *[1] * (x.ndim - 1))
+        return ((x.double() - a.sqrt() * self.x0) / (1 - a).sqrt()).float()
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"sampler": "ddpm", "sampling_steps": 200},  # Ho et al. Algorithm 2, every step
+        {"sampler": "ddpm", "sampling_steps": 20},  # the strided chain
+        {"sampler": "ddim", "sampling_steps": 20},
+        {"sampler": "ddim", "sampling_steps": 20, "eta": 0.5},
+    ],
+)
+def test_an_exact_denoiser_returns_its_one_training_image(opts):
+    model = build({"num_train_timesteps": 200}, _info(1, (8, 8)), preset="tiny")
+    x0 = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8).double()
+    model.ema.module = _Oracle(x0, model.scheduler.alphas_cumprod)
+    x = model.sample(3, torch.Generator().manual_seed(1), **opts)
+    torch.testing.assert_close(x.double(), x0.expand(3, -1, -1, -1), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_keeps_the_forward_marginals(eta):
+    """With the exact ε, x_t ~ q(x_t | x0) steps to x_prev ~ q(x_prev | x0) = N(√ᾱ_prev x0, 1 − ᾱ_prev):
+    the σ_t(η) noise must replace part of the direction term, not add to it (Song et al. 2021 eq. 12)."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    model = build({"num_train_timesteps": 1000}, _info(1, (64, 64)), preset="tiny")
+    sched = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+    sched.set_timesteps(10)
+    t, prev = 500, 400
+    ab_t, ab_prev = sched.alphas_cumprod[t].double(), sched.alphas_cumprod[prev].double()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 1, 64, 64, generator=gen).double() * 2 - 1
+    eps = torch.randn(64, 1, 64, 64, generator=gen).double()
+    x_t = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * eps).float()
+    out = model._ddim_step(sched, eps.float(), t, x_t, eta, torch.Generator().manual_seed(2))
+    resid = out.double() - ab_prev.sqrt() * x0
+    assert abs(resid.mean().item()) < 0.01
+    assert resid.var().item() == pytest.approx((1 - ab_prev).item(), rel=0.02)
+
+
+def test_strided_ddpm_is_ddim_with_eta_one(trained_tiny):
+    a = trained_tiny.sample(2, torch.Generator().manual_seed(5), sampler="ddpm", sampling_steps=4)
+    b = trained_tiny.sample(2, torch.Generator().manual_seed(5), sampler="ddim", sampling_steps=4, eta=1.0)
+    assert torch.equal(a, b)
 
 
 def test_unknown_family_and_missing_stylegan2():

@@ -104,7 +104,8 @@ def sample_model(
         seed: item ``i`` depends on ``(seed, i)`` (see the module docstring).
         batch: images generated at once (default: 4x the training batch on CUDA, 16 on the CPU).
         sampler: DDPM only: ``ddpm`` or ``ddim`` (default: the config's).
-        sampling_steps: DDPM with DDIM only: number of steps (default: the config's).
+        sampling_steps: DDPM only: number of steps (default: the config's); with ``ddpm``, fewer than the
+            model's T steps sample the strided ancestral chain.
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: replace a dataset already at ``out``.
 
@@ -150,7 +151,7 @@ def sample_model(
         "seed": seed,
         "sampler": used_sampler,
         "sampling_steps": options.get("sampling_steps", stored["config"].get("sampling_steps"))
-        if used_sampler == "ddim"
+        if used_sampler is not None
         else None,
         "generators": "per item" if per_item else f"per batch of {batch}",
     }
