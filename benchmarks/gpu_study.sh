@@ -6,8 +6,8 @@
 # What it does: `memscan study quick --out $OUT/study --device cuda` (phantom brain slices at 64x64, DDPM
 # and StyleGAN2 at 1, 4 and 16 training subjects, ~8 minutes on one H200; see
 # src/memscan/study_presets/quick.toml for the budget), then copies to $OUT: results.md, results.csv,
-# report.html (self-contained: every figure is embedded), the flagged-vs-size plot, the histograms, and
-# study.log (the command, the measured training rates of every cell and the tail of the log).
+# report.html (self-contained: every figure is embedded), figures.tar.gz (the same figures as PNG files),
+# and study.log (the command, the measured training rates of every cell and the tail of the log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/memscan-gpu-out}
@@ -47,7 +47,8 @@ for log in sorted(pathlib.Path(sys.argv[1]).glob("cells/*/model/log.jsonl")):
               f"median {rate:.0f} images/s")
 PYEOF
 tail -30 "$LOG"
-cp "$STUDY/results.md" "$STUDY/results.csv" "$STUDY/report.html" "$STUDY/figures/flagged_vs_size.png" "$OUT/"
-for f in "$STUDY"/figures/hist_s*.png; do cp "$f" "$OUT/"; done
+cp "$STUDY/results.md" "$STUDY/results.csv" "$STUDY/report.html" "$OUT/"
+# every figure (histograms, flagged vs size, best pairs, sample strips) in one archive: the tool returns 8 files
+tar -czf "$OUT/figures.tar.gz" -C "$STUDY" figures
 ls "$OUT"
 if [ "${QUICK:-0}" = 1 ]; then rm -rf "$(dirname "$STUDY")"; fi

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,13 @@ def tiny_study(tmp_path_factory):
 
 def test_tiny_grid_writes_every_output(tiny_study):
     cfg, out, result = tiny_study
-    for name in ("results.csv", "results.md", "report.html", "figures/flagged_vs_size.png"):
+    for name in (
+        "results.csv",
+        "results.md",
+        "report.html",
+        "figures/flagged_vs_size.png",
+        "figures/samples_ddpm-s1.png",
+    ):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "results.csv")
     assert list(table.columns) == result_columns(cfg)
@@ -51,6 +58,7 @@ def test_tiny_grid_writes_every_output(tiny_study):
     assert "| model |" in md and "stylegan2" in md
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "stylegan2-s1" in html
+    assert "Samples and their nearest training images" in html
     assert len(result.ran) == 2 + 2 + 3 * 4  # phantoms, prepare, 2 subsets, 4 cells x (train, sample, scan)
     stored = json.loads((out / "cells/ddpm-s1/model/config.json").read_text())
     assert stored["config"]["ema_decay"] == 0.8  # tiny.toml's override reached the model
@@ -151,5 +159,8 @@ def test_gpu_study_script_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file())
-    assert "results.md" in files and "flagged_vs_size.png" in files
+    assert "results.md" in files and "figures.tar.gz" in files
     assert len(files) <= 8
+    with tarfile.open(tmp_path / "out" / "figures.tar.gz") as tar:
+        names = tar.getnames()
+    assert "figures/flagged_vs_size.png" in names and "figures/samples_ddpm-s1.png" in names

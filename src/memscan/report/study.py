@@ -1,4 +1,5 @@
-"""The study's HTML page: histograms per size, flagged fraction vs size, the best pair per cell, the table.
+"""The study's HTML page: the table, flagged fraction vs size, histograms per size, the best pair per cell,
+and the first samples of each cell beside their nearest training images.
 
 Figures are written to ``DIR/figures/`` and embedded in ``DIR/report.html`` as data URIs, so the page is
 one self-contained file.
@@ -160,6 +161,52 @@ def best_pair(cell: Cell, path: Path, canvas: figures.PairCanvas) -> dict[str, A
     }
 
 
+def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
+    """The cell's first ``n`` samples (in id order, not chosen) above their nearest training images.
+
+    Shows what the table's numbers look like: copies, near-copies or novel images. Each pair is titled
+    with its correlation; the training image is shown as stored (a flip match says ``flip``).
+    """
+    from memscan.data.store import Dataset
+    from memscan.scanner import load_run
+
+    res = load_run(cell.folder / "run")
+    samples = Dataset.open(cell.folder / "samples")
+    train = Dataset.open(cell.subset)
+    k = min(n, samples.n_items)
+    if k == 0:
+        return None
+    dims = samples.spatial_dims
+    by_id = res.synthetic.set_index(res.synthetic["synthetic_id"].astype(str))
+    train_pos = {str(t): i for i, t in enumerate(train.manifest["id"].astype(str))}
+    lo, hi = (0.0, 255.0) if str(samples.dtype) == "uint8" else (None, None)
+    fig = Figure(figsize=(1.25 * k, 2.9))
+    for j, item in enumerate(samples.read(0, k)):
+        sid = str(samples.manifest["id"].iloc[j])
+        row = by_id.loc[sid] if sid in by_id.index else None
+        ax = fig.add_subplot(2, k, j + 1)
+        ax.imshow(
+            figures.display_plane(item, 0, dims), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest"
+        )
+        title = "synthetic"
+        if row is not None and pd.notna(row["max_correlation"]):
+            flip = " flip" if str(row["transform"]) not in ("none", "nan", "None") else ""
+            title = f"r {row['max_correlation']:.3f}{flip}"
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+        ax = fig.add_subplot(2, k, k + j + 1)
+        ax.set_axis_off()
+        tid = None if row is None or pd.isna(row["nearest_train_id"]) else str(row["nearest_train_id"])
+        if tid is not None and tid in train_pos:
+            t_item = train.take([train_pos[tid]])[0]
+            ax.imshow(
+                figures.display_plane(t_item, 0, dims), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest"
+            )
+            ax.set_title("nearest training", fontsize=7)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.05, hspace=0.25)
+    return figures._save(fig, path)
+
+
 def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config: StudyConfig) -> Path:
     """Write ``out/report.html`` (self-contained) and ``out/figures/*.png``."""
     from memscan.study import markdown_table, threshold_column
@@ -179,6 +226,11 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
         if p is not None:
             p["image"] = _data_uri(p["image"])
             pairs.append(p)
+    strips = []
+    for cell in cells:
+        strip = sample_strip(cell, fig_dir / f"samples_{cell.key}.png")
+        if strip is not None:
+            strips.append((cell.key, _data_uri(strip)))
     from memscan.study import _fmt
 
     cols = [c for c in table.columns if c not in ("family",)]
@@ -201,6 +253,7 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
             hists=hists,
             line=line,
             pairs=pairs,
+            strips=strips,
             config_json=json.dumps(config.to_dict(), indent=2),
             markdown=markdown_table(table),
             summary={"memscan_version": __version__},
