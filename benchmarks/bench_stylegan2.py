@@ -23,10 +23,8 @@ per-sample-kernel form; only ratios mean anything on a shared machine (BENCHMARK
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
-import math
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import _sync, make_dataset  # noqa: E402
+from bench_train import _sync, add_common_options, finish, guarded, make_dataset, setup  # noqa: E402
+
+from memscan.models.stylegan2 import resolve_config  # noqa: E402
 
 logger = logging.getLogger("bench_stylegan2")
 
@@ -66,8 +66,8 @@ def per_sample_kernel_forward(self: Any, x: torch.Tensor, w: torch.Tensor) -> to
 
 def run_variant(
     data_path: Path, args: argparse.Namespace, device: torch.device, batch: int, grouped: bool, compile: bool
-) -> tuple[float, int]:
-    """Images/s over ``args.cycles`` R1 cycles, and the cycle length (steps)."""
+) -> float:
+    """Images/s over ``args.cycles`` R1 cycles."""
     from memscan.data.store import Dataset
     from memscan.models.stylegan2 import ModulatedConv, build
     from memscan.models.train import DeviceData, _data_info, data_scaling
@@ -98,31 +98,18 @@ def run_variant(
         out = model.train_step(feed.batch(batch), cycle + s)
     float(out["loss_d"])
     _sync(device)
-    return batch * cycle * args.cycles / (time.perf_counter() - t0), cycle
+    return batch * cycle * args.cycles / (time.perf_counter() - t0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--quick", action="store_true", help="tiny CPU sizes: checks that the script runs")
+    add_common_options(p, big_batch_default=256)
     p.add_argument("--side", type=int, default=None, help="image side (default 64; --quick 16)")
     p.add_argument("--channel-base", type=int, default=None, help="default: the quick preset's 4096")
     p.add_argument("--channel-max", type=int, default=None, help="default: the quick preset's 256")
     p.add_argument("--cycles", type=int, default=None, help="timed R1 cycles per variant")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant")
-    p.add_argument("--big-batch", type=int, default=None, help="the large batch (default 256 on CUDA)")
-    p.add_argument("--compile", action="store_true", help="also time memscan with torch.compile")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (--quick: 1)")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
+    device = setup(args)
     cuda = device.type == "cuda"
     if args.quick:
         args.side = args.side or 16
@@ -145,44 +132,24 @@ def main() -> None:
     if args.compile:
         variants.append(("memscan + torch.compile (D)", args.big_batch, False, True))
     rows: list[tuple[str, int, float]] = []
-    cycle = 0
+    cycle = resolve_config(None, "quick").r1_interval
     with tempfile.TemporaryDirectory() as tmp:
         data_path = make_dataset(Path(tmp), max(256, 2 * args.big_batch), args.side)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         for name, b, grouped, comp in variants:
-            try:
-                rate, cycle = run_variant(data_path, args, device, b, grouped, comp)
-            except Exception as exc:  # noqa: BLE001 - one variant failing must not cost the others
-                logger.info("%s batch %d failed: %s", name, b, exc)
-                rate = math.nan
-            rows.append((name, b, rate))
-            logger.info("%s batch %d: %.1f images/s", name, b, rate)
+            run = functools.partial(run_variant, data_path, args, device, b, grouped, comp)
+            rows.append((name, b, guarded(name, b, run)))
 
-    base = rows[0][2]
-    name = torch.cuda.get_device_name(device) if cuda else platform.machine()
-    print(
-        f"\nStyleGAN2 training, {args.side}x{args.side} x1, channel_base {args.channel_base}, channel_max "
-        f"{args.channel_max}, {args.cycles} R1 cycle(s) of {cycle} steps per variant, device {device.type} "
-        f"({name}, {torch.get_num_threads()} threads), torch {torch.__version__}\n"
+    finish(
+        args,
+        device,
+        f"StyleGAN2 training, {args.side}x{args.side} x1, channel_base {args.channel_base}, channel_max "
+        f"{args.channel_max}, {args.cycles} R1 cycle(s) of {cycle} steps per variant",
+        ("modulated convolution", "per-sample kernels"),
+        rows,
+        {"side": args.side, "channel_base": args.channel_base, "channel_max": args.channel_max},
     )
-    print("| modulated convolution | batch | images/s | vs per-sample kernels |")
-    print("|---|---|---|---|")
-    for label, b, rate in rows:
-        print(f"| {label} | {b} | {rate:,.1f} | {rate / base:.2f}x |")
-    result: dict[str, Any] = {
-        "device": device.type,
-        "side": args.side,
-        "channel_base": args.channel_base,
-        "channel_max": args.channel_max,
-        "rows": [{"variant": n, "batch": b, "images_per_s": r, "vs_grouped": r / base} for n, b, r in rows],
-        "torch": torch.__version__,
-    }
-    if cuda:
-        result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        print(f"\npeak GPU memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

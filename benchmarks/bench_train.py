@@ -20,6 +20,7 @@ machine (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
@@ -153,27 +154,84 @@ def memscan_loop(
     return batch * steps / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_options(p: argparse.ArgumentParser, big_batch_default: int) -> None:
+    """The options every training benchmark takes (this one and bench_stylegan2.py)."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quick", action="store_true", help="tiny CPU sizes: checks that the script runs")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant")
-    p.add_argument("--big-batch", type=int, default=None, help="memscan's large batch (default 512 on CUDA)")
+    p.add_argument(
+        "--big-batch", type=int, default=None, help=f"the large batch (default {big_batch_default} on CUDA)"
+    )
     p.add_argument("--compile", action="store_true", help="also time memscan with torch.compile")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (--quick: 1; a shared CPU thrashes)"
     )
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Logging, the device (``auto``: CUDA when present) and the CPU thread count (``--quick``: 1)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(
         "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     )
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
+    return device
+
+
+def guarded(name: str, batch: int, run: Any) -> float:
+    """``run()`` (images/s), logged; NaN when it fails: one variant failing must not cost the others."""
+    try:
+        rate = float(run())
+    except Exception as exc:  # noqa: BLE001
+        logger.info("%s batch %d failed: %s", name, batch, exc)
+        return float("nan")
+    logger.info("%s batch %d: %.1f images/s", name, batch, rate)
+    return rate
+
+
+def finish(
+    args: argparse.Namespace,
+    device: torch.device,
+    title: str,
+    names: tuple[str, str],
+    rows: list[tuple[str, int, float]],
+    info: dict[str, Any],
+) -> None:
+    """Print the markdown table (images/s and the ratio to the first row) and write ``--json``.
+
+    ``names``: the column title of the variants and the short name of the first row (the baseline).
+    """
+    column, baseline = names
+    base = rows[0][2]
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    threads = torch.get_num_threads()
+    print(f"\n{title}, device {device.type} ({gpu}, {threads} threads), torch {torch.__version__}\n")
+    print(f"| {column} | batch | images/s | vs {baseline} |")
+    print("|---|---|---|---|")
+    for label, b, rate in rows:
+        print(f"| {label} | {b} | {rate:,.1f} | {rate / base:.2f}x |")
+    result: dict[str, Any] = {
+        "device": device.type,
+        **info,
+        "rows": [{column: n, "batch": b, "images_per_s": r, "vs_first": r / base} for n, b, r in rows],
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        print(f"\npeak GPU memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(p, big_batch_default=512)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
+    args = p.parse_args()
+    device = setup(args)
     if args.quick:
         args.side, args.channels, args.head_channels, args.groups = 16, (16, 32, 32), 16, 8
         args.n_images, args.batch = 64, 8
@@ -212,36 +270,17 @@ def main() -> None:
                 if b > args.batch
                 else args.steps
             )
-            try:
-                rate = memscan_loop(data_path, args, device, b, steps, comp)
-            except Exception as exc:  # noqa: BLE001 - one variant failing must not cost the others
-                logger.info("%s batch %d failed: %s", name, b, exc)
-                rate = float("nan")
-            rows.append((name, b, rate))
-            logger.info("%s batch %d: %.1f images/s", name, b, rate)
+            run = functools.partial(memscan_loop, data_path, args, device, b, steps, comp)
+            rows.append((name, b, guarded(name, b, run)))
 
-    base = rows[0][2]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
-    print(
-        f"\nDDPM training, {args.side}x{args.side} x1, U-Net {'/'.join(map(str, args.channels))}, "
-        f"device {device.type} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}\n"
+    finish(
+        args,
+        device,
+        f"DDPM training, {args.side}x{args.side} x1, U-Net {'/'.join(map(str, args.channels))}",
+        ("loop", "plain"),
+        rows,
+        {"side": args.side, "channels": list(args.channels)},
     )
-    print("| loop | batch | images/s | vs plain |")
-    print("|---|---|---|---|")
-    for name, b, rate in rows:
-        print(f"| {name} | {b} | {rate:,.1f} | {rate / base:.2f}x |")
-    result: dict[str, Any] = {
-        "device": device.type,
-        "side": args.side,
-        "channels": list(args.channels),
-        "rows": [{"loop": n, "batch": b, "images_per_s": r, "vs_plain": r / base} for n, b, r in rows],
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        print(f"\npeak GPU memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
