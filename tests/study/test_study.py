@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from memscan.errors import InputError
-from memscan.study import load_config, result_columns, run_study
+from memscan.study import load_config, preset_names, result_columns, run_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,6 +127,18 @@ def test_bad_preset_and_missing_source():
     cfg = load_config("study-brats", source="/nonexistent")
     assert cfg.data.source == Path("/nonexistent") and cfg.data.phantom is None
     assert load_config("quick").sizes == (1, 4, 16)
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "quick"])
+def test_shipped_presets_load_and_their_model_overrides_validate(name):
+    from memscan.models.registry import check_config
+
+    assert name in preset_names()
+    cfg = load_config(name)
+    for m in cfg.models:
+        check_config(m.family, m.config, m.preset)  # raises InputError on a bad key or value
+        if m.family == "ddpm":
+            assert (m.sampler or "ddpm") == "ddpm"  # ancestral: see docs/study/cpu/README.md
 
 
 def test_cli_bad_config_exit_2(tmp_path):
