@@ -618,10 +618,13 @@ class DDPM:
         if eta <= 0:
             return x_det
         prev = t - sched.num_train_timesteps // sched.num_inference_steps
-        ab_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+        if prev < 0:  # the last step: ᾱ_prev is the scheduler's final value (a host tensor, no device sync)
+            if float(sched.final_alpha_cumprod) >= 1.0:  # lands on x̂_0: no direction term, no noise
+                return x_det
+            ab_prev = sched.final_alpha_cumprod
+        else:
+            ab_prev = sched.alphas_cumprod[prev]
         ab_prev = torch.as_tensor(ab_prev, dtype=torch.float32, device=x.device)
-        if float(ab_prev) >= 1.0:  # the last step lands on x̂_0: no direction term, no noise
-            return x_det
         sigma2 = eta**2 * sched._get_variance(t, prev).to(device=x.device, dtype=torch.float32)
         eps = (x_det - ab_prev.sqrt() * x0) / (1 - ab_prev).sqrt()
         z = _randn(tuple(x.shape), generator).to(x.device)
