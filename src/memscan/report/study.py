@@ -165,7 +165,8 @@ def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
     """The cell's first ``n`` samples (in id order, not chosen) above their nearest training images.
 
     Shows what the table's numbers look like: copies, near-copies or novel images. Each pair is titled
-    with its correlation; the training image is shown as stored (a flip match says ``flip``).
+    with its correlation and, when the match needed one, the winning transform (``flip``, a shift); the
+    training image is shown as stored.
     """
     from memscan.data.store import Dataset
     from memscan.scanner import load_run
@@ -181,28 +182,27 @@ def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
     train_pos = {str(t): i for i, t in enumerate(train.manifest["id"].astype(str))}
     lo, hi = (0.0, 255.0) if str(samples.dtype) == "uint8" else (None, None)
     fig = Figure(figsize=(1.25 * k, 2.9))
+
+    def panel(index: int, item: np.ndarray | None, title: str, size: int) -> None:
+        ax = fig.add_subplot(2, k, index)
+        ax.set_axis_off()
+        if item is not None:  # pixels as they are: no smoothing of a 32 px slice
+            plane = figures.display_plane(item, 0, dims)
+            ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(title, fontsize=size)
+
     for j, item in enumerate(samples.read(0, k)):
         sid = str(samples.manifest["id"].iloc[j])
         row = by_id.loc[sid] if sid in by_id.index else None
-        ax = fig.add_subplot(2, k, j + 1)
-        ax.imshow(
-            figures.display_plane(item, 0, dims), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest"
-        )
         title = "synthetic"
         if row is not None and pd.notna(row["max_correlation"]):
-            flip = " flip" if str(row["transform"]) not in ("none", "nan", "None") else ""
-            title = f"r {row['max_correlation']:.3f}{flip}"
-        ax.set_title(title, fontsize=8)
-        ax.set_axis_off()
-        ax = fig.add_subplot(2, k, k + j + 1)
-        ax.set_axis_off()
+            transform = None if pd.isna(row["transform"]) else str(row["transform"])
+            shown = f" {transform}" if transform and transform != "none" else ""
+            title = f"r {row['max_correlation']:.3f}{shown}"
+        panel(j + 1, item, title, 8)
         tid = None if row is None or pd.isna(row["nearest_train_id"]) else str(row["nearest_train_id"])
-        if tid is not None and tid in train_pos:
-            t_item = train.take([train_pos[tid]])[0]
-            ax.imshow(
-                figures.display_plane(t_item, 0, dims), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest"
-            )
-            ax.set_title("nearest training", fontsize=7)
+        t_item = train.take([train_pos[tid]])[0] if tid in train_pos else None
+        panel(k + j + 1, t_item, "nearest training", 7)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.05, hspace=0.25)
     return figures._save(fig, path)
 
