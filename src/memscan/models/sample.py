@@ -31,6 +31,7 @@ from memscan.models.train import (
     load_modules,
     read_checkpoint,
     resolve_device,
+    speed_settings,
 )
 from memscan.progress import progress
 
@@ -70,7 +71,7 @@ def load_model(
     model = build_model(stored["family"], stored["config"], info, preset=stored["preset"])
     configure = getattr(model, "configure", None)
     if callable(configure):
-        configure(dev, amp=torch.bfloat16 if dev.type == "cuda" else None, channels_last=dev.type == "cuda")
+        configure(dev, **speed_settings(dev))
     else:
         for m in model.modules().values():
             m.to(dev)

@@ -73,6 +73,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def speed_settings(device: torch.device) -> dict[str, Any]:
+    """The options the training and sampling loops give a model's ``configure`` hook on ``device``.
+
+    On CUDA: bf16 autocast and channels-last (tensor cores). On the CPU: neither (bf16 autocast is slower
+    there). The tests run the CUDA settings on the CPU through this function.
+    """
+    cuda = device.type == "cuda"
+    return {"amp": torch.bfloat16 if cuda else None, "channels_last": cuda}
+
+
 def available_memory(device: torch.device) -> int:
     """Free bytes on ``device`` (host RAM for the CPU)."""
     if device.type == "cuda":
@@ -546,10 +556,11 @@ def train_model(
     if total is None:
         raise InputError("--steps is needed (the config has no default number of steps)")
 
-    amp = torch.bfloat16 if dev.type == "cuda" else None
+    speed = speed_settings(dev)
+    amp = speed["amp"]
     configure = getattr(model, "configure", None)
     if callable(configure):
-        configure(dev, amp=amp, compile=compile, channels_last=dev.type == "cuda")
+        configure(dev, compile=compile, **speed)
     else:
         for m in model.modules().values():
             m.to(dev)
