@@ -28,14 +28,6 @@ CUDA_LIKE = {"amp": torch.bfloat16, "channels_last": True}
 CHANNELS = ("t1", "t2", "t1ce", "flair", "seg")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def cuda_settings(monkeypatch):
     """The training and sampling loops configure models as they would on CUDA."""

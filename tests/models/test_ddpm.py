@@ -22,15 +22,6 @@ from memscan.models.ddpm import (
 from memscan.models.registry import build_model, family_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads ~10-100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _info(channels: int, shape: tuple[int, ...]) -> DataInfo:
     return DataInfo(tuple(f"c{i}" for i in range(channels)), shape)
 

@@ -20,15 +20,6 @@ from memscan.models.train import DeviceData, read_checkpoint, read_log, train_mo
 FAST = dict(preset="tiny", device="cpu", log_every=1, sample_every=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads ~10-100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     """Phantom BraTS slices, 5 channels, 16 x 16, uint8."""
