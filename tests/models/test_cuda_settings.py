@@ -28,17 +28,6 @@ CUDA_LIKE = {"amp": torch.bfloat16, "channels_last": True}
 CHANNELS = ("t1", "t2", "t1ce", "flair", "seg")
 
 
-@pytest.fixture
-def cuda_settings(monkeypatch):
-    """The training and sampling loops configure models as they would on CUDA."""
-
-    def settings(device: torch.device) -> dict:
-        return dict(CUDA_LIKE)
-
-    monkeypatch.setattr(train_module, "speed_settings", settings)
-    monkeypatch.setattr(sample_module, "speed_settings", settings)
-
-
 def _batch(data: DataInfo, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, data.n_channels, *[max(1, s // 4) for s in data.spatial_shape]), generator=g)
