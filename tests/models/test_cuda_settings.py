@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from model_helpers import smooth_batch, write_items
 
-from memscan.data.store import DatasetWriter
 from memscan.models import sample as sample_module
 from memscan.models import train as train_module
 from memscan.models.base import DataInfo
@@ -26,13 +25,6 @@ from memscan.models.train import read_log, train_model
 
 CUDA_LIKE = {"amp": torch.bfloat16, "channels_last": True}
 CHANNELS = ("t1", "t2", "t1ce", "flair", "seg")
-
-
-def _batch(data: DataInfo, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand((n, data.n_channels, *[max(1, s // 4) for s in data.spatial_shape]), generator=g)
-    mode = "bilinear" if data.spatial_dims == 2 else "trilinear"
-    return torch.nn.functional.interpolate(x, size=data.spatial_shape, mode=mode) * 2 - 1
 
 
 def _model(family: str, data: DataInfo):
@@ -53,7 +45,7 @@ def test_train_steps_and_sampling_under_bf16_and_channels_last(family, shape, n_
     model.configure(torch.device("cpu"), **CUDA_LIKE)
     before = {k: [p.detach().clone() for p in m.parameters()] for k, m in model.modules().items()}
     for step in range(3):  # StyleGAN2's step 0 includes the lazy R1 pass
-        out = model.train_step(_batch(data, 4, seed=step), step)
+        out = model.train_step(smooth_batch(data, 4, seed=step), step)
         assert all(math.isfinite(float(v)) for v in out.values()), out
     for key, module in model.modules().items():
         params = list(module.parameters())
@@ -75,7 +67,7 @@ def test_bf16_losses_are_close_to_float32(family):
     bf16 = copy.deepcopy(fp32)
     fp32.configure(torch.device("cpu"))
     bf16.configure(torch.device("cpu"), **CUDA_LIKE)
-    batch = _batch(data, 8)
+    batch = smooth_batch(data, 8)
     torch.manual_seed(1)
     a = fp32.train_step(batch, 1)
     torch.manual_seed(1)
@@ -87,15 +79,6 @@ def test_bf16_losses_are_close_to_float32(family):
         assert y == pytest.approx(x, rel=0.05, abs=0.02), (key, x, y)
 
 
-def _write(path: Path, items: np.ndarray) -> Path:
-    channels = tuple(f"c{i}" for i in range(items.shape[1]))
-    with DatasetWriter(path, items.shape[1:], str(items.dtype), channels, recipe={"name": "test"}) as w:
-        for i, item in enumerate(items):
-            w.add(item, {"id": f"item{i}", "subject": f"s{i % 3}"})
-        w.commit()
-    return path
-
-
 @pytest.mark.parametrize("family", ["ddpm", "stylegan2"])
 def test_loop_with_cuda_settings_resumes_exactly_and_its_checkpoints_load_in_float32(
     family, tmp_path, monkeypatch
@@ -105,7 +88,7 @@ def test_loop_with_cuda_settings_resumes_exactly_and_its_checkpoints_load_in_flo
     from memscan.scanner import scan
 
     rng = np.random.default_rng(0)
-    data = _write(tmp_path / "data", rng.integers(0, 256, size=(6, 2, 16, 16), dtype=np.uint8))
+    data = write_items(tmp_path / "data", rng.integers(0, 256, size=(6, 2, 16, 16), dtype=np.uint8))
     kw = dict(batch=2, checkpoint_every=2, preset="tiny", device="cpu", log_every=1, sample_every=2)
     with monkeypatch.context() as m:
         for module in (train_module, sample_module):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from model_helpers import smooth_batch
 
 from memscan.errors import InputError
 from memscan.models.augment import adjust_augment_p, augment, mirror_axis
@@ -27,14 +28,6 @@ CHANNELS = ("t1", "t2", "t1ce", "flair", "seg")
 
 def _data(shape: tuple[int, ...], n_channels: int = 1) -> DataInfo:
     return DataInfo(CHANNELS[:n_channels], shape)
-
-
-def _batch(data: DataInfo, n: int = 4, seed: int = 0) -> torch.Tensor:
-    """A fixed batch of smooth blobs in [-1, 1], ``[n, C, *S]``."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand((n, data.n_channels, *[s // 4 for s in data.spatial_shape]), generator=g)
-    mode = "bilinear" if data.spatial_dims == 2 else "trilinear"
-    return torch.nn.functional.interpolate(x, size=data.spatial_shape, mode=mode) * 2 - 1
 
 
 def _tiny(data: DataInfo, **overrides: object) -> StyleGAN2Model:
@@ -68,7 +61,7 @@ def test_generator_and_discriminator_shapes(shape: tuple[int, ...], n_channels: 
     assert out.min() >= -1 and out.max() <= 1
 
 
-def test_minibatch_stddev_appends_maps_for_any_batch() -> None:
+def test_minibatch_stddev_appends_maps_for_anysmooth_batch() -> None:
     x = torch.randn(6, 8, 4, 4)  # 6 is not divisible by the group size 4: groups of 3
     y = minibatch_stddev(x, group_size=4, n_channels=2)
     assert y.shape == (6, 10, 4, 4)
@@ -173,7 +166,7 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
 def test_train_steps_are_finite_and_change_the_weights() -> None:
     data = _data((16, 16), 2)
     model = _tiny(data)
-    batch = _batch(data)
+    batch = smooth_batch(data)
     before = {k: _params(m) for k, m in model.modules().items()}
     for step in range(3):
         out = model.train_step(batch, step)
@@ -187,14 +180,14 @@ def test_train_steps_are_finite_and_change_the_weights() -> None:
 def test_train_step_in_3d() -> None:
     data = _data((8, 8, 8), 3)
     model = _tiny(data)
-    out = model.train_step(_batch(data, n=2), 0)
+    out = model.train_step(smooth_batch(data, n=2), 0)
     assert all(math.isfinite(float(v)) for v in out.values())
 
 
 def test_r1_is_applied_on_the_lazy_interval() -> None:
     data = _data((16, 16))
     model = _tiny(data, r1_interval=2, r1_gamma=1.0)
-    batch = _batch(data, n=2)
+    batch = smooth_batch(data, n=2)
     with_r1 = [step for step in range(5) if "r1" in model.train_step(batch, step)]
     assert with_r1 == [0, 2, 4]
     assert _tiny(data, r1_gamma=0.0).train_step(batch, 0).keys().isdisjoint({"r1"})  # R1 off
@@ -203,7 +196,7 @@ def test_r1_is_applied_on_the_lazy_interval() -> None:
 def test_r1_penalty_is_the_squared_gradient_norm() -> None:
     data = _data((16, 16))
     model = _tiny(data, mirror=False, ada=False, augment_p=0.0, r1_gamma=1.0)
-    batch = _batch(data)
+    batch = smooth_batch(data)
     x = batch.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model.D(x).sum(), x)
     expected = grad.square().sum(dim=(1, 2, 3)).mean()
@@ -227,7 +220,7 @@ def test_ada_p_moves_up_when_d_overfits_and_down_otherwise() -> None:
 def test_ada_in_training_follows_r_t() -> None:
     data = _data((16, 16))
     model = _tiny(data, ada_interval=2, ada_kimg=1.0)
-    batch = _batch(data)
+    batch = smooth_batch(data)
     signs = []
     for step in range(2):
         out = model.train_step(batch, step)
@@ -286,7 +279,7 @@ def test_ema_half_life_and_update_math() -> None:
 def test_sampling_is_deterministic_and_ignores_global_rng() -> None:
     data = _data((16, 16), 2)
     model = _tiny(data)
-    model.train_step(_batch(data), 0)  # noise strengths and EMA away from their initial values
+    model.train_step(smooth_batch(data), 0)  # noise strengths and EMA away from their initial values
     torch.manual_seed(1)
     a = model.sample(4, torch.Generator().manual_seed(7))
     torch.manual_seed(2)
@@ -309,7 +302,7 @@ def test_sampling_is_deterministic_and_ignores_global_rng() -> None:
 
 def test_state_round_trip_gives_the_identical_next_step() -> None:
     data = _data((16, 16), 2)
-    batch = _batch(data)
+    batch = smooth_batch(data)
     model = _tiny(data, ada_interval=2)
     for step in range(3):  # an R1 step (0), an ADA adjustment (1), and a partial ADA window (2)
         model.train_step(batch, step)

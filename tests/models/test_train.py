@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import write_items
 
-from memscan.data.store import Dataset, DatasetWriter
+from memscan.data.store import Dataset
 from memscan.errors import InputError
 from memscan.models.sample import sample_model
 from memscan.models.train import DeviceData, read_checkpoint, read_log, train_model
@@ -30,14 +31,6 @@ def phantoms(tmp_path_factory) -> Path:
     write_brats_tree(root / "raw", 2, shape=(32, 32, 16))
     prepare_dataset(root / "raw", root / "ds", PrepareOptions(layout="brats", size=16))
     return root / "ds"
-
-
-def _write(path: Path, items: np.ndarray, channels: tuple[str, ...]) -> Path:
-    with DatasetWriter(path, items.shape[1:], str(items.dtype), channels, recipe={"name": "test"}) as w:
-        for i, item in enumerate(items):
-            w.add(item, {"id": f"item{i}", "subject": f"s{i % 3}"})
-        w.commit()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +136,7 @@ def test_sample_is_deterministic(trained, tmp_path):
 def test_3d_float_multichannel(tmp_path):
     rng = np.random.default_rng(0)
     items = rng.normal(100.0, 20.0, size=(4, 2, 8, 8, 8)).astype(np.float32)
-    data = _write(tmp_path / "vol", items, ("a", "b"))
+    data = write_items(tmp_path / "vol", items, ("a", "b"))
     model = train_model(data, tmp_path / "m3", "ddpm", steps=1, batch=2, **FAST)
     ds = sample_model(model, 2, tmp_path / "s", device="cpu", sampling_steps=2)
     assert ds.item_shape == (2, 8, 8, 8) and ds.dtype == np.float32
@@ -174,7 +167,7 @@ def _bad_case(case: str, phantoms: Path, tmp: Path) -> dict:
         (tmp / "cfg.json").write_text(json.dumps({"learning_rat": 1e-3}))
         return {**base, "config": tmp / "cfg.json"}
     if case == "size":
-        _write(tmp / "odd", np.zeros((2, 1, 18, 18), np.uint8) + np.arange(18, dtype=np.uint8), ("x",))
+        write_items(tmp / "odd", np.zeros((2, 1, 18, 18), np.uint8) + np.arange(18, dtype=np.uint8), ("x",))
         return {**base, "data": tmp / "odd", "preset": "quick"}
     if case == "memory":
         return {**base, "batch": 10**9}
@@ -259,7 +252,7 @@ def test_stylegan2_trains_resumes_and_samples_through_the_loop(tmp_path, shape):
     from memscan.scanner import scan
 
     rng = np.random.default_rng(0)
-    data = _write(
+    data = write_items(
         tmp_path / "data",
         rng.integers(0, 256, size=(6, *shape), dtype=np.uint8),
         tuple(f"c{i}" for i in range(shape[0])),
@@ -284,7 +277,7 @@ def test_stylegan2_trains_resumes_and_samples_through_the_loop(tmp_path, shape):
 
 def test_ddpm_resume_in_3d(tmp_path):
     rng = np.random.default_rng(1)
-    data = _write(tmp_path / "vol", rng.integers(0, 256, size=(4, 1, 8, 8, 8), dtype=np.uint8), ("t1",))
+    data = write_items(tmp_path / "vol", rng.integers(0, 256, size=(4, 1, 8, 8, 8), dtype=np.uint8), ("t1",))
     kw = dict(batch=2, checkpoint_every=2, **FAST)
     train_model(data, tmp_path / "a", "ddpm", steps=4, **kw)
     train_model(data, tmp_path / "b", "ddpm", steps=2, **kw)
