@@ -1,6 +1,6 @@
 """Speed-up of the Dask-sharded scan over the single-process scan, measured side by side in ONE run.
 
-Writes two random datasets (smooth-ish uint8 images, seeded), then times ``memscan.scanner.scan`` on
+Writes two random datasets (smooth-ish uint8 images, seeded), then times ``memscan.scanning.scanner.scan`` on
 the same inputs: single process, then local Dask clusters of 1, 2, ... worker processes (threads per
 worker = cores // workers, so every configuration uses all cores). Cluster start-up (processes, and
 memscan imported on every worker) is timed separately and also added in a second speed-up column (a
@@ -32,7 +32,7 @@ import numpy as np
 
 def write_random(out: Path, n: int, size: int, seed: int) -> None:
     """``n`` items ``[1, size, size]`` uint8: a smooth per-item pattern plus noise (not constant)."""
-    from memscan.data.store import DatasetWriter
+    from memscan.dataset.store import DatasetWriter
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -69,9 +69,9 @@ def main() -> None:
 
     import logging
 
-    from memscan.config import ScanOptions
-    from memscan.progress import set_quiet
-    from memscan.scanner import RUN_TABLES, scan
+    from memscan.core.progress import set_quiet
+    from memscan.scanning.options import ScanOptions
+    from memscan.scanning.scanner import RUN_TABLES, scan
     from memscan.search import cluster as cluster_module
     from memscan.search.cluster import open_cluster
 

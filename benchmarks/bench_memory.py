@@ -32,7 +32,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     train, queries = make_images(max(sizes), args.nq, args.side)
     write_dataset(work / "synthetic", queries, args.side, "sample", 10**9)
-    imports = "import time, memscan.scanner, memscan.cli; time.sleep(1.0)"
+    imports = "import time, memscan.scanning.scanner, memscan.cli; time.sleep(1.0)"
     idle = _peak_rss_mib([sys.executable, "-c", imports])
     print(
         f"\nimports alone: {idle:.0f} MiB; queries: {args.nq} x {args.side}², uint8; "

@@ -42,9 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import make_images  # noqa: E402
 
-from memscan.config import ScanOptions, parse_bytes  # noqa: E402
-from memscan.data.store import DatasetWriter  # noqa: E402
-from memscan.scanner import scan  # noqa: E402
+from memscan.dataset.store import DatasetWriter  # noqa: E402
+from memscan.scanning.options import ScanOptions, parse_bytes  # noqa: E402
+from memscan.scanning.scanner import scan  # noqa: E402
 
 
 def write_dataset(path: Path, items: np.ndarray, side: int, prefix: str, subject_every: int) -> None:
@@ -133,7 +133,9 @@ def _peak_rss_mib(cmd: list[str]) -> float:
 
 def peak_rss_of_scan(train_dir: Path, synth_dir: Path, out: Path, budget: str) -> tuple[float, float]:
     """(peak RSS MiB of a ``memscan scan`` subprocess, peak RSS MiB of a process that only imports it)."""
-    idle = _peak_rss_mib([sys.executable, "-c", "import time, memscan.scanner, memscan.cli; time.sleep(1.0)"])
+    idle = _peak_rss_mib(
+        [sys.executable, "-c", "import time, memscan.scanning.scanner, memscan.cli; time.sleep(1.0)"]
+    )
     peak = _peak_rss_mib(
         [
             sys.executable,

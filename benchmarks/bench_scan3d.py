@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memscan.config import ScanOptions, parse_bytes
-from memscan.data.store import ARRAY_DIR, Dataset, DatasetWriter
-from memscan.scanner import scan
+from memscan.dataset.store import ARRAY_DIR, Dataset, DatasetWriter
+from memscan.scanning.options import ScanOptions, parse_bytes
+from memscan.scanning.scanner import scan
 
 
 def volumes(n: int, channels: int, shape: tuple[int, ...], dtype: str, gen: torch.Generator, dev: str):

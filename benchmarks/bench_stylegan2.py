@@ -68,7 +68,7 @@ def run_variant(
     data_path: Path, args: argparse.Namespace, device: torch.device, batch: int, grouped: bool, compile: bool
 ) -> float:
     """Images/s over ``args.cycles`` R1 cycles."""
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
     from memscan.models.stylegan2 import ModulatedConv, build
     from memscan.models.train import DeviceData, _data_info, data_scaling
 

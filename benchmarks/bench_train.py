@@ -38,7 +38,7 @@ logger = logging.getLogger("bench_train")
 
 def make_dataset(folder: Path, n: int, side: int, seed: int = 0) -> Path:
     """Smooth random uint8 images ``[n, 1, side, side]`` written as a memscan dataset folder."""
-    from memscan.data.store import DatasetWriter
+    from memscan.dataset.store import DatasetWriter
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, max(4, side // 8), max(4, side // 8), generator=gen)
@@ -120,7 +120,7 @@ def memscan_loop(
     compile: bool | str,
 ) -> float:
     """memscan's DDPM + device-resident data; returns images/s over ``steps`` timed steps."""
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
     from memscan.models.ddpm import build
     from memscan.models.train import DeviceData, _data_info, data_scaling
 
@@ -247,7 +247,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_path = make_dataset(Path(tmp), args.n_images, args.side)
-        from memscan.data.store import Dataset
+        from memscan.dataset.store import Dataset
 
         items = Dataset.open(data_path).read(0, args.n_images)
         rows: list[tuple[str, int, float]] = []

@@ -55,9 +55,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memscan.data.phantoms import write_brats_tree
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset, DatasetWriter
+from memscan.phantoms import write_brats_tree
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.models.sample import sample_model
 from memscan.models.train import read_log, train_model, write_grid, to_model_range
 

@@ -5,7 +5,7 @@
 # CPU instead (the test suite does, to check this script).
 # What it does: `memscan study quick --out $OUT/study --device cuda` (phantom brain slices at 64x64, DDPM
 # and StyleGAN2 at 1, 4 and 16 training subjects, ~8 minutes on one H200; see
-# src/memscan/study_presets/quick.toml for the budget), then copies to $OUT: results.md, results.csv,
+# src/memscan/study/presets/quick.toml for the budget), then copies to $OUT: results.md, results.csv,
 # report.html (self-contained: every figure is embedded), figures.tar.gz (the same figures as PNG files),
 # and study.log (the command, the measured training rates of every cell and the tail of the log).
 set -euo pipefail

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset
+from memscan import phantoms
+from memscan.dataset.planted import plant_copies
+from memscan.dataset.store import Dataset
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 
 
 def write_planted_cohort(

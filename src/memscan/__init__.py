@@ -13,19 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from memscan.core.version import __version__
+
+__all__ = ["__version__", "open_dataset", "prepare", "scan"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from memscan.data.store import Dataset
-    from memscan.scanner import ScanResult
+    from memscan.dataset.store import Dataset
+    from memscan.scanning.scanner import ScanResult
 
 
 def prepare(src: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any) -> Dataset:
-    """Prepare a folder of medical images into a dataset folder (see ``memscan.data.prepare``).
+    """Prepare a folder of medical images into a dataset folder (see ``memscan.preprocess.prepare``).
 
     Keyword options are those of ``PrepareOptions`` (layout, recipe, size, test_subjects, ...).
     """
-    from memscan.data.prepare import PrepareOptions, prepare_dataset
+    from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 
     return prepare_dataset(src, out, PrepareOptions(**options), overwrite=overwrite)
 
@@ -35,8 +37,8 @@ def scan(train: str | Path, synthetic: str | Path, out: str | Path, **options: A
 
     Keyword options are those of ``ScanOptions`` (top_k, device, precision, flips, max_shift, mask, ...).
     """
-    from memscan.config import ScanOptions
-    from memscan.scanner import scan as _scan
+    from memscan.scanning.options import ScanOptions
+    from memscan.scanning.scanner import scan as _scan
 
     subject_pattern = options.pop("subject_pattern", None)
     return _scan(train, synthetic, out, ScanOptions(**options), subject_pattern=subject_pattern)
@@ -44,6 +46,6 @@ def scan(train: str | Path, synthetic: str | Path, out: str | Path, **options: A
 
 def open_dataset(path: str | Path) -> Dataset:
     """Open a dataset folder (or ``DATASET/SPLIT``) for reading."""
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
 
     return Dataset.open(path)

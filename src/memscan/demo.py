@@ -17,14 +17,14 @@ import os
 import shutil
 from pathlib import Path
 
-from memscan.config import ScanOptions
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset
-from memscan.progress import out_console as console
-from memscan.scanner import ScanResult, scan
-from memscan.summary import dataset_table, run_table
+from memscan import phantoms
+from memscan.cli.tables import dataset_table, run_table
+from memscan.core.progress import out_console as console
+from memscan.dataset.planted import plant_copies
+from memscan.dataset.store import Dataset
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.scanning.options import ScanOptions
+from memscan.scanning.scanner import ScanResult, scan
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memscan.data.store import DatasetWriter
+from memscan.dataset.store import DatasetWriter
 from memscan.models.base import DataInfo
 
 

@@ -84,8 +84,8 @@ def test_loop_with_cuda_settings_resumes_exactly_and_its_checkpoints_load_in_flo
     family, tmp_path, monkeypatch
 ):
     """Train with the GPU's settings (killed and resumed), then sample with the CPU's: the GPU-to-CPU path."""
-    from memscan.config import ScanOptions
-    from memscan.scanner import scan
+    from memscan.scanning.options import ScanOptions
+    from memscan.scanning.scanner import scan
 
     rng = np.random.default_rng(0)
     data = write_items(tmp_path / "data", rng.integers(0, 256, size=(6, 2, 16, 16), dtype=np.uint8))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from model_helpers import write_items
 
-from memscan.data.store import Dataset
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
 from memscan.models.sample import sample_model
 from memscan.models.train import DeviceData, read_checkpoint, read_log, train_model
@@ -24,8 +24,8 @@ FAST = dict(preset="tiny", device="cpu", log_every=1, sample_every=0)
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     """Phantom BraTS slices, 5 channels, 16 x 16, uint8."""
-    from memscan.data.phantoms import write_brats_tree
-    from memscan.data.prepare import PrepareOptions, prepare_dataset
+    from memscan.phantoms import write_brats_tree
+    from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_brats_tree(root / "raw", 2, shape=(32, 32, 16))
@@ -107,8 +107,8 @@ def test_resume_gives_the_same_next_steps(phantoms, tmp_path):
 
 
 def test_sample_writes_a_scannable_dataset(trained, phantoms, tmp_path):
-    from memscan.config import ScanOptions
-    from memscan.scanner import scan
+    from memscan.scanning.options import ScanOptions
+    from memscan.scanning.scanner import scan
 
     ds = sample_model(trained, 5, tmp_path / "s1", seed=1, batch=2, device="cpu")
     assert ds.n_items == 5 and ds.item_shape == (5, 16, 16) and ds.dtype == np.uint8
@@ -248,8 +248,8 @@ def test_cli_bad_train_option_exits_2(phantoms, tmp_path, args):
 @pytest.mark.parametrize("shape", [(2, 16, 16), (1, 8, 8, 8)], ids=["2d", "3d"])
 def test_stylegan2_trains_resumes_and_samples_through_the_loop(tmp_path, shape):
     """The shared loop with StyleGAN2, 2D and 3D: exact resume, batch-independent samples, scannable."""
-    from memscan.config import ScanOptions
-    from memscan.scanner import scan
+    from memscan.scanning.options import ScanOptions
+    from memscan.scanning.scanner import scan
 
     rng = np.random.default_rng(0)
     data = write_items(

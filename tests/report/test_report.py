@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memscan.config import ScanOptions
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset, DatasetWriter
+from memscan.dataset.store import Dataset, DatasetWriter
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.report import figures
 from memscan.report.html import select_gallery, write_report
-from memscan.scanner import load_run, scan
+from memscan.scanning.options import ScanOptions
+from memscan.scanning.scanner import load_run, scan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("verdict", "numbers", "histogram", "gallery", "subjects", "how-to-read", "provenance")

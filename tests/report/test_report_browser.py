@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from memscan.config import ScanOptions
 from memscan.report.html import write_report
-from memscan.scanner import scan
+from memscan.scanning.options import ScanOptions
+from memscan.scanning.scanner import scan
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memscan.config import ScanOptions
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset
+from memscan import phantoms
+from memscan.dataset.planted import plant_copies
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
-from memscan.scanner import RUN_TABLES, scan
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.scanning.options import ScanOptions
+from memscan.scanning.scanner import RUN_TABLES, scan
 from memscan.search import cluster as cluster_module
 from memscan.search.cluster import merge_topk, open_cluster, plan_shards
 
@@ -185,7 +185,7 @@ def test_worker_killed_mid_scan_identical(data, dask_cluster, tmp_path, monkeypa
 def test_workers_cache_their_shards_between_calls(data, dask_cluster):
     """The second search of a scan reads every shard from the worker that kept it (same results), and
     release() empties the workers' caches."""
-    from memscan.scanner import Features
+    from memscan.scanning.scanner import Features
     from memscan.search.engine import search_topk
 
     client = dask_cluster["client"]

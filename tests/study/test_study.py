@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from memscan.errors import InputError
-from memscan.study import load_config, preset_names, result_columns, run_study
+from memscan.study.pipeline import load_config, preset_names, result_columns, run_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_tiny_grid_writes_every_output(tiny_study):
 def test_bad_model_override_fails_before_any_work(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(
-        (REPO / "src/memscan/study_presets/tiny.toml")
+        (REPO / "src/memscan/study/presets/tiny.toml")
         .read_text()
         .replace("config = { ema_decay = 0.8 }", "config = { ema_decy = 0.8 }")
     )
@@ -105,7 +105,7 @@ def test_not_empty_without_resume(tiny_study):
 
 def test_bad_key_suggests_nearest(tmp_path):
     text = (
-        (REPO / "src/memscan/study_presets/tiny.toml")
+        (REPO / "src/memscan/study/presets/tiny.toml")
         .read_text()
         .replace("holdout_subjects", "holdout_subject")
     )
@@ -113,7 +113,7 @@ def test_bad_key_suggests_nearest(tmp_path):
     path.write_text(text)
     with pytest.raises(InputError, match="'holdout_subject'.*did you mean 'holdout_subjects'"):
         load_config(path)
-    good = (REPO / "src/memscan/study_presets/tiny.toml").read_text()
+    good = (REPO / "src/memscan/study/presets/tiny.toml").read_text()
     path.write_text(good.replace("[scan]\n", "[scan]\nflip = true\n"))
     with pytest.raises(InputError, match="did you mean 'flips'"):
         load_config(path)

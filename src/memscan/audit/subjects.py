@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memscan.data.store import Dataset
+from memscan.dataset.store import Dataset
 
 
 def train_item_counts(train: Dataset, nearest: np.ndarray, max_corr: np.ndarray) -> pd.DataFrame:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from memscan.data.store import Dataset, DatasetWriter, check_output_folder
+from memscan.core.progress import progress
+from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
 from memscan.models.base import DataInfo, GenerativeModel
 from memscan.models.registry import build_model
@@ -33,7 +34,6 @@ from memscan.models.train import (
     resolve_device,
     speed_settings,
 )
-from memscan.progress import progress
 
 log = logging.getLogger(__name__)
 

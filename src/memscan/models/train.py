@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from memscan import __version__
-from memscan.data.store import Dataset
+from memscan.core.progress import progress
+from memscan.core.version import __version__
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
 from memscan.models.base import DataInfo, GenerativeModel
 from memscan.models.registry import build_model, check_preset, family_module
-from memscan.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from memscan.data.store import Dataset
+from memscan.dataset.store import Dataset
 from memscan.report import figures
-from memscan.scanner import ScanResult, load_run
+from memscan.scanning.scanner import ScanResult, load_run
 
 log = logging.getLogger(__name__)
 

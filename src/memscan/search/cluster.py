@@ -3,7 +3,7 @@
 The *training set* is cut into contiguous item ranges (shards). Each shard is one Dask task that
 opens the dataset itself from its path (every worker must be able to read the dataset folder: a
 shared file system), streams its items block by block, turns them into feature rows with the pickled
-:class:`memscan.scanner.Features`, and runs :func:`memscan.search.engine.search_topk` against the
+:class:`memscan.scanning.scanner.Features`, and runs :func:`memscan.search.engine.search_topk` against the
 query block, which is scattered to every worker once per call. A task returns its local top-k with
 the shard offset added to the indices; the client merges the shards' lists per query with
 ``np.lexsort((index, -value))`` — values descending, ties to the lower training index.
@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memscan.core.progress import console, is_quiet, progress
 from memscan.errors import InputError
-from memscan.progress import console, is_quiet, progress
 from memscan.search import engine
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from distributed import Client
 
-    from memscan.scanner import Features
+    from memscan.scanning.scanner import Features
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _warm_up(client: Client, cleanup: Callable[[], None]) -> None:
         InputError: a worker cannot import memscan (it must be installed in the workers' environment).
     """
     try:
-        client.run(importlib.import_module, "memscan.scanner")
+        client.run(importlib.import_module, "memscan.scanning.scanner")
     except ImportError as exc:
         cleanup()
         raise InputError(
@@ -319,7 +319,7 @@ def search_shard(
         ``values``/``indices`` ``[nq, k]`` (global training indices), ``n_candidates``, ``n_fallback``,
         ``precision``, ``epsilon``, ``cache_hit``.
     """
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
 
     key = None if cache is None else (cache[0], path, start, stop, block)
     cached = None if key is None else _CACHE.get(key)
@@ -395,7 +395,7 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
 
 @dataclass
 class DaskSearch:
-    """A :class:`memscan.scanner.SearchFn` that shards the training set over a Dask cluster.
+    """A :class:`memscan.scanning.scanner.SearchFn` that shards the training set over a Dask cluster.
 
     Attributes:
         client: a connected ``distributed.Client``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from memscan.data.store import Dataset
+from memscan.dataset.store import Dataset
 
 
 def dataset_table(ds: Dataset) -> Table:
@@ -33,7 +33,7 @@ def dataset_table(ds: Dataset) -> Table:
 
 
 def run_table(result) -> Table:
-    """Key numbers of a scan run (``memscan.scanner.ScanResult``) and its riskiest matches."""
+    """Key numbers of a scan run (``memscan.scanning.scanner.ScanResult``) and its riskiest matches."""
     s = result.summary
     table = Table(title=f"run {result.run}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memscan.data.store import Dataset, DatasetWriter, check_output_folder
+from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
 
 TRANSFORMS = ("exact", "noisy", "flip", "shift", "rescale")

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from memscan.data.slicing import AXES, _did_you_mean, check_axis, resolve_slice_range
 from memscan.errors import InputError
+from memscan.preprocess.slicing import AXES, _did_you_mean, check_axis, resolve_slice_range
 
 STUDY_CHANNELS: tuple[str, ...] = ("t1", "t2", "t1ce", "flair", "seg")
 """The study's channel order (T1, T2, T1ce, FLAIR, segmentation) and the valid BraTS modality names."""

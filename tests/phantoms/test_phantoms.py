@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memscan.data import phantoms as ph
+from memscan import phantoms as ph
 
 SHAPE = (64, 64, 40)
 

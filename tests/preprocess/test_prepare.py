@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memscan.data import phantoms
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset
+from memscan import phantoms
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 
 SHAPE = (48, 48, 24)
 

@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
-from memscan import __version__
+from memscan.core.progress import out_console as console
+from memscan.core.progress import setup_logging
+from memscan.core.version import __version__
 from memscan.errors import MemscanError
-from memscan.progress import out_console as console
-from memscan.progress import setup_logging
 
 app = typer.Typer(
     name="memscan",
@@ -90,8 +90,13 @@ def prepare(
 
     Example: memscan prepare BraTS2020/ --out brats --test-subjects 56
     """
-    from memscan.data.prepare import PrepareOptions, parse_modalities, parse_slice_range, prepare_dataset
-    from memscan.summary import dataset_table
+    from memscan.cli.tables import dataset_table
+    from memscan.preprocess.prepare import (
+        PrepareOptions,
+        parse_modalities,
+        parse_slice_range,
+        prepare_dataset,
+    )
 
     opts = PrepareOptions(
         layout=layout,
@@ -170,9 +175,9 @@ def scan(
 
     Example: memscan scan brats/train synthetic/ --out run --flips
     """
-    from memscan.config import ScanOptions, parse_bytes
-    from memscan.scanner import scan as run_scan
-    from memscan.summary import run_table
+    from memscan.cli.tables import run_table
+    from memscan.scanning.options import ScanOptions, parse_bytes
+    from memscan.scanning.scanner import scan as run_scan
 
     opts = ScanOptions(
         top_k=top_k,
@@ -208,7 +213,7 @@ def scan(
         )
     except MemscanError as exc:
         if exc.exit_code == 3:
-            from memscan.scanner import load_run
+            from memscan.scanning.scanner import load_run
 
             console.print(run_table(load_run(out)))
         raise
@@ -227,7 +232,7 @@ def report(
     Example: memscan report run
     """
     from memscan.report.html import write_report
-    from memscan.scanner import load_run
+    from memscan.scanning.scanner import load_run
 
     load_run(run)  # a clear error for a folder that is not a finished run
     path = write_report(run, max_gallery=max_gallery, per_page=per_page)
@@ -303,8 +308,8 @@ def sample(
 
     Example: memscan sample ddpm-brats --n 1000 --out synthetic
     """
+    from memscan.cli.tables import dataset_table
     from memscan.models.sample import sample_model
-    from memscan.summary import dataset_table
 
     ds = sample_model(
         model,
@@ -358,7 +363,7 @@ def study(
 
     Example: memscan study quick --out study --device cuda
     """
-    from memscan.study import load_config, markdown_table, run_study
+    from memscan.study.pipeline import load_config, markdown_table, run_study
 
     cfg = load_config(config, source=source)
     result = run_study(cfg, out, resume=resume, device=device)

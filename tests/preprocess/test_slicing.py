@@ -1,12 +1,19 @@
-"""Tests for memscan.data.slicing: slices with provenance and the slice-id contract."""
+"""Tests for memscan.preprocess.slicing: slices with provenance and the slice-id contract."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from memscan.data.slicing import AXES, check_axis, parse_slice_id, resolve_slice_range, slice_id, slice_volume
 from memscan.errors import InputError
+from memscan.preprocess.slicing import (
+    AXES,
+    check_axis,
+    parse_slice_id,
+    resolve_slice_range,
+    slice_id,
+    slice_volume,
+)
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from memscan.data import recipes
-from memscan.data.slicing import slice_id
-from memscan.data.store import Dataset, DatasetWriter, check_output_folder
+from memscan.core.progress import progress
+from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
 from memscan.io import layouts
 from memscan.io.readers import read_image
-from memscan.progress import progress
+from memscan.preprocess import recipes
+from memscan.preprocess.slicing import slice_id
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def open_or_prepare(
     Raw inputs are prepared into ``cache_dir/name`` (reused while the inputs are unchanged).
     """
     path = Path(path)
-    from memscan.data.store import is_dataset
+    from memscan.dataset.store import is_dataset
 
     if is_dataset(path) or (not path.exists() and is_dataset(path.parent)):
         return Dataset.open(path)

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from memscan import __version__
+from memscan.core.version import __version__
 from memscan.report import figures
 from memscan.report.html import _atomic_write_text, _environment, _version
 
 if TYPE_CHECKING:
-    from memscan.study import Cell, StudyConfig
+    from memscan.study.pipeline import Cell, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _colour(models: list[str], label: str) -> str:
 
 def size_histograms(cells: list[Cell], models: list[str], fig_dir: Path) -> list[tuple[str, Path]]:
     """One histogram per training-set size: each model's synthetic max correlations and the held-out null."""
-    from memscan.scanner import load_run
+    from memscan.scanning.scanner import load_run
 
     out = []
     sizes = sorted({c.n_subjects for c in cells})
@@ -103,8 +103,8 @@ def flagged_vs_size(table: pd.DataFrame, models: list[str], thresholds: list[str
 
 def best_pair(cell: Cell, path: Path, canvas: figures.PairCanvas) -> dict[str, Any] | None:
     """Draw the cell's best-matching (synthetic, training) pair in the study's layout."""
-    from memscan.data.store import Dataset
-    from memscan.scanner import load_run
+    from memscan.dataset.store import Dataset
+    from memscan.scanning.scanner import load_run
 
     res = load_run(cell.folder / "run")
     synth = res.synthetic.dropna(subset=["nearest_train_id"])
@@ -168,8 +168,8 @@ def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
     with its correlation and, when the match needed one, the winning transform (``flip``, a shift); the
     training image is shown as stored.
     """
-    from memscan.data.store import Dataset
-    from memscan.scanner import load_run
+    from memscan.dataset.store import Dataset
+    from memscan.scanning.scanner import load_run
 
     res = load_run(cell.folder / "run")
     samples = Dataset.open(cell.folder / "samples")
@@ -209,7 +209,7 @@ def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
 
 def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config: StudyConfig) -> Path:
     """Write ``out/report.html`` (self-contained) and ``out/figures/*.png``."""
-    from memscan.study import markdown_table, threshold_column
+    from memscan.study.pipeline import markdown_table, threshold_column
 
     fig_dir = out / FIGURES_DIR
     fig_dir.mkdir(exist_ok=True)
@@ -231,7 +231,7 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
         strip = sample_strip(cell, fig_dir / f"samples_{cell.key}.png")
         if strip is not None:
             strips.append((cell.key, _data_uri(strip)))
-    from memscan.study import _fmt
+    from memscan.study.pipeline import _fmt
 
     cols = [c for c in table.columns if c not in ("family",)]
     rows = [[_fmt(r[c], c) for c in cols] for _, r in table.iterrows()]

@@ -25,14 +25,14 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from memscan import __version__
 from memscan.audit.calibrate import calibrate
 from memscan.audit.subjects import subject_rollup, train_item_counts
-from memscan.config import ScanOptions
-from memscan.data.prepare import open_or_prepare
-from memscan.data.store import Dataset
+from memscan.core.progress import progress
+from memscan.core.version import __version__
+from memscan.dataset.store import Dataset
 from memscan.errors import GateFailed, InputError
-from memscan.progress import progress
+from memscan.preprocess.prepare import open_or_prepare
+from memscan.scanning.options import ScanOptions
 from memscan.search import engine, variants
 
 log = logging.getLogger(__name__)
@@ -558,7 +558,7 @@ def _scan(
         if ds is not None and ds.n_items == 0:
             raise InputError(f"the {what} dataset has no items", ds.path)
     if opts.resize:
-        from memscan.data.resample import resized_dataset
+        from memscan.dataset.resample import resized_dataset
 
         if synth_ds.item_shape != train_ds.item_shape:
             synth_ds = resized_dataset(synth_ds, train_ds, cache / "synthetic-resized")

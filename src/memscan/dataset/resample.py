@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memscan.data.store import MANIFEST_COLUMNS, Dataset, DatasetWriter, check_output_folder
+from memscan.dataset.store import MANIFEST_COLUMNS, Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
 
 __all__ = ["resize_items", "resized_dataset"]

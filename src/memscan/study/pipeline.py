@@ -1,6 +1,6 @@
 """``memscan study``: the study's comparison (DDPM vs StyleGAN2, small vs large training sets) end to end.
 
-A study is described by a TOML file (or the name of a shipped preset, see ``study_presets/``)::
+A study is described by a TOML file (or the name of a shipped preset, see ``study/presets/``)::
 
     name = "tiny"
     sizes = [1, "all"]        # training subjects per cell ("all": every training subject)
@@ -62,7 +62,7 @@ from memscan.errors import InputError
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-PRESETS_PACKAGE = "memscan.study_presets"
+PRESETS_PACKAGE = "memscan.study.presets"
 FAMILIES = ("ddpm", "stylegan2")
 LAYOUTS = ("brats", "cxr", "folder", "auto")
 HOLDOUT_SPLIT = "test"
@@ -438,8 +438,8 @@ def _parse_scan(s: dict[str, Any], path: Path | None) -> StudyScanConfig:
 
 
 def scan_options(cfg: StudyScanConfig, device: str):
-    """The :class:`memscan.config.ScanOptions` of every cell."""
-    from memscan.config import ScanOptions
+    """The :class:`memscan.scanning.options.ScanOptions` of every cell."""
+    from memscan.scanning.options import ScanOptions
 
     return ScanOptions(
         top_k=cfg.top_k,
@@ -579,7 +579,7 @@ class _Runner:
 
 
 def _write_phantoms(data: DataConfig, out: Path, seed: int) -> None:
-    from memscan.data import phantoms
+    from memscan import phantoms
 
     assert data.phantom is not None
     tmp = out.with_name(f".{out.name}.tmp")
@@ -603,7 +603,7 @@ def subject_order(subjects: list[str], seed: int) -> list[str]:
 
 def write_subset(train_path: Path, out: Path, subjects: list[str], fingerprint: str) -> None:
     """Write the dataset folder ``out`` with the items of ``subjects`` (whole subjects) of ``train_path``."""
-    from memscan.data.store import Dataset, DatasetWriter
+    from memscan.dataset.store import Dataset, DatasetWriter
 
     ds = Dataset.open(train_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -642,7 +642,7 @@ def _isna(v: Any) -> bool:
 
 def mean_intensity(path: Path) -> float:
     """Mean pixel intensity of a dataset (view), streamed (stored units)."""
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
 
     ds = Dataset.open(path)
     total, count = 0.0, 0
@@ -682,8 +682,8 @@ def run_study(
     Raises:
         InputError: bad config or data, or ``out`` not empty without ``resume`` (exit 2).
     """
-    from memscan.data.prepare import PrepareOptions, prepare_dataset
-    from memscan.data.store import Dataset
+    from memscan.dataset.store import Dataset
+    from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 
     out = Path(out)
     if device not in ("auto", "cpu", "cuda"):
@@ -778,7 +778,7 @@ def run_study(
     table = results_table(cells, config)
     write_results(table, out)
     if report:
-        from memscan.report.study import write_study_report
+        from memscan.study.report import write_study_report
 
         write_study_report(out, table, cells, config)
     log.info("study: %d stages run, %d up to date", len(runner.ran), len(runner.skipped))
@@ -797,7 +797,7 @@ def _run_cell(
 ) -> None:
     from memscan.models import sample as sample_mod
     from memscan.models import train as train_mod
-    from memscan.scanner import scan
+    from memscan.scanning.scanner import scan
 
     m = cell.model
     train_st = Stage(
@@ -912,7 +912,7 @@ def result_columns(config: StudyConfig) -> list[str]:
 
 def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
     """One row per cell, read from the cells' run folders and stage records."""
-    from memscan.scanner import load_run
+    from memscan.scanning.scanner import load_run
 
     rows = []
     for cell in cells:

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from memscan.data.store import Dataset, DatasetWriter, check_output_folder, is_dataset
+from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder, is_dataset
 from memscan.errors import InputError
 
 

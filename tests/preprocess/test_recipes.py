@@ -1,4 +1,4 @@
-"""Tests for memscan.data.recipes: the study's BraTS recipe (hand-computed), chest x-ray and generic recipes.
+"""Tests for memscan.preprocess.recipes: the study's BraTS recipe (hand-computed), chest x-ray, generic.
 
 The BraTS phantom below is built so that the expected result of every step of the study's recipe can be
 written down by hand: which slices pass the "> 15% of 256×256 with T1 > 50" filter, where the 240×240
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memscan.data.recipes import (
+from memscan.errors import InputError
+from memscan.preprocess.recipes import (
     RECIPES,
     STUDY_CHANNELS,
     BratsRecipe,
@@ -30,7 +31,6 @@ from memscan.data.recipes import (
     seg_to_channel,
     split_subjects,
 )
-from memscan.errors import InputError
 
 N, Z = 240, 6
 # 15% of 256² = 9830.4 pixels: 9830 bright pixels are not enough, 9831 are.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memscan.data.resample import resize_items
+from memscan.dataset.resample import resize_items
 
 
 def test_2d_uint8_round_trip_and_antialiasing() -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from memscan import __version__
+from memscan.core.version import __version__
 from memscan.errors import InputError
 
 log = logging.getLogger(__name__)

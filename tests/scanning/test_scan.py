@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memscan import scanner as scan_module
-from memscan.config import ScanOptions
-from memscan.data import phantoms
-from memscan.data.planted import plant_copies
-from memscan.data.prepare import PrepareOptions, prepare_dataset
-from memscan.data.store import Dataset, DatasetWriter
+from memscan import phantoms
+from memscan.scanning import scanner as scan_module
+from memscan.dataset.planted import plant_copies
+from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.errors import GateFailed, InputError
-from memscan.scanner import load_run
-from memscan.scanner import scan as _scan
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.scanning.options import ScanOptions
+from memscan.scanning.scanner import load_run
+from memscan.scanning.scanner import scan as _scan
 
 
 def scan(*args, **kwargs):
@@ -285,7 +285,7 @@ def test_3d_volumes(tmp_path):
 
 def test_resize_brings_synthetic_to_the_training_size(data, tmp_path):
     """Synthetic items made at 96x96 from training slices (48x48) are found again with --resize."""
-    from memscan.data.resample import resize_items
+    from memscan.dataset.resample import resize_items
 
     train = data["train"]
     picks = [3, 11, 20]
@@ -383,7 +383,7 @@ def test_leaked_subject_gate(data, tmp_path):
 
 
 def test_option_validation():
-    from memscan.config import parse_bytes
+    from memscan.scanning.options import parse_bytes
 
     assert parse_bytes("4GiB") == 4 * 2**30 and parse_bytes("512MB") == 512 * 10**6
     with pytest.raises(InputError, match="at least 256MiB"):
