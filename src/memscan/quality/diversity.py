@@ -13,7 +13,8 @@ every set) to about [0, 1]; ``data_range`` is 1.
 Small images: the standard settings (5 scales, Gaussian kernel 11, σ 1.5, weights 0.0448, 0.2856, 0.3001,
 0.2363, 0.1333) need a side of at least 161 px in MONAI (its rule: ``side // (scales − 1)² > kernel − 1``).
 For smaller images :func:`ms_ssim_settings` keeps σ = 1.5 and picks the most scales, then the largest odd
-kernel from 11 down to 7 (7 still spans ±2σ), that satisfy MONAI's rule, and keeps the first weights of
+kernel from 11 down to 7 (7 still spans ±2σ), that satisfy MONAI's rule and leave the coarsest scale
+(``side // 2^(scales − 1)``) at least one kernel wide, and keeps the first weights of
 the standard five renormalised to sum 1 (the coarsest scales are the ones that no longer fit):
 64 px → 4 scales, kernel 7; 128 px → 5 scales, kernel 7; 32 px → 3 scales, kernel 7; ≥ 176 px the
 standard settings exactly.
@@ -36,7 +37,8 @@ def ms_ssim_settings(spatial_shape: tuple[int, ...]) -> dict:
     for levels in range(len(STANDARD_WEIGHTS), 0, -1):
         div = max(1, (levels - 1) ** 2)
         for kernel in (11, 9, 7):
-            if side // div > kernel - 1:
+            # MONAI's own check, and the coarsest scale (side halved levels - 1 times) must hold the kernel
+            if side // div > kernel - 1 and side // 2 ** (levels - 1) >= kernel:
                 w = np.array(STANDARD_WEIGHTS[:levels], dtype=np.float64)
                 weights = (
                     STANDARD_WEIGHTS if levels == len(STANDARD_WEIGHTS) else tuple((w / w.sum()).tolist())
