@@ -26,7 +26,7 @@ class _Identity(torch.nn.Module):
 
 
 def _features(seed: int, n: int, d: int, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    """``n`` draws of one correlated Gaussian in ``d`` dimensions (the same for every seed), moved and scaled."""
+    """``n`` draws of one correlated Gaussian (the same for every seed), moved and scaled."""
     mix = np.random.default_rng(1000 + d).normal(size=(d, d)) / np.sqrt(d)
     return np.random.default_rng(seed).normal(size=(n, d)) @ mix * scale + shift
 
@@ -122,7 +122,9 @@ def test_prdc_blocks_do_not_change_the_result(monkeypatch):
 def test_kth_neighbour_distance_against_sorting():
     x = _features(3, 50, 4)
     full = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-    np.testing.assert_allclose(distances.kth_neighbour_distance(x, 5), np.sort(full, axis=1)[:, 5], rtol=1e-12)
+    np.testing.assert_allclose(
+        distances.kth_neighbour_distance(x, 5), np.sort(full, axis=1)[:, 5], rtol=1e-12
+    )
 
 
 # ------------------------------------------------------------------------- α-precision, authenticity
@@ -140,7 +142,9 @@ def _naive_alpha(real: np.ndarray, fake: np.ndarray, n_steps: int = 30) -> dict[
     closest_d = [dist(fake[j], cf) for j in closest]
     f_radii = np.quantile(closest_d, alphas)
     r_curve = [
-        np.mean([dist(real[i], fake[closest[i]]) <= real_nn[i] and closest_d[i] <= fr for i in range(len(real))])
+        np.mean(
+            [dist(real[i], fake[closest[i]]) <= real_nn[i] and closest_d[i] <= fr for i in range(len(real))]
+        )
         for fr in f_radii
     ]
     step = alphas[1] - alphas[0]
