@@ -42,6 +42,17 @@ def test_three_channel_network_gets_grey_items_repeated_and_resized(tmp_path):
     assert d["sha256"] == file_digest(path, length=64)
 
 
+def test_multichannel_items_are_encoded_channel_by_channel(tmp_path):
+    path = tmp_path / "enc3.pt"
+    _save_script(path, 3)
+    items = np.random.default_rng(2).random((4, 2, 32, 32)).astype(np.float32)
+    enc = TorchScriptEncoder(path, size=None)
+    f = enc.features(items)
+    assert f.shape == (4, 64) and enc.description["per_channel"] is True
+    for c in range(2):
+        np.testing.assert_allclose(f[:, 32 * c : 32 * (c + 1)], enc.features(items[:, c : c + 1]), rtol=1e-6)
+
+
 def test_batching_does_not_change_features(tmp_path):
     path = tmp_path / "enc1.pt"
     _save_script(path, 1)
@@ -61,8 +72,8 @@ def test_state_dict_missing_file_and_wrong_channels_are_input_errors(tmp_path):
         TorchScriptEncoder(tmp_path / "nope.pt")
     path = tmp_path / "enc3.pt"
     _save_script(path, 3)
-    with pytest.raises(InputError, match="takes 3 channels but the items have 2"):
-        TorchScriptEncoder(path, in_channels=3).features(np.zeros((2, 2, 32, 32), np.float32))
+    with pytest.raises(InputError, match="does not accept these items"):
+        TorchScriptEncoder(path, in_channels=2).features(np.zeros((2, 2, 32, 32), np.float32))
     with pytest.raises(InputError, match="2D items"):
         TorchScriptEncoder(path).features(np.zeros((2, 1, 8, 8, 8), np.float32))
 

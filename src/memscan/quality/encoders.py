@@ -45,8 +45,9 @@ class TorchScriptEncoder:
     Args:
         path: the TorchScript file.
         size: side the items are resized to before the network (``None``: keep their size).
-        in_channels: channels the network takes; ``None`` probes it: the items' own channel count, else 3
-            for single-channel items (grey-scale repeated).
+        in_channels: channels the network takes; ``None`` probes it: the items' own channel count, else 1,
+            else 3. When it differs from the items' count, each channel is encoded alone as a grey-scale
+            image (repeated to ``in_channels``) and the features are concatenated (``[N, C * d]``).
         batch: items per forward pass.
         device: torch device.
 
@@ -81,6 +82,7 @@ class TorchScriptEncoder:
         self.batch = int(batch)
         self.device = device
         self.output_dim: int | None = None
+        self.per_channel: bool | None = None
         self._digest = file_digest(self.path, length=64)
 
     @property
@@ -92,21 +94,17 @@ class TorchScriptEncoder:
             "input_size": self.size,
             "input_channels": self.in_channels,
             "output_dim": self.output_dim,
-            "preprocessing": "intensities linearly to [0, 1] (training-set range), bilinear resize,"
-            " grey-scale repeated to 3 channels when the network takes 3",
+            "per_channel": self.per_channel,
+            "preprocessing": "intensities linearly to [0, 1] (training-set range), bilinear resize;"
+            " items whose channel count the network does not take: each channel alone as grey-scale"
+            " (repeated to the network's channels), features concatenated",
         }
 
-    def _prepare(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             x = torch.nn.functional.interpolate(
                 x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
             )
-        if channels != x.shape[1]:
-            if x.shape[1] != 1:
-                raise InputError(
-                    f"the encoder takes {channels} channels but the items have {x.shape[1]}", self.path
-                )
-            x = x.repeat(1, channels, 1, 1)
         return x
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,19 +114,28 @@ class TorchScriptEncoder:
             y = y[0]
         return y.reshape(len(x), -1).float().cpu()
 
+    def _embed(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """``x [n, C, H, W]`` → ``[n, D]``: whole items when the network takes C channels, else each channel
+        as a grey-scale image (repeated to ``channels``) and the per-channel features concatenated."""
+        x = self._resize(x)
+        if x.shape[1] == channels:
+            return self._forward(x)
+        return torch.cat(
+            [self._forward(x[:, c : c + 1].repeat(1, channels, 1, 1)) for c in range(x.shape[1])], 1
+        )
+
     def _probe(self, items: np.ndarray) -> None:
         x = torch.from_numpy(np.asarray(items[:1], dtype=np.float32))
-        tried = [self.in_channels] if self.in_channels is not None else [x.shape[1], 3]
+        tried = [self.in_channels] if self.in_channels is not None else [x.shape[1], 1, 3]
         errors = []
         for c in dict.fromkeys(tried):
             try:
-                y = self._forward(self._prepare(x, c))
-            except InputError:
-                raise
+                y = self._embed(x, c)
             except Exception as exc:
                 errors.append(f"{c} channels: {str(exc).splitlines()[-1][:100]}")
                 continue
             self.in_channels, self.output_dim = c, int(y.shape[1])
+            self.per_channel = c != x.shape[1]
             return
         raise InputError(f"the encoder does not accept these items ({'; '.join(errors)})", self.path)
 
@@ -145,7 +152,7 @@ class TorchScriptEncoder:
         out = []
         for lo in range(0, len(items), self.batch):
             x = torch.from_numpy(np.asarray(items[lo : lo + self.batch], dtype=np.float32))
-            out.append(self._forward(self._prepare(x, self.in_channels)))
+            out.append(self._embed(x, self.in_channels))
         return torch.cat(out).double().numpy()
 
 
