@@ -268,7 +268,7 @@ def test_diversity_of_near_duplicates_is_high_and_of_distinct_images_low(slice_s
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no silent NaN from MONAI
         same = diversity.mean_pairwise_ms_ssim(dup + np.float32(1e-3) * np.arange(6)[:, None, None, None])
-        varied = diversity.mean_pairwise_ms_ssim(slice_sets["holdout"])
+        varied = diversity.mean_pairwise_ms_ssim(slice_sets["holdout"], n_pairs=60)
     assert same["mean"] > 0.99
     assert varied["mean"] < same["mean"] - 0.05
 

@@ -28,7 +28,7 @@ from monai.metrics import MultiScaleSSIMMetric
 
 STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SIGMA = 1.5
-N_PAIRS = 500
+N_PAIRS = 200
 
 
 def ms_ssim_settings(spatial_shape: tuple[int, ...]) -> dict:
