@@ -53,6 +53,21 @@ def test_multichannel_items_are_encoded_channel_by_channel(tmp_path):
         np.testing.assert_allclose(f[:, 32 * c : 32 * (c + 1)], enc.features(items[:, c : c + 1]), rtol=1e-6)
 
 
+def test_torch_export_archive_specialised_to_batch_one(tmp_path):
+    net = random_conv_net(seed=1, in_channels=3)
+    path = tmp_path / "enc.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 32, 32),)), str(path))
+    items = np.random.default_rng(3).random((5, 1, 40, 40)).astype(np.float32)
+    enc = TorchScriptEncoder(path, size=32)
+    f = enc.features(items)
+    assert enc.description["kind"] == "torch.export" and enc.batch == 1 and f.shape == (5, 32)
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(items), size=(32, 32), mode="bilinear", antialias=True
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(f, net(x.repeat(1, 3, 1, 1)).double().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_batching_does_not_change_features(tmp_path):
     path = tmp_path / "enc1.pt"
     _save_script(path, 1)
@@ -66,8 +81,11 @@ def test_batching_does_not_change_features(tmp_path):
 def test_state_dict_missing_file_and_wrong_channels_are_input_errors(tmp_path):
     sd = tmp_path / "weights.pth"
     torch.save(random_conv_net().state_dict(), sd)
-    with pytest.raises(InputError, match="not a TorchScript file.*state dict"):
+    with pytest.raises(InputError, match="state dict.*TorchScript file"):
         TorchScriptEncoder(sd)
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a torch archive"):
+        TorchScriptEncoder(tmp_path / "junk.pt")
     with pytest.raises(InputError, match="does not exist"):
         TorchScriptEncoder(tmp_path / "nope.pt")
     path = tmp_path / "enc3.pt"

@@ -101,7 +101,7 @@ def test_kid_subsets_are_seeded_and_near_zero_for_one_distribution():
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.7])
-def test_prdc_equals_the_prdc_package(shift, capsys):
+def test_prdc_equals_the_prdc_package(shift):
     from prdc import compute_prdc
 
     real, fake = _features(0, 250, 10), _features(1, 180, 10, shift=shift)

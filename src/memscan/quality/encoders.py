@@ -3,7 +3,8 @@
 memscan never downloads weights. Two kinds of encoder feed the metrics:
 
 - ``--encoder FILE``: a TorchScript file (``torch.jit.save`` of a scripted or traced network, e.g. an
-  ImageNet or RadImageNet network the user has locally), loaded with ``torch.jit.load(map_location="cpu")``.
+  ImageNet or RadImageNet network the user has locally), loaded with ``torch.jit.load(map_location="cpu")``;
+  or its successor, a ``torch.export.save`` archive (``torch.export.load``), told apart by their zip entries.
   A torchvision-style *state dict* is not loadable: it holds weights without the network's code, and
   torchvision cannot be installed beside this torch. Convert it once where torchvision exists
   (``torch.jit.trace(model.eval(), example).save("encoder.pt")``).
@@ -18,6 +19,9 @@ mean/std) belongs inside the TorchScript file. Outputs of any shape are flattene
 
 from __future__ import annotations
 
+import logging
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,6 +30,8 @@ import torch
 
 from memscan.core.fingerprint import file_digest
 from memscan.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -39,11 +45,38 @@ class Encoder(Protocol):
         ...
 
 
+def network_format(path: Path) -> str:
+    """``"torchscript"`` (``torch.jit.save``) or ``"torch.export"`` (``torch.export.save``, a ``.pt2``
+    archive), from the file's zip entries; anything else is refused with the reason.
+
+    Raises:
+        InputError: not a zip archive of either kind; a state dict (``torch.save`` of weights) is named.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        names = []
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+        return "torch.export"
+    if any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names):
+        return "torchscript"
+    what = "a state dict or pickled weights (no network code)" if names else "not a torch archive"
+    raise InputError(
+        f"is {what}; memscan needs a TorchScript file: torch.jit.trace(model.eval(), example).save(FILE) "
+        "(or torch.export.save(torch.export.export(model, (example,)), FILE))",
+        path,
+    )
+
+
 class TorchScriptEncoder:
-    """A user's TorchScript network as an :class:`Encoder` (2D items ``[N, C, H, W]``).
+    """A user's TorchScript (or ``torch.export``) network as an :class:`Encoder` (2D items ``[N, C, H, W]``).
+
+    An exported program is specialised to the example's shape: give ``size`` = its side; when it only takes
+    one item at a time, batches fall back to one item.
 
     Args:
-        path: the TorchScript file.
+        path: the TorchScript file (``torch.jit.save``), or a ``torch.export.save`` archive.
         size: side the items are resized to before the network (``None``: keep their size).
         in_channels: channels the network takes; ``None`` probes it: the items' own channel count, else 1,
             else 3. When it differs from the items' count, each channel is encoded alone as a grey-scale
@@ -67,14 +100,17 @@ class TorchScriptEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError("encoder file does not exist", self.path)
+        self.format = network_format(self.path)
         try:
-            self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
-        except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors for non-archives
+            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; the files still load
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if self.format == "torch.export":
+                    self.net = torch.export.load(str(self.path)).module()
+                else:
+                    self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
+        except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors for bad archives
             raise InputError(
-                "is not a TorchScript file (torch.jit.load failed: "
-                f"{str(exc).splitlines()[0][:120]}); a state dict holds no network code: save the network "
-                "with torch.jit.trace(model.eval(), example).save(FILE)",
-                self.path,
+                f"cannot load the encoder ({self.format}): {str(exc).splitlines()[0][:120]}", self.path
             ) from None
         self.net.to(device)
         self.size = size
@@ -88,7 +124,7 @@ class TorchScriptEncoder:
     @property
     def description(self) -> dict[str, Any]:
         return {
-            "kind": "torchscript",
+            "kind": self.format,
             "file": self.path.name,
             "sha256": self._digest,
             "input_size": self.size,
@@ -136,6 +172,12 @@ class TorchScriptEncoder:
                 continue
             self.in_channels, self.output_dim = c, int(y.shape[1])
             self.per_channel = c != x.shape[1]
+            if self.batch > 1 and len(items) > 1:
+                try:
+                    self._embed(torch.from_numpy(np.asarray(items[:2], dtype=np.float32)), c)
+                except Exception:  # e.g. an exported program specialised to batch 1
+                    log.info("the encoder takes one item at a time; batches of 1")
+                    self.batch = 1
             return
         raise InputError(f"the encoder does not accept these items ({'; '.join(errors)})", self.path)
 
