@@ -104,6 +104,20 @@ def test_subsampling_is_seeded_and_recorded(datasets, encoder):
     assert a == b and a["n_used"] == {"train": 60, "holdout": 60, "synthetic": 60}
 
 
+def test_without_a_holdout_set_the_metrics_that_need_new_patients_are_none(datasets, encoder, monkeypatch):
+    from memscan.quality import panel as panel_module
+
+    opts = QualityOptions(kid_subset_size=30, kid_subsets=5, ms_ssim_pairs=70)
+    with_hold = assess_quality(datasets["train"], datasets["holdout"], datasets["fresh"], encoder, opts)
+    monkeypatch.setattr(panel_module, "MS_SSIM_PAIRS_PER_READ", 8)  # reading in chunks changes nothing
+    p = assess_quality(datasets["train"], None, datasets["fresh"], encoder, opts)
+    for key in ("fd_relative", "ct_statistic", "ct_p_value", "ms_ssim_holdout", "holdout_reference"):
+        assert p[key] is None, key
+    for key in ("fd", "precision", "recall", "density", "coverage", "authenticity", "ms_ssim_synthetic"):
+        assert p[key] == pytest.approx(with_hold[key]), key
+    assert p["n_items"] == {"train": 120, "synthetic": 96}
+
+
 def test_undefined_values_are_written_as_null(tmp_path):
     path = write_quality(
         tmp_path, {"ct_statistic": float("nan"), "fd_relative": float("inf"), "x": [np.float32(1)]}

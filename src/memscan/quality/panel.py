@@ -31,7 +31,7 @@ from memscan.quality.alpha_precision import alpha_beta_authenticity
 from memscan.quality.copying import MIN_SYNTHETIC_PER_CELL, data_copying_test
 from memscan.quality.diversity import N_PAIRS, ms_ssim_settings, pairwise_ms_ssim, sample_pairs
 from memscan.quality.encoders import Encoder, encode, intensity_scale
-from memscan.quality.frechet import relative_frechet_distance
+from memscan.quality.frechet import frechet_distance, relative_frechet_distance
 from memscan.quality.kid import kernel_inception_distance
 from memscan.quality.prdc import NEAREST_K, prdc
 
@@ -57,6 +57,8 @@ CONTRACT_KEYS = (
 )
 #: Items per set read and encoded at once.
 READ_BLOCK = 256
+#: MS-SSIM pairs whose items are read at once.
+MS_SSIM_PAIRS_PER_READ = 64
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def feature_metrics(
 
 def panel_from_features(
     train: np.ndarray,
-    holdout: np.ndarray,
+    holdout: np.ndarray | None,
     synthetic: np.ndarray,
     options: QualityOptions | None = None,
 ) -> dict[str, Any]:
@@ -135,24 +137,41 @@ def panel_from_features(
 
     Args:
         train: training features ``[N, D]``.
-        holdout: held-out real features ``[H, D]`` (the reference, and C_T's test sample).
+        holdout: held-out real features ``[H, D]`` (the reference, and C_T's test sample), or None: then
+            ``fd_relative``, ``ct_statistic``, ``ct_p_value`` and ``holdout_reference`` are None (they
+            need new real patients to compare with).
         synthetic: synthetic features ``[M, D]``.
         options: see :class:`QualityOptions`.
 
     Returns:
-        The contract's feature-space keys (no MS-SSIM, no encoder) plus ``kid_std``, ``fd_holdout``,
-        ``holdout_reference`` and ``ct``.
+        The contract's feature-space keys (no MS-SSIM, no encoder) plus ``kid_std``, ``kid_subsets``,
+        ``kid_subset_size``, ``holdout_reference`` and ``ct``.
     """
     opts = options or QualityOptions()
-    for name, f, need in (
-        ("training", train, opts.k + 1),
-        ("held-out", holdout, 2),
-        ("synthetic", synthetic, 2),
-    ):
+    sets = [("training", train, opts.k + 1), ("synthetic", synthetic, 2)]
+    if holdout is not None:
+        sets.append(("held-out", holdout, 2))
+    for name, f, need in sets:
         if len(f) < need:
             raise InputError(f"the quality metrics need at least {need} {name} items, got {len(f)}")
-    fd = relative_frechet_distance(synthetic, holdout, train)
     syn = feature_metrics(train, synthetic, opts)
+    panel: dict[str, Any] = {
+        "fd": frechet_distance(synthetic, train),
+        "fd_relative": None,
+        "kid": syn["kid"],
+        **{k: syn[k] for k in ("precision", "recall", "density", "coverage")},
+        **{k: syn[k] for k in ("alpha_precision", "beta_recall", "authenticity")},
+        "ct_statistic": None,
+        "ct_p_value": None,
+        "kid_std": syn["kid_std"],
+        "kid_subsets": syn["kid_subsets"],
+        "kid_subset_size": syn["kid_subset_size"],
+        "holdout_reference": None,
+        "ct": None,
+    }
+    if holdout is None:
+        return panel
+    fd = relative_frechet_distance(synthetic, holdout, train)
     ref = feature_metrics(train, holdout, opts, seed_offset=1)
     ct = data_copying_test(
         train,
@@ -162,23 +181,15 @@ def panel_from_features(
         min_synthetic=opts.ct_min_synthetic,
         seed=opts.seed,
     )
-    panel: dict[str, Any] = {
-        "fd": fd["fd"],
-        "fd_relative": _finite(fd["fd_relative"]),
-        "kid": syn["kid"],
-        "kid_std": syn["kid_std"],
-        **{k: syn[k] for k in ("precision", "recall", "density", "coverage")},
-        **{k: syn[k] for k in ("alpha_precision", "beta_recall", "authenticity")},
-        "ct_statistic": _finite(ct["ct_statistic"]),
-        "ct_p_value": _finite(ct["ct_p_value"]),
-        "holdout_reference": {
-            "fd": fd["fd_holdout"],
-            **{k: v for k, v in ref.items() if not k.startswith("kid_s")},
-        },
-        "ct": {k: v for k, v in ct.items() if k not in ("ct_statistic", "ct_p_value")},
+    panel["fd_relative"] = _finite(fd["fd_relative"])
+    panel["ct_statistic"] = _finite(ct["ct_statistic"])
+    panel["ct_p_value"] = _finite(ct["ct_p_value"])
+    panel["holdout_reference"] = {
+        "fd": fd["fd_holdout"],
+        **{k: ref[k] for k in ("kid", "kid_std", "precision", "recall", "density", "coverage")},
+        **{k: ref[k] for k in ("alpha_precision", "beta_recall", "authenticity")},
     }
-    panel["holdout_reference"]["kid_std"] = ref["kid_std"]
-    panel["kid_subsets"], panel["kid_subset_size"] = syn["kid_subsets"], syn["kid_subset_size"]
+    panel["ct"] = {k: v for k, v in ct.items() if k not in ("ct_statistic", "ct_p_value")}
     return panel
 
 
@@ -203,14 +214,18 @@ def _ms_ssim(ds: Dataset, positions: np.ndarray, options: QualityOptions, scale:
     pairs = sample_pairs(len(positions), options.ms_ssim_pairs, options.seed)
     if len(pairs) == 0:
         raise InputError(f"MS-SSIM diversity needs at least 2 items, got {len(positions)}", ds.path)
-    used = np.unique(pairs)  # the items the pairs touch, in order
-    values = pairwise_ms_ssim(ds.take(positions[used]), np.searchsorted(used, pairs), scale=scale)
+    values = np.empty(len(pairs))
+    for lo in range(0, len(pairs), MS_SSIM_PAIRS_PER_READ):  # bounded memory: read the items of 64 pairs
+        chunk = pairs[lo : lo + MS_SSIM_PAIRS_PER_READ]
+        used = np.unique(chunk)  # the items these pairs touch, in order
+        images = ds.take(positions[used])
+        values[lo : lo + len(chunk)] = pairwise_ms_ssim(images, np.searchsorted(used, chunk), scale=scale)
     return {"mean": float(values.mean()), "std": float(values.std()), "n_pairs": int(len(pairs))}
 
 
 def assess_quality(
     train: Dataset,
-    holdout: Dataset,
+    holdout: Dataset | None,
     synthetic: Dataset,
     encoder: Encoder,
     options: QualityOptions | None = None,
@@ -221,62 +236,54 @@ def assess_quality(
 
     Args:
         train: the training set (reference of every metric; its intensity range sets the [0, 1] map).
-        holdout: real items of subjects never trained on.
+        holdout: real items of subjects never trained on, or None (then the metrics that need new
+            patients, and ``ms_ssim_holdout``, are None).
         synthetic: the set assessed.
         encoder: feature extractor (:class:`~memscan.quality.encoders.Encoder`).
         options: see :class:`QualityOptions`.
         progress: called with a short stage name before each stage (for a progress display).
 
     Returns:
-        The panel (see the module docstring).
+        The panel (see the module docstring), contract keys first.
     """
     opts = options or QualityOptions()
     say = progress or (lambda stage: log.info("quality: %s", stage))
-    for name, ds in (("HOLDOUT", holdout), ("SYNTHETIC", synthetic)):
+    named = {"train": train, "synthetic": synthetic}
+    if holdout is not None:
+        named["holdout"] = holdout
+    for name, ds in named.items():
         if ds.item_shape != train.item_shape:
             raise InputError(
-                f"item shapes differ: TRAIN has {list(train.item_shape)}, {name} has {list(ds.item_shape)}",
+                f"item shapes differ: TRAIN has {list(train.item_shape)}, {name.upper()} has "
+                f"{list(ds.item_shape)}",
                 ds.path,
             )
     rng = np.random.default_rng(opts.seed)
-    pos = {
-        name: _subsample(ds.n_items, opts.max_items, rng)
-        for name, ds in (("train", train), ("holdout", holdout), ("synthetic", synthetic))
-    }
+    pos = {name: _subsample(ds.n_items, opts.max_items, rng) for name, ds in named.items()}
     sample = train.take(pos["train"][:: max(1, len(pos["train"]) // 256)])
     scale = intensity_scale(sample, train.dtype)
     say("encoding")
-    feats = {
-        "train": _encode_dataset(train, pos["train"], encoder, scale),
-        "holdout": _encode_dataset(holdout, pos["holdout"], encoder, scale),
-        "synthetic": _encode_dataset(synthetic, pos["synthetic"], encoder, scale),
-    }
+    feats = {name: _encode_dataset(ds, pos[name], encoder, scale) for name, ds in named.items()}
     say("feature metrics")
-    panel = panel_from_features(feats["train"], feats["holdout"], feats["synthetic"], opts)
+    panel = panel_from_features(feats["train"], feats.get("holdout"), feats["synthetic"], opts)
     say("MS-SSIM diversity")
     ms_syn = _ms_ssim(synthetic, pos["synthetic"], opts, scale)
-    ms_hold = _ms_ssim(holdout, pos["holdout"], opts, scale)
+    ms_hold = _ms_ssim(holdout, pos["holdout"], opts, scale) if holdout is not None else None
+    out: dict[str, Any] = {k: panel[k] for k in CONTRACT_KEYS if k in panel}
+    out["ms_ssim_synthetic"] = ms_syn["mean"]
+    out["ms_ssim_holdout"] = ms_hold["mean"] if ms_hold is not None else None
+    out["encoder"] = dict(encoder.description)
+    for key in ("kid_std", "kid_subsets", "kid_subset_size", "holdout_reference", "ct"):
+        out[key] = panel[key]
     settings = ms_ssim_settings(train.item_shape[1:])
-    ordered: dict[str, Any] = {k: panel.get(k) for k in CONTRACT_KEYS if k in panel}
-    ordered["ms_ssim_synthetic"] = ms_syn["mean"]
-    ordered["ms_ssim_holdout"] = ms_hold["mean"]
-    ordered["encoder"] = dict(encoder.description)
-    ordered["kid_std"] = panel["kid_std"]
-    ordered["kid_subsets"], ordered["kid_subset_size"] = panel["kid_subsets"], panel["kid_subset_size"]
-    ordered["holdout_reference"] = panel["holdout_reference"]
-    ordered["ct"] = panel["ct"]
-    ordered["ms_ssim"] = {
-        "synthetic": ms_syn,
-        "holdout": ms_hold,
-        "settings": {**settings, "data_range": 1.0},
-    }
-    ordered["intensity_scale"] = list(scale)
-    ordered["n_items"] = {"train": train.n_items, "holdout": holdout.n_items, "synthetic": synthetic.n_items}
-    ordered["n_used"] = {k: int(len(v)) for k, v in pos.items()}
-    ordered["feature_dim"] = int(feats["train"].shape[1])
-    ordered["options"] = asdict(opts)
-    ordered["memscan_version"] = __version__
-    return ordered
+    out["ms_ssim"] = {"synthetic": ms_syn, "holdout": ms_hold, "settings": {**settings, "data_range": 1.0}}
+    out["intensity_scale"] = list(scale)
+    out["n_items"] = {name: ds.n_items for name, ds in named.items()}
+    out["n_used"] = {k: int(len(v)) for k, v in pos.items()}
+    out["feature_dim"] = int(feats["train"].shape[1])
+    out["options"] = asdict(opts)
+    out["memscan_version"] = __version__
+    return out
 
 
 def write_quality(folder: str | Path, panel: dict[str, Any]) -> Path:
