@@ -98,6 +98,7 @@ def test_state_dict_missing_file_and_wrong_channels_are_input_errors(tmp_path):
 
 def test_intensity_scale_and_encode():
     assert intensity_scale(np.zeros((2, 1, 4, 4), np.uint8)) == (0.0, 255.0)
+    assert intensity_scale(np.array([[[[10, 4095]]]], np.uint16)) == (10.0, 4095.0)
     x = np.linspace(-1, 3, 32, dtype=np.float32).reshape(2, 1, 4, 4)
     assert intensity_scale(x) == (-1.0, 3.0)
     assert intensity_scale(np.ones((2, 1, 4, 4), np.float32)) == (1.0, 2.0)

@@ -199,13 +199,12 @@ class TorchScriptEncoder:
 
 
 def intensity_scale(items: np.ndarray, dtype: np.dtype | None = None) -> tuple[float, float]:
-    """``(lo, hi)`` of the linear map to [0, 1]: an integer dtype's full range (uint8 → 0..255), else the
-    min and max of ``items`` (a sample of the training set). Constant data gives ``(lo, lo + 1)``."""
+    """``(lo, hi)`` of the linear map to [0, 1]: ``(0, 255)`` for 8-bit data (the display range every 8-bit
+    recipe writes), else the min and max of ``items`` (a sample of the training set): 16-bit MR/CT data
+    rarely use their type's full range. Constant data gives ``(lo, lo + 1)``."""
     dtype = np.dtype(dtype if dtype is not None else items.dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        lo = 0.0 if dtype.kind == "u" else float(info.min)
-        return lo, float(info.max)
+    if dtype == np.uint8:
+        return 0.0, 255.0
     lo, hi = float(np.min(items)), float(np.max(items))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
