@@ -126,8 +126,10 @@ def test_undefined_values_are_written_as_null(tmp_path):
 
 
 def test_bad_inputs_are_input_errors(datasets, encoder, tmp_path):
-    with pytest.raises(InputError, match="at least 2 held-out"):
-        panel_from_features(np.zeros((10, 2)), np.zeros((1, 2)), np.zeros((5, 2)))
+    with pytest.raises(InputError, match="at least 6 held-out"):
+        panel_from_features(np.zeros((10, 2)), np.zeros((1, 2)), np.zeros((10, 2)))
+    with pytest.raises(InputError, match="at least 6 synthetic"):
+        panel_from_features(np.zeros((10, 2)), None, np.zeros((5, 2)))
     small = _write(tmp_path / "small", np.zeros((3, 1, 32, 32), np.float32), "s")
     with pytest.raises(InputError, match="item shapes differ"):
         assess_quality(datasets["train"], small, datasets["fresh"], encoder)

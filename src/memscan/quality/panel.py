@@ -148,10 +148,11 @@ def panel_from_features(
         ``kid_subset_size``, ``holdout_reference`` and ``ct``.
     """
     opts = options or QualityOptions()
-    sets = [("training", train, opts.k + 1), ("synthetic", synthetic, 2)]
-    if holdout is not None:
-        sets.append(("held-out", holdout, 2))
-    for name, f, need in sets:
+    sets = [("training", train), ("synthetic", synthetic)] + (
+        [("held-out", holdout)] if holdout is not None else []
+    )
+    need = opts.k + 1  # each set's own k-th neighbour (PRDC's radii)
+    for name, f in sets:
         if len(f) < need:
             raise InputError(f"the quality metrics need at least {need} {name} items, got {len(f)}")
     syn = feature_metrics(train, synthetic, opts)
