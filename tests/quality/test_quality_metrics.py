@@ -119,6 +119,17 @@ def test_prdc_blocks_do_not_change_the_result(monkeypatch):
     assert prdc.prdc(real, fake) == whole
 
 
+def test_kept_distances_are_exact_for_copies_of_large_features():
+    # |x| ~ 1e4: the matrix-product form alone leaves ~1e-4 where the true distance is 0
+    x = _features(4, 300, 16) * 1000 + 1e4
+    dup = np.concatenate([x, x[:5]])
+    d, i = distances.nearest(x[:20], x)
+    assert (d == 0).all() and (i == np.arange(20)).all()
+    d, _ = distances.nearest_other(dup)
+    assert (d[:5] == 0).all() and (d[-5:] == 0).all()
+    assert (distances.kth_neighbour_distance(dup, 1)[:5] == 0).all()
+
+
 def test_kth_neighbour_distance_against_sorting():
     x = _features(3, 50, 4)
     full = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))

