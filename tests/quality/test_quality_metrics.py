@@ -111,6 +111,21 @@ def test_prdc_equals_the_prdc_package(shift):
         assert ours[key] == pytest.approx(float(ref[key]), abs=1e-12), key
 
 
+def test_prdc_of_copies_decides_ties_exactly():
+    # copies of real items lie exactly on the k-NN spheres of the items whose k-th neighbour they copy: not
+    # strictly inside; an exact float64 reference (distances from the differences) says the same
+    real = _features(5, 120, 6) * 300 + 50
+    fake = real[::2].copy()
+    full = np.sqrt(((real[:, None] - fake[None]) ** 2).sum(-1))
+    rr = np.sort(np.sqrt(((real[:, None] - real[None]) ** 2).sum(-1)), axis=1)[:, 5]
+    rf = np.sort(np.sqrt(((fake[:, None] - fake[None]) ** 2).sum(-1)), axis=1)[:, 5]
+    ours = prdc.prdc(real, fake)
+    assert ours["density"] == pytest.approx((full < rr[:, None]).sum(0).mean() / 5, abs=1e-12)
+    assert ours["precision"] == pytest.approx((full < rr[:, None]).any(0).mean(), abs=1e-12)
+    assert ours["recall"] == pytest.approx((full < rf[None, :]).any(1).mean(), abs=1e-12)
+    assert ours["coverage"] == pytest.approx((full.min(1) < rr).mean(), abs=1e-12)
+
+
 def test_prdc_blocks_do_not_change_the_result(monkeypatch):
     real, fake = _features(0, 90, 5), _features(1, 70, 5, shift=0.3)
     whole = prdc.prdc(real, fake)

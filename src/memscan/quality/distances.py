@@ -45,6 +45,24 @@ def exact_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a - b) ** 2).sum(axis=1))
 
 
+def refine_near(d: np.ndarray, a: np.ndarray, b: np.ndarray, *radii: np.ndarray) -> np.ndarray:
+    """Recompute exactly the entries of a block ``d [n, M]`` (rows ``a [n, D]``, columns ``b [M, D]``) that
+    lie within the matrix product's rounding of a radius they are compared with (``radii`` broadcast
+    against ``d``: ``[n, 1]`` per row or ``[1, M]`` per column), so that ``d < r`` is decided as in exact
+    arithmetic. Ties matter: a copy of a real item lies exactly on the k-NN ball of each item whose k-th
+    neighbour is that real item, and is not strictly inside it. Returns ``d`` (modified in place).
+    """
+    # |fl(d) − d| <= sqrt(|fl(d²) − d²|) ~ sqrt(D · 2^-52 · (|a|² + |b|²)) ≈ 1e-7 (|a| + |b|) for D ≤ 1e4
+    scale = np.linalg.norm(a, axis=1)[:, None] + np.linalg.norm(b, axis=1)[None, :]
+    near = np.zeros(d.shape, dtype=bool)
+    for r in radii:
+        near |= np.abs(d - r) <= 1e-6 * scale
+    i, j = np.nonzero(near)
+    if i.size:
+        d[i, j] = exact_distances(a[i], b[j])
+    return d
+
+
 def kth_neighbour_distance(x: np.ndarray, k: int) -> np.ndarray:
     """Distance of each row of ``x [N, D]`` to its ``k``-th nearest other row (the row itself excluded).
 

@@ -11,15 +11,16 @@ real item to its k-th nearest real neighbour:
 - coverage: share of real items whose own ball holds at least one synthetic item (diversity, robust to
   outliers).
 
-Same rules as the authors' ``prdc`` package (strict ``<``, ties broken the same way), tested equal to it
-on the same features; computed here in row blocks so that no N x M distance matrix is ever held at once.
+Same rules as the authors' ``prdc`` package (strict ``<``, the same neighbour count), tested equal to it
+on the same features; comparisons that rounding could flip are decided on exact distances (a copy of a real
+item lies exactly on some real items' k-NN spheres); computed in row blocks, never an N x M matrix at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from memscan.quality.distances import as_features, distance_blocks, kth_neighbour_distance
+from memscan.quality.distances import as_features, distance_blocks, kth_neighbour_distance, refine_near
 
 NEAREST_K = 5
 
@@ -33,6 +34,7 @@ def prdc(real: np.ndarray, fake: np.ndarray, *, k: int = NEAREST_K) -> dict[str,
     real_recalled = np.zeros(len(real), dtype=bool)
     real_covered = np.zeros(len(real), dtype=bool)
     for lo, d in distance_blocks(real, fake):  # d [rows of real, M]
+        d = refine_near(d, real[lo : lo + len(d)], fake, r_real[lo : lo + len(d), None], r_fake[None, :])
         inside = d < r_real[lo : lo + len(d), None]
         inside_count += inside.sum(axis=0)
         real_recalled[lo : lo + len(d)] = (d < r_fake[None, :]).any(axis=1)
