@@ -126,7 +126,8 @@ def filter_run(
         out: the dataset folder to write (and ``out.removed.parquet`` beside it).
         also_subjects: also remove every item whose nearest training item belongs to a leaked subject.
         overwrite: replace an existing dataset at ``out`` (and its removed list).
-        synthetic: the scanned synthetic dataset, when it is no longer at the path the run recorded.
+        synthetic: the scanned synthetic dataset, when it is no longer at the path the run recorded, or
+            the original when the scan resized it (``--resize`` records the resized copy; ids are the same).
 
     Returns:
         The written dataset and the removed items.
