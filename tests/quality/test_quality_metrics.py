@@ -72,6 +72,7 @@ def _naive_kid(x: np.ndarray, y: np.ndarray) -> float:
     return sxx + syy - 2 * sxy
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save:UserWarning")
 def test_kid_equals_torchmetrics_and_a_naive_loop_on_full_subsets():
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -279,6 +280,16 @@ def test_pairwise_ms_ssim_equals_monai_per_pair_and_identical_images_score_one()
         b = torch.from_numpy((imgs[j : j + 1] - 20) / 200)
         assert v == pytest.approx(float(metric(a, b).mean()), abs=1e-6)
     assert ours[2] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ms_ssim_of_3d_volumes():
+    rng = np.random.default_rng(1)
+    vols = rng.random((3, 1, 32, 32, 24)).astype(np.float32)
+    vols[2] = vols[0]
+    s = diversity.ms_ssim_settings((32, 32, 24))  # the shortest side (24) decides: 2 scales, kernel 11
+    assert s["kernel_size"] == 11 and len(s["weights"]) == 2
+    v = diversity.pairwise_ms_ssim(vols, np.array([[0, 2], [0, 1]]))
+    assert v[0] == pytest.approx(1.0, abs=1e-6) and v[1] < 0.2
 
 
 def test_pair_sampling_is_seeded_distinct_and_complete_for_small_sets():
