@@ -5,7 +5,8 @@ A family (``memscan.models.registry``) owns its networks, losses and sampling; t
 (``memscan.models.data``), devices and mixed precision (``memscan.models.device``), checkpoints
 (``memscan.models.checkpoint``), the model folder (``memscan.models.folder``) and grids
 (``memscan.models.grids``). As in stylegan2-ada-pytorch's ``training/``, every option is validated by
-:func:`plan_training` before any file is written; :func:`run_training` then only runs.
+:func:`train_model` into a :class:`TrainPlan` before any file is written; :func:`run_training` then only
+runs.
 
 Losses stay on the device between log intervals (no synchronisation per step); bf16 autocast, fused AdamW
 and channels-last on CUDA, and optional ``torch.compile`` (the model's ``configure`` hook). When the data do
@@ -49,14 +50,14 @@ from memscan.models.registry import build_model, check_preset, family_module
 from memscan.models.rng import fork_rng, seed_everything
 from memscan.models.scaling import data_scaling
 
-__all__ = ["TrainPlan", "plan_training", "read_log", "run_training", "train_model"]
+__all__ = ["TrainPlan", "read_log", "run_training", "train_model"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainPlan:
-    """A training run whose every option has been checked (the result of :func:`plan_training`).
+    """A training run whose every option has been checked (built by :func:`train_model`).
 
     Attributes:
         data, out: the dataset and the model folder.
@@ -137,49 +138,6 @@ def train_model(
     Raises:
         InputError: bad option, dataset, config, folder, or too little memory (exit 2).
     """
-    plan = plan_training(
-        data,
-        out,
-        family,
-        config=config,
-        preset=preset,
-        steps=steps,
-        batch=batch,
-        device=device,
-        resume=resume,
-        seed=seed,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        sample_every=sample_every,
-        compile=compile,
-        keep_checkpoints=keep_checkpoints,
-    )
-    return run_training(plan)
-
-
-def plan_training(
-    data: str | Path,
-    out: str | Path,
-    family: str,
-    *,
-    config: str | Path | dict[str, Any] | None = None,
-    preset: str | None = None,
-    steps: int | None = None,
-    batch: int | None = None,
-    device: str = "auto",
-    resume: bool = False,
-    seed: int = 0,
-    log_every: int = 50,
-    checkpoint_every: int = 1000,
-    sample_every: int = 1000,
-    compile: bool = False,
-    keep_checkpoints: int = KEEP_CHECKPOINTS,
-) -> TrainPlan:
-    """Check every option of :func:`train_model` and build the model; writes nothing.
-
-    Raises:
-        InputError: as :func:`train_model`.
-    """
     data, out = Path(data), Path(out)
     family_module(family)  # unknown / unavailable family first
     if steps is not None:
@@ -191,56 +149,13 @@ def plan_training(
     check_int(sample_every, "sample_every", minimum=0)
     check_int(keep_checkpoints, "keep_checkpoints", minimum=1)
     dev = torch_device(device)
-    ds = Dataset.open(data)
-    if ds.n_items < 1:
-        raise InputError("the dataset has no items", data)
-    if ds.spatial_dims not in (2, 3):
-        raise InputError(f"items must be 2D or 3D images, got item shape {ds.item_shape}", data)
-    splits = sorted(str(s) for s in ds.manifest["split"].dropna().unique())
-    if len(splits) > 1:
-        log.warning(
-            "training on all %d items of %s, which has the splits %s; pass %s/<split> to train on one",
-            ds.n_items,
-            data,
-            ", ".join(splits),
-            data,
-        )
-    info = data_info(ds)
-
-    overrides: dict[str, Any] = {}
-    file_preset = file_family = None
-    if isinstance(config, dict):
-        overrides = dict(config)
-    elif config is not None:
-        overrides, file_preset, file_family = read_config_file(Path(config))
-        if file_family is not None and file_family != family:
-            raise InputError(f"the config is for family {file_family!r}, not {family!r}", config)
+    ds, info = _open_data(data)
+    overrides, file_preset = _read_overrides(config, family)
     stored: dict[str, Any] | None = None
     if resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise InputError("resume: no model folder here (config.json missing)", out)
-        stored = json.loads((out / CONFIG_FILE).read_text())
-        if stored.get("family") != family:
-            raise InputError(
-                f"resume: the folder holds a {stored.get('family')!r} model, not {family!r}", out
-            )
-        if config is not None and overrides and {**stored["config"], **overrides} != stored["config"]:
-            raise InputError("resume: config differs from the stored config; start a new folder", config)
-        if preset is not None and preset != stored.get("preset"):
-            raise InputError(f"resume: the run used preset {stored.get('preset')!r}, not {preset!r}", out)
-        if list(stored["data"]["channels"]) != list(info.channels) or list(
-            stored["data"]["spatial_shape"]
-        ) != list(info.spatial_shape):
-            raise InputError("resume: the dataset's channels or image shape differ from the run's", data)
+        stored = _stored_run(out, data, family, config, overrides, preset, batch, info)
         preset, overrides = stored["preset"], dict(stored["config"])
-        if batch is not None and batch != stored["train"]["batch"]:
-            raise InputError(
-                f"resume: the run used batch {stored['train']['batch']}; a different batch cannot resume "
-                "exactly",
-                out,
-            )
-        batch = int(stored["train"]["batch"])
-        seed = int(stored["train"]["seed"])
+        batch, seed = int(stored["train"]["batch"]), int(stored["train"]["seed"])
     else:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise InputError("exists and is not empty; pass resume to continue a run there", out)
@@ -255,7 +170,6 @@ def plan_training(
     total = steps or int(model.config_dict().get("steps", 0)) or None
     if total is None:
         raise InputError("steps is needed (the config has no default number of steps)")
-
     speed = speed_settings(dev)
     configure = getattr(model, "configure", None)
     if callable(configure):
@@ -263,26 +177,7 @@ def plan_training(
     else:
         for m in model.modules().values():
             m.to(dev)
-
-    need = _memory_estimate(model, batch, info)
-    free = available_memory(dev)
-    if need > 0.9 * free:
-        raise InputError(
-            f"training needs about {gib(need)} on {dev.type} with batch {batch} but only {gib(free)} is "
-            "free; lower the batch or use a smaller preset"
-        )
-    data_bytes = ds.n_items * ds.item_nbytes
-    keep_on = dev
-    if data_bytes + need > 0.9 * free:
-        keep_on = torch.device("cpu")
-        host_free = available_memory(keep_on)
-        if data_bytes > 0.8 * host_free:
-            raise InputError(
-                f"the dataset needs {gib(data_bytes)} in memory but only {gib(host_free)} is free; train "
-                "on a subset (DATASET/SPLIT) or a smaller --size"
-            )
-        log.warning("the dataset (%s) stays in host memory; each batch is copied to %s", gib(data_bytes), dev)
-    return TrainPlan(
+    plan = TrainPlan(
         data=data,
         out=out,
         family=family,
@@ -292,7 +187,7 @@ def plan_training(
         info=info,
         scaling=data_scaling(ds),
         device=dev,
-        keep_on=keep_on,
+        keep_on=_data_placement(model, batch, info, ds, dev),
         total=total,
         batch=batch,
         seed=seed,
@@ -304,6 +199,104 @@ def plan_training(
         keep_checkpoints=keep_checkpoints,
         autocast=None if callable(configure) else speed["amp"],
     )
+    # --- every option checked: work starts here ---
+    return run_training(plan)
+
+
+def _open_data(data: Path) -> tuple[Dataset, DataInfo]:
+    """The training dataset and its shape; 2D or 3D items, at least one."""
+    ds = Dataset.open(data)
+    if ds.n_items < 1:
+        raise InputError("the dataset has no items", data)
+    if ds.spatial_dims not in (2, 3):
+        raise InputError(f"items must be 2D or 3D images, got item shape {ds.item_shape}", data)
+    splits = sorted(str(s) for s in ds.manifest["split"].dropna().unique())
+    if len(splits) > 1:
+        log.warning(
+            "training on all %d items of %s, which has the splits %s; pass %s/<split> to train on one",
+            ds.n_items,
+            data,
+            ", ".join(splits),
+            data,
+        )
+    return ds, data_info(ds)
+
+
+def _read_overrides(
+    config: str | Path | dict[str, Any] | None, family: str
+) -> tuple[dict[str, Any], str | None]:
+    """``(config overrides, the config file's preset or None)`` from a dict or a JSON file."""
+    if isinstance(config, dict):
+        return dict(config), None
+    if config is None:
+        return {}, None
+    overrides, file_preset, file_family = read_config_file(Path(config))
+    if file_family is not None and file_family != family:
+        raise InputError(f"the config is for family {file_family!r}, not {family!r}", config)
+    return overrides, file_preset
+
+
+def _stored_run(
+    out: Path,
+    data: Path,
+    family: str,
+    config: Any,
+    overrides: dict[str, Any],
+    preset: str | None,
+    batch: int | None,
+    info: DataInfo,
+) -> dict[str, Any]:
+    """The ``config.json`` of the run to resume, checked against the options given now.
+
+    An exact resume needs the same family, config, preset, data shape and batch as the stored run.
+    """
+    if not (out / CONFIG_FILE).is_file():
+        raise InputError("resume: no model folder here (config.json missing)", out)
+    stored = json.loads((out / CONFIG_FILE).read_text())
+    if stored.get("family") != family:
+        raise InputError(f"resume: the folder holds a {stored.get('family')!r} model, not {family!r}", out)
+    if config is not None and overrides and {**stored["config"], **overrides} != stored["config"]:
+        raise InputError("resume: config differs from the stored config; start a new folder", config)
+    if preset is not None and preset != stored.get("preset"):
+        raise InputError(f"resume: the run used preset {stored.get('preset')!r}, not {preset!r}", out)
+    if list(stored["data"]["channels"]) != list(info.channels) or list(
+        stored["data"]["spatial_shape"]
+    ) != list(info.spatial_shape):
+        raise InputError("resume: the dataset's channels or image shape differ from the run's", data)
+    if batch is not None and batch != stored["train"]["batch"]:
+        raise InputError(
+            f"resume: the run used batch {stored['train']['batch']}; a different batch cannot resume exactly",
+            out,
+        )
+    return stored
+
+
+def _data_placement(
+    model: GenerativeModel, batch: int, info: DataInfo, ds: Dataset, dev: torch.device
+) -> torch.device:
+    """Where the stored items live: on ``dev`` when they fit beside the model, else in host memory.
+
+    Raises:
+        InputError: the model's step does not fit ``dev``, or the data do not fit the host.
+    """
+    need = _memory_estimate(model, batch, info)
+    free = available_memory(dev)
+    if need > 0.9 * free:
+        raise InputError(
+            f"training needs about {gib(need)} on {dev.type} with batch {batch} but only {gib(free)} is "
+            "free; lower the batch or use a smaller preset"
+        )
+    data_bytes = ds.n_items * ds.item_nbytes
+    if data_bytes + need <= 0.9 * free:
+        return dev
+    host_free = available_memory(torch.device("cpu"))
+    if data_bytes > 0.8 * host_free:
+        raise InputError(
+            f"the dataset needs {gib(data_bytes)} in memory but only {gib(host_free)} is free; train "
+            "on a subset (DATASET/SPLIT) or a smaller --size"
+        )
+    log.warning("the dataset (%s) stays in host memory; each batch is copied to %s", gib(data_bytes), dev)
+    return torch.device("cpu")
 
 
 def run_training(plan: TrainPlan) -> Path:

@@ -11,7 +11,7 @@ from model_helpers import write_items
 import memscan.models
 from memscan.errors import InputError
 from memscan.models.registry import FAMILIES, all_preset_names, family_module, preset_names
-from memscan.models.train import plan_training
+from memscan.models.train import train_model
 
 MODELS = Path(memscan.models.__file__).parent
 
@@ -82,5 +82,5 @@ def test_options_are_checked_before_the_folder_is_written(tmp_path, kwargs):
     data = write_items(tmp_path / "ds", np.zeros((4, 1, 8, 8), dtype=np.uint8) + 7)
     out = tmp_path / "model"
     with pytest.raises(InputError):
-        plan_training(data, out, "ddpm", **{"preset": "tiny", **kwargs})
+        train_model(data, out, "ddpm", **{"preset": "tiny", **kwargs})
     assert not out.exists()
