@@ -1,11 +1,11 @@
 """Seeded sampling from a trained model folder into a dataset folder that ``memscan scan`` reads directly.
 
 Reproducibility: item ``i`` of a run is generated from random numbers seeded by ``(seed, i)`` only, for
-families that take one generator per item (DDPM: ``per_item_generators``), so the result does not depend on
-``--batch`` (up to floating-point rounding of batched convolutions, ~1e-6 before conversion to the stored
-dtype; a uint8 pixel exactly on a rounding boundary may then differ by one level). Other families (e.g.
-StyleGAN2) get one generator per batch, seeded by ``(seed, batch index)``: the same seed and batch size give
-the same images, a different batch size gives different (equally valid) images.
+families that take one generator per item (``per_item_generators``: DDPM and StyleGAN2), so the result does
+not depend on ``batch`` (up to floating-point rounding of batched convolutions, ~1e-6 before conversion to
+the stored dtype; a uint8 pixel exactly on a rounding boundary may then differ by one level). A family
+without per-item generators gets one generator per batch, seeded by ``(seed, batch index)``: the same seed
+and batch size give the same images, a different batch size gives different (equally valid) images.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ import pandas as pd
 from memscan.core.atomic import write_json
 from memscan.core.devices import check_device
 from memscan.core.fingerprint import fingerprint
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
+from memscan.models.registry import check_config
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.study.config import HOLDOUT_SPLIT, TRAIN_SPLIT, StudyConfig, load_config, preset_names
 from memscan.study.grid import Cell, run_cell, subset_sizes
 from memscan.study.stages import Runner, Stage
@@ -59,8 +62,6 @@ class StudyResult:
 
 
 def _check_models(cfg: StudyConfig) -> None:
-    from memscan.models.registry import check_config
-
     for m in cfg.models:
         check_config(m.family, m.config, m.preset)
 
@@ -88,9 +89,6 @@ def run_study(
     Raises:
         InputError: bad config or data, or ``out`` not empty without ``resume`` (exit 2).
     """
-    from memscan.dataset.store import Dataset
-    from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
-
     out = Path(out)
     check_device(device)
     if out.exists() and not out.is_dir():
