@@ -69,8 +69,10 @@ def run_variant(
 ) -> float:
     """Images/s over ``args.cycles`` R1 cycles."""
     from memscan.dataset.store import Dataset
+    from memscan.models.data import DeviceData
+    from memscan.models.data import data_info as _data_info
+    from memscan.models.scaling import data_scaling
     from memscan.models.stylegan2 import ModulatedConv, build
-    from memscan.models.train import DeviceData, _data_info, data_scaling
 
     torch.manual_seed(0)
     ds = Dataset.open(data_path)

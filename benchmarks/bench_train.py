@@ -121,8 +121,10 @@ def memscan_loop(
 ) -> float:
     """memscan's DDPM + device-resident data; returns images/s over ``steps`` timed steps."""
     from memscan.dataset.store import Dataset
+    from memscan.models.data import DeviceData
+    from memscan.models.data import data_info as _data_info
     from memscan.models.ddpm import build
-    from memscan.models.train import DeviceData, _data_info, data_scaling
+    from memscan.models.scaling import data_scaling
 
     torch.manual_seed(0)
     ds = Dataset.open(data_path)

@@ -59,7 +59,9 @@ from memscan.phantoms import write_brats_tree
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.models.sample import sample_model
-from memscan.models.train import read_log, train_model, write_grid, to_model_range
+from memscan.models.grids import write_grid
+from memscan.models.scaling import to_model_range
+from memscan.models.train import read_log, train_model
 
 work, out, dev, size, shape, preset, steps, batch, n = sys.argv[1:10]
 sampling_steps = int(sys.argv[11])

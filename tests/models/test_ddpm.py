@@ -237,7 +237,8 @@ def test_ddim_step_keeps_the_forward_marginals(eta):
     the σ_t(η) noise must replace part of the direction term, not add to it (Song et al. 2021 eq. 12)."""
     from monai.networks.schedulers import DDIMScheduler
 
-    model = build({"num_train_timesteps": 1000}, _info(1, (64, 64)), preset="tiny")
+    from memscan.models.ddpm.sampler import ddim_step
+
     sched = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
     sched.set_timesteps(10)
     t, prev = 500, 400
@@ -246,7 +247,7 @@ def test_ddim_step_keeps_the_forward_marginals(eta):
     x0 = torch.rand(1, 1, 64, 64, generator=gen).double() * 2 - 1
     eps = torch.randn(64, 1, 64, 64, generator=gen).double()
     x_t = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * eps).float()
-    out = model._ddim_step(sched, eps.float(), t, x_t, eta, torch.Generator().manual_seed(2))
+    out = ddim_step(sched, eps.float(), t, x_t, eta, torch.Generator().manual_seed(2))
     resid = out.double() - ab_prev.sqrt() * x0
     assert abs(resid.mean().item()) < 0.01
     assert resid.var().item() == pytest.approx((1 - ab_prev).item(), rel=0.02)
@@ -267,7 +268,7 @@ def test_unknown_family_and_missing_stylegan2():
 
 
 def test_scaling_round_trip_uint8():
-    from memscan.models.train import from_model_range, to_model_range
+    from memscan.models.scaling import from_model_range, to_model_range
 
     values = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
     x = to_model_range(values, {"lo": 0.0, "hi": 255.0})

@@ -15,8 +15,10 @@ from model_helpers import write_items
 
 from memscan.dataset.store import Dataset
 from memscan.errors import InputError
+from memscan.models.checkpoint import read_checkpoint
+from memscan.models.data import DeviceData
 from memscan.models.sample import sample_model
-from memscan.models.train import DeviceData, read_checkpoint, read_log, train_model
+from memscan.models.train import read_log, train_model
 
 FAST = dict(preset="tiny", device="cpu", log_every=1, sample_every=0)
 
@@ -68,8 +70,9 @@ def test_model_folder_contents(trained):
 
 def test_a_few_steps_reduce_the_loss(phantoms):
     """Fixed evaluation batch (same x_0, t, ε) before and after 20 steps on the phantom slices."""
+    from memscan.models.data import data_info as _data_info
     from memscan.models.ddpm import build
-    from memscan.models.train import _data_info, data_scaling
+    from memscan.models.scaling import data_scaling
 
     torch.manual_seed(0)
     ds = Dataset.open(phantoms)

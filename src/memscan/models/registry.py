@@ -1,23 +1,24 @@
-"""Model families by name: ``ddpm`` and ``stylegan2`` → their builders and presets.
+"""Model families by name: ``ddpm`` and ``stylegan2`` → their packages, builders and presets.
 
-A family module offers ``build(config: dict | None, data: DataInfo, *, preset: str = 'quick') ->
+A family package offers ``build(config: dict | None, data: DataInfo, *, preset: str = 'quick') ->
 GenerativeModel``, ``resolve_config(config, preset)`` (validates overrides without data) and
-``PRESETS: dict[str, dict]``. Modules are imported lazily, so a family whose module
-is missing (or fails to import) gives a clear ``InputError`` only when it is asked for.
+``PRESETS: dict[str, dict]``. A new family is one folder ``memscan/models/NAME/`` with those three names
+and one line in :data:`FAMILIES`. Packages are imported lazily, so a family whose package is missing (or
+fails to import) gives a clear ``InputError`` only when it is asked for.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from memscan.core.validate import did_you_mean
 from memscan.errors import InputError
 from memscan.models.base import DataInfo, GenerativeModel
 
-#: family name → module implementing it
+#: family name → package implementing it
 FAMILIES: dict[str, str] = {
     "ddpm": "memscan.models.ddpm",
     "stylegan2": "memscan.models.stylegan2",
@@ -25,15 +26,14 @@ FAMILIES: dict[str, str] = {
 
 
 def family_module(family: str) -> ModuleType:
-    """The module of ``family``.
+    """The package of ``family``.
 
     Raises:
-        InputError: unknown family (nearest name suggested) or a family whose module is not available.
+        InputError: unknown family (nearest name suggested) or a family whose package is not available.
     """
     if family not in FAMILIES:
-        hint = difflib.get_close_matches(str(family), FAMILIES, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InputError(f"unknown model family {family!r}{extra}; families: {', '.join(FAMILIES)}")
+        hint = did_you_mean(family, FAMILIES)
+        raise InputError(f"unknown model family {family!r}{hint}; families: {', '.join(FAMILIES)}")
     name = FAMILIES[family]
     try:
         return importlib.import_module(name)
@@ -59,13 +59,23 @@ def presets(family: str) -> dict[str, dict[str, Any]]:
     return dict(getattr(family_module(family), "PRESETS", {}))
 
 
+def preset_names(family: str) -> list[str]:
+    """Preset names of ``family`` in their defined order, e.g. ``["study", "quick", "quick3d", "tiny"]``."""
+    return list(presets(family))
+
+
+def all_preset_names() -> dict[str, list[str]]:
+    """``{family: preset names}`` for every family (for the CLI's ``train --preset`` help)."""
+    return {family: preset_names(family) for family in FAMILIES}
+
+
 def check_preset(family: str, preset: str) -> None:
     """Raise InputError for a preset ``family`` does not have (nearest name suggested)."""
     names = presets(family)
     if names and preset not in names:
-        hint = difflib.get_close_matches(str(preset), names, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InputError(f"unknown {family} preset {preset!r}{extra}; presets: {', '.join(names)}")
+        raise InputError(
+            f"unknown {family} preset {preset!r}{did_you_mean(preset, names)}; presets: {', '.join(names)}"
+        )
 
 
 def check_config(family: str, config: dict[str, Any] | None, preset: str) -> None:

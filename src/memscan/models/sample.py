@@ -1,84 +1,34 @@
 """Seeded sampling from a trained model folder into a dataset folder that ``memscan scan`` reads directly.
 
 Reproducibility: item ``i`` of a run is generated from random numbers seeded by ``(seed, i)`` only, for
-families that take one generator per item (DDPM: ``per_item_generators``), so the result does not depend on
-``--batch`` (up to floating-point rounding of batched convolutions, ~1e-6 before conversion to the stored
-dtype; a uint8 pixel exactly on a rounding boundary may then differ by one level). Other families (e.g.
-StyleGAN2) get one generator per batch, seeded by ``(seed, batch index)``: the same seed and batch size give
-the same images, a different batch size gives different (equally valid) images.
+families that take one generator per item (``per_item_generators``: DDPM and StyleGAN2), so the result does
+not depend on ``batch`` (up to floating-point rounding of batched convolutions, ~1e-6 before conversion to
+the stored dtype; a uint8 pixel exactly on a rounding boundary may then differ by one level). A family
+without per-item generators gets one generator per batch, seeded by ``(seed, batch index)``: the same seed
+and batch size give the same images, a different batch size gives different (equally valid) images.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from memscan.core.progress import progress
+from memscan.core.validate import check_choice, check_int
 from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
-from memscan.models.base import DataInfo, GenerativeModel
-from memscan.models.registry import build_model
-from memscan.models.train import (
-    CONFIG_FILE,
-    MODEL_FORMAT,
-    from_model_range,
-    latest_checkpoint,
-    load_modules,
-    read_checkpoint,
-    resolve_device,
-    speed_settings,
-)
+from memscan.models.ddpm.config import SAMPLERS
+from memscan.models.folder import load_model
+from memscan.models.rng import batch_generator, item_generators
+from memscan.models.scaling import from_model_range
+
+__all__ = ["load_model", "sample_model"]
 
 log = logging.getLogger(__name__)
-
-
-def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    """The CPU generator of batch ``batch_index`` (families without per-item generators)."""
-    state = np.random.SeedSequence([int(seed), 2**31, int(batch_index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
-
-
-def load_model(
-    model_dir: str | Path, device: str = "auto"
-) -> tuple[GenerativeModel, dict[str, Any], int, torch.device]:
-    """Build a model folder's model on ``device`` with the weights of its latest checkpoint.
-
-    Returns:
-        ``(model, config.json contents, checkpoint step, device)``.
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError("does not exist or is not a folder", model_dir)
-    cfg_path = model_dir / CONFIG_FILE
-    try:
-        stored = json.loads(cfg_path.read_text())
-    except (OSError, ValueError):
-        raise InputError("is not a memscan model folder (no readable config.json)", model_dir) from None
-    if stored.get("format") != MODEL_FORMAT:
-        raise InputError("is not a memscan model folder (config.json has another format)", model_dir)
-    ckpt = latest_checkpoint(model_dir)
-    if ckpt is None:
-        raise InputError("has no checkpoint yet (train it first)", model_dir)
-    dev = resolve_device(device)
-    d = stored["data"]
-    info = DataInfo(tuple(d["channels"]), tuple(d["spatial_shape"]), d.get("dtype", "uint8"))
-    model = build_model(stored["family"], stored["config"], info, preset=stored["preset"])
-    configure = getattr(model, "configure", None)
-    if callable(configure):
-        configure(dev, **speed_settings(dev))
-    else:
-        for m in model.modules().values():
-            m.to(dev)
-    tensors, meta = read_checkpoint(ckpt)
-    load_modules(model, {k: v for k, v in tensors.items() if k.startswith("module/")}, ckpt)
-    model.load_extra_state(meta.get("extra_state", {}))
-    return model, stored, int(meta["step"]), dev
 
 
 def sample_model(
@@ -114,28 +64,27 @@ def sample_model(
         The written dataset.
     """
     model_dir, out = Path(model_dir), Path(out)
-    if isinstance(n, bool) or n < 1:
-        raise InputError(f"--n must be >= 1, got {n}")
-    if batch is not None and batch < 1:
-        raise InputError(f"--batch must be >= 1, got {batch}")
-    if sampling_steps is not None and sampling_steps < 1:
-        raise InputError(f"--sampling-steps must be >= 1, got {sampling_steps}")
-    if sampler is not None and sampler not in ("ddpm", "ddim"):
-        raise InputError(f"--sampler must be ddpm or ddim, got {sampler!r}")
+    check_int(n, "n", minimum=1)
+    if batch is not None:
+        check_int(batch, "batch", minimum=1)
+    if sampling_steps is not None:
+        check_int(sampling_steps, "sampling_steps", minimum=1)
+    if sampler is not None:
+        check_choice(sampler, SAMPLERS, "sampler")
     check_output_folder(out, overwrite=overwrite)
     model, stored, step, dev = load_model(model_dir, device)
     family = stored["family"]
     options: dict[str, Any] = {}
     if sampler is not None or sampling_steps is not None:
         if family != "ddpm":
-            raise InputError(f"--sampler and --sampling-steps apply to ddpm models, not {family}")
+            raise InputError(f"sampler and sampling_steps apply to ddpm models, not {family}")
         if sampler is not None:
             options["sampler"] = sampler
         if sampling_steps is not None:
             steps_max = int(stored["config"].get("num_train_timesteps", sampling_steps))
             if sampling_steps > steps_max:
                 raise InputError(
-                    f"--sampling-steps must be <= num_train_timesteps={steps_max}, got {sampling_steps}"
+                    f"sampling_steps must be <= num_train_timesteps={steps_max}, got {sampling_steps}"
                 )
             options["sampling_steps"] = sampling_steps
     train_batch = int(stored["train"]["batch"])
@@ -170,8 +119,6 @@ def sample_model(
         for b, lo in enumerate(range(0, n, batch)):
             size = min(batch, n - lo)
             if per_item:
-                from memscan.models.ddpm import item_generators
-
                 gen: Any = item_generators(seed, lo, size)
             else:
                 gen = batch_generator(seed, b)

@@ -1,538 +1,47 @@
 """``memscan study``: the study's comparison (DDPM vs StyleGAN2, small vs large training sets) end to end.
 
-A study is described by a TOML file (or the name of a shipped preset, see ``study/presets/``)::
+The study is described by a TOML file or a shipped preset (:mod:`memscan.study.config`); this module runs
+it, in stages (:mod:`memscan.study.stages`) that are skipped when up to date::
 
-    name = "tiny"
-    sizes = [1, "all"]        # training subjects per cell ("all": every training subject)
-    samples = 16              # synthetic images per cell
-    seed = 0
-
-    [data]
-    phantom = { subjects = 5, shape = [32, 32, 12] }   # or: source = "BraTS2020/"
-    layout = "brats"
-    size = 16
-    modalities = ["flair"]
-    holdout_subjects = 2
-
-    [[models]]
-    family = "ddpm"
-    preset = "tiny"
-    config = { lr = 1e-3 }    # optional overrides of the preset (memscan train --config keys)
-    steps = 10
-
-    [scan]
-    flips = true
-    fdr = 0.05
-
-The grid, under the output folder ``DIR``::
-
-    DIR/raw/                      phantom tree (phantom studies only)
+    DIR/raw/                      phantom tree (phantom studies only)          (memscan.study.subsets)
     DIR/data/                     the prepared dataset, split train / test (test = the shared holdout)
     DIR/subsets/s{N}/             the first N training subjects (a seeded, nested order of subjects)
-    DIR/cells/{model}-s{N}/model/     trained model          (memscan train)
-    DIR/cells/{model}-s{N}/samples/   synthetic images       (memscan sample)
-    DIR/cells/{model}-s{N}/run/       scan against the subset and the holdout (memscan report works here)
-    DIR/results.csv, results.md, report.html, figures/
-
-Every stage folder holds ``stage.json`` with the hash of everything it depends on (its own settings
-and its inputs' hashes); a stage whose folder has the same hash is skipped, a stale one is recomputed.
+    DIR/cells/{model}-s{N}/       model/, samples/, run/ of each cell          (memscan.study.grid)
+    DIR/results.csv, results.md   the table                                    (memscan.study.table)
+    DIR/report.html, figures/     the page                                     (memscan.study.report)
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
 import logging
-import math
-import os
-import shutil
-import time
-import tomllib
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from memscan.core.atomic import write_json
+from memscan.core.devices import check_device
+from memscan.core.fingerprint import fingerprint
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
+from memscan.models.registry import check_config
+from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.study.config import HOLDOUT_SPLIT, TRAIN_SPLIT, StudyConfig, load_config, preset_names
+from memscan.study.grid import Cell, run_cell, subset_sizes
+from memscan.study.stages import Runner, Stage
+from memscan.study.subsets import mean_intensity, subject_order, write_phantoms, write_subset
+from memscan.study.table import markdown_table, result_columns, results_table, write_results
+
+__all__ = [
+    "StudyResult",
+    "load_config",
+    "markdown_table",
+    "preset_names",
+    "result_columns",
+    "run_study",
+]
 
 log = logging.getLogger(__name__)
-
-STAGE_FILE = "stage.json"
-PRESETS_PACKAGE = "memscan.study.presets"
-FAMILIES = ("ddpm", "stylegan2")
-LAYOUTS = ("brats", "cxr", "folder", "auto")
-HOLDOUT_SPLIT = "test"
-TRAIN_SPLIT = "train"
-
-_TOP_KEYS = ("name", "description", "sizes", "samples", "seed", "data", "models", "scan")
-_DATA_KEYS = ("source", "phantom", "layout", "recipe", "size", "modalities", "holdout_subjects", "seed")
-_PHANTOM_KEYS = ("subjects", "shape")
-_MODEL_KEYS = (
-    "family",
-    "preset",
-    "config",
-    "steps",
-    "batch",
-    "name",
-    "sampler",
-    "sampling_steps",
-    "sample_batch",
-)
-_SCAN_KEYS = (
-    "flips",
-    "max_shift",
-    "shift_candidates",
-    "fdr",
-    "calibration",
-    "threshold",
-    "thresholds",
-    "top_k",
-    "mask",
-    "channel",
-    "baseline_items",
-)
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str, path: Path | None) -> None:
-    for key in table:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
-            extra = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(allowed)}"
-            raise InputError(f"unknown key {key!r} in {where}{extra}", path)
-
-
-def _int(value: Any, name: str, path: Path | None, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", path)
-    return int(value)
-
-
-def _opt_int(value: Any, name: str, path: Path | None, *, minimum: int = 1) -> int | None:
-    return None if value is None else _int(value, name, path, minimum=minimum)
-
-
-@dataclass(frozen=True)
-class PhantomConfig:
-    """Phantom data generated by memscan (nothing downloaded).
-
-    Attributes:
-        subjects: phantom subjects (BraTS) or patients (chest x-ray), training + held-out.
-        shape: BraTS volume shape ``(X, Y, Z)``; for chest x-rays the first entry is the image size.
-    """
-
-    subjects: int
-    shape: tuple[int, ...] = (160, 160, 100)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The ``[data]`` table: where the images come from and how they are prepared.
-
-    Attributes:
-        source: a raw BraTS / chest x-ray / image folder (None with ``phantom``).
-        phantom: generate phantom data instead of reading ``source``.
-        layout: ``brats``, ``cxr``, ``folder`` or ``auto``.
-        recipe: the prepare recipe (default: the layout's).
-        size: in-plane size of prepared images.
-        modalities: BraTS channels (default: the study's five).
-        holdout_subjects: BraTS: whole subjects held out as split ``test`` (the shared calibration set);
-            chest x-rays and folders use the tree's own ``test`` split.
-        seed: seed of the subject split and of the order in which training subjects enter the subsets.
-    """
-
-    source: Path | None = None
-    phantom: PhantomConfig | None = None
-    layout: str = "brats"
-    recipe: str | None = None
-    size: int | None = None
-    modalities: tuple[str, ...] | None = None
-    holdout_subjects: int | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One entry of ``[[models]]``.
-
-    Attributes:
-        family: ``ddpm`` or ``stylegan2``.
-        preset: the family's preset (``tiny``, ``quick``, ``study``, ...).
-        config: overrides of the preset's values (a TOML table, the keys of ``memscan train --config``).
-        steps: training steps per cell (default: the preset's).
-        batch: images per step (default: the preset's).
-        name: label of the model in tables and folder names (default: the family).
-        sampler: DDPM: ``ddpm`` or ``ddim`` (default: the preset's).
-        sampling_steps: DDPM with DDIM: steps (default: the preset's).
-        sample_batch: images generated at once (default: sample's).
-    """
-
-    family: str
-    preset: str = "quick"
-    config: dict[str, Any] = field(default_factory=dict)
-    steps: int | None = None
-    batch: int | None = None
-    name: str = ""
-    sampler: str | None = None
-    sampling_steps: int | None = None
-    sample_batch: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.family
-
-
-@dataclass(frozen=True)
-class StudyScanConfig:
-    """The ``[scan]`` table: ``memscan scan`` options of every cell.
-
-    Attributes:
-        flips, max_shift, shift_candidates, top_k, mask, channel, baseline_items, calibration: as in scan.
-        fdr: FDR level of the calibrated flags (``--fdr``).
-        threshold: fixed threshold of scan's own ``n_above_fixed_threshold``.
-        thresholds: fixed thresholds reported as extra columns of the results table.
-    """
-
-    flips: bool = True
-    max_shift: int = 0
-    shift_candidates: int = 20
-    fdr: float = 0.05
-    calibration: str = "fdr"
-    threshold: float = 0.95
-    thresholds: tuple[float, ...] = (0.90, 0.95, 0.99)
-    top_k: int = 5
-    mask: str = "none"
-    channel: str | None = None
-    baseline_items: int = 500
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """A whole study: data, models, training-set sizes, samples and scan options.
-
-    Attributes:
-        name: the study's name (reports).
-        description: free text (reports).
-        data: see :class:`DataConfig`.
-        models: the model families and their budgets.
-        sizes: training subjects per cell (int) or ``"all"``.
-        samples: synthetic images per cell.
-        seed: seed of training and sampling.
-        scan: see :class:`StudyScanConfig`.
-        path: the TOML file it was read from (relative ``source`` paths are resolved against it).
-    """
-
-    data: DataConfig
-    models: tuple[ModelConfig, ...]
-    sizes: tuple[int | str, ...]
-    samples: int
-    seed: int = 0
-    scan: StudyScanConfig = field(default_factory=StudyScanConfig)
-    name: str = "study"
-    description: str = ""
-    path: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (for hashes and reports)."""
-        d = asdict(self)
-        d.pop("path", None)
-        return json.loads(json.dumps(d, default=str))
-
-
-def preset_names() -> list[str]:
-    """Names of the study presets shipped with memscan."""
-    root = resources.files(PRESETS_PACKAGE)
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
-
-
-def load_config(spec: str | Path, *, source: str | Path | None = None) -> StudyConfig:
-    """Read a study config from a TOML file or a preset name, and validate it.
-
-    Args:
-        spec: a path to a TOML file, or a preset name (``tiny``, ``quick``, ``study-brats``, ``study-cxr``).
-        source: overrides ``[data] source`` (e.g. the BraTS folder for ``study-brats``).
-
-    Raises:
-        InputError: missing file, bad TOML, unknown key (the nearest valid one is suggested), bad value.
-    """
-    path = Path(spec)
-    if path.is_file():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"cannot read the study config: {exc}", path) from None
-        base: Path | None = path
-    elif str(spec) in preset_names():
-        text = resources.files(PRESETS_PACKAGE).joinpath(f"{spec}.toml").read_text()
-        raw = tomllib.loads(text)
-        base = None
-    else:
-        names = preset_names()
-        hint = difflib.get_close_matches(str(spec), names, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InputError(f"no such file, nor a study preset{extra}; presets: {', '.join(names)}", spec)
-    if source is not None:
-        raw.setdefault("data", {})["source"] = str(source)
-        raw["data"].pop("phantom", None)
-    return parse_config(raw, path=base)
-
-
-def parse_config(raw: dict[str, Any], *, path: Path | None = None) -> StudyConfig:
-    """Validate a parsed TOML document into a :class:`StudyConfig` (see :func:`load_config`)."""
-    _check_keys(raw, _TOP_KEYS, "the study config", path)
-    data_raw = raw.get("data")
-    if not isinstance(data_raw, dict):
-        raise InputError("the [data] table is missing", path)
-    data = _parse_data(data_raw, path)
-    models_raw = raw.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise InputError("give at least one [[models]] entry (family = 'ddpm' or 'stylegan2')", path)
-    models = tuple(_parse_model(m, i, path) for i, m in enumerate(models_raw))
-    labels = [m.label for m in models]
-    if len(set(labels)) != len(labels):
-        raise InputError(f"two [[models]] entries share the name {labels}; give each a distinct 'name'", path)
-    sizes_raw = raw.get("sizes", ["all"])
-    if not isinstance(sizes_raw, list) or not sizes_raw:
-        raise InputError(f"sizes must be a list of subject counts or 'all', got {sizes_raw!r}", path)
-    sizes: list[int | str] = []
-    for s in sizes_raw:
-        if s == "all":
-            sizes.append("all")
-        else:
-            sizes.append(_int(s, "each of sizes", path, minimum=1))
-    if len(set(sizes)) != len(sizes):
-        raise InputError(f"sizes has duplicates: {sizes_raw}", path)
-    scan_raw = raw.get("scan", {})
-    if not isinstance(scan_raw, dict):
-        raise InputError("[scan] must be a table", path)
-    return StudyConfig(
-        data=data,
-        models=models,
-        sizes=tuple(sizes),
-        samples=_int(raw.get("samples", 100), "samples", path, minimum=1),
-        seed=_int(raw.get("seed", 0), "seed", path),
-        scan=_parse_scan(scan_raw, path),
-        name=str(raw.get("name", path.stem if path else "study")),
-        description=str(raw.get("description", "")),
-        path=path,
-    )
-
-
-def _parse_data(d: dict[str, Any], path: Path | None) -> DataConfig:
-    _check_keys(d, _DATA_KEYS, "[data]", path)
-    source, phantom = d.get("source"), d.get("phantom")
-    if (source is None) == (phantom is None):
-        raise InputError(
-            "[data] needs exactly one of 'source' (a raw data folder; or --source) or 'phantom'", path
-        )
-    layout = d.get("layout", "brats")
-    if layout not in LAYOUTS:
-        hint = difflib.get_close_matches(str(layout), LAYOUTS, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InputError(f"[data] layout must be one of {', '.join(LAYOUTS)}, got {layout!r}{extra}", path)
-    ph = None
-    if phantom is not None:
-        if not isinstance(phantom, dict):
-            raise InputError(
-                "[data] phantom must be a table, e.g. {subjects = 8, shape = [64, 64, 40]}", path
-            )
-        _check_keys(phantom, _PHANTOM_KEYS, "[data] phantom", path)
-        shape = phantom.get("shape", [160, 160, 100])
-        if not isinstance(shape, list) or not 1 <= len(shape) <= 3:
-            raise InputError(f"[data] phantom shape must be a list of 1-3 sizes, got {shape!r}", path)
-        ph = PhantomConfig(
-            subjects=_int(phantom.get("subjects"), "[data] phantom subjects", path, minimum=2),
-            shape=tuple(_int(s, "[data] phantom shape", path, minimum=8) for s in shape),
-        )
-        if layout not in ("brats", "cxr"):
-            raise InputError(f"[data] phantom data has layout 'brats' or 'cxr', not {layout!r}", path)
-        if layout == "brats" and len(ph.shape) != 3:
-            raise InputError("[data] phantom shape must be [X, Y, Z] for the brats layout", path)
-    src_path = None
-    if source is not None:
-        src_path = Path(str(source)).expanduser()
-        if not src_path.is_absolute() and path is not None:
-            src_path = (path.parent / src_path).resolve()
-    modalities = d.get("modalities")
-    if modalities is not None and (
-        not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities)
-    ):
-        raise InputError(f"[data] modalities must be a list of names, got {modalities!r}", path)
-    holdout = _opt_int(d.get("holdout_subjects"), "[data] holdout_subjects", path)
-    if layout == "brats" and holdout is None:
-        raise InputError("[data] holdout_subjects is required for the brats layout (e.g. 56)", path)
-    return DataConfig(
-        source=src_path,
-        phantom=ph,
-        layout=layout,
-        recipe=d.get("recipe"),
-        size=_opt_int(d.get("size"), "[data] size", path),
-        modalities=tuple(modalities) if modalities else None,
-        holdout_subjects=holdout,
-        seed=_int(d.get("seed", 0), "[data] seed", path),
-    )
-
-
-def _parse_model(m: Any, i: int, path: Path | None) -> ModelConfig:
-    where = f"[[models]] entry {i + 1}"
-    if not isinstance(m, dict):
-        raise InputError(f"{where} must be a table", path)
-    _check_keys(m, _MODEL_KEYS, where, path)
-    family = m.get("family")
-    if family not in FAMILIES:
-        hint = difflib.get_close_matches(str(family), FAMILIES, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InputError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {family!r}{extra}", path)
-    name = str(m.get("name", ""))
-    if name and not all(c.isalnum() or c in "-_." for c in name):
-        raise InputError(f"{where}: name {name!r} may hold letters, digits, '-', '_' and '.' only", path)
-    overrides = m.get("config", {})
-    if not isinstance(overrides, dict):
-        raise InputError(
-            f"{where}: config must be a table of model options, e.g. config = {{ lr = 1e-4 }}", path
-        )
-    sampler = m.get("sampler")
-    if sampler is not None and sampler not in ("ddpm", "ddim"):
-        raise InputError(f"{where}: sampler must be ddpm or ddim, got {sampler!r}", path)
-    return ModelConfig(
-        family=family,
-        preset=str(m.get("preset", "quick")),
-        config=dict(overrides),
-        steps=_opt_int(m.get("steps"), f"{where} steps", path),
-        batch=_opt_int(m.get("batch"), f"{where} batch", path),
-        name=name,
-        sampler=sampler,
-        sampling_steps=_opt_int(m.get("sampling_steps"), f"{where} sampling_steps", path),
-        sample_batch=_opt_int(m.get("sample_batch"), f"{where} sample_batch", path),
-    )
-
-
-def _parse_scan(s: dict[str, Any], path: Path | None) -> StudyScanConfig:
-    _check_keys(s, _SCAN_KEYS, "[scan]", path)
-    thresholds = s.get("thresholds", [0.90, 0.95, 0.99])
-    if not isinstance(thresholds, list) or not all(
-        isinstance(t, int | float) and not isinstance(t, bool) and -1 <= t <= 1 for t in thresholds
-    ):
-        raise InputError(f"[scan] thresholds must be a list of correlations, got {thresholds!r}", path)
-    cfg = StudyScanConfig(
-        flips=bool(s.get("flips", True)),
-        max_shift=_int(s.get("max_shift", 0), "[scan] max_shift", path),
-        shift_candidates=_int(s.get("shift_candidates", 20), "[scan] shift_candidates", path, minimum=1),
-        fdr=float(s.get("fdr", 0.05)),
-        calibration=str(s.get("calibration", "fdr")),
-        threshold=float(s.get("threshold", 0.95)),
-        thresholds=tuple(float(t) for t in thresholds),
-        top_k=_int(s.get("top_k", 5), "[scan] top_k", path, minimum=1),
-        mask=str(s.get("mask", "none")),
-        channel=s.get("channel"),
-        baseline_items=_int(s.get("baseline_items", 500), "[scan] baseline_items", path),
-    )
-    scan_options(cfg, "cpu")  # ScanOptions validates the values
-    return cfg
-
-
-def scan_options(cfg: StudyScanConfig, device: str):
-    """The :class:`memscan.scanning.options.ScanOptions` of every cell."""
-    from memscan.scanning.options import ScanOptions
-
-    return ScanOptions(
-        top_k=cfg.top_k,
-        device=device,
-        flips=cfg.flips,
-        max_shift=cfg.max_shift,
-        shift_candidates=cfg.shift_candidates,
-        mask=cfg.mask,
-        channel=cfg.channel,
-        threshold=cfg.threshold,
-        calibration=cfg.calibration,
-        alpha=cfg.fdr,
-        baseline_items=cfg.baseline_items,
-    )
-
-
-# ----------------------------------------------------------------------------------------------- stages
-
-
-def config_hash(*parts: Any) -> str:
-    """Stable short hash of JSON-able parts."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Stage:
-    """One resumable step whose output is the folder ``path``.
-
-    Attributes:
-        name: e.g. ``train ddpm-s8``.
-        path: the stage's output folder; ``path/stage.json`` records ``hash`` when the stage is done.
-        hash: hash of the stage's settings and its inputs' hashes.
-    """
-
-    name: str
-    path: Path
-    hash: str
-
-    def record(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.path / STAGE_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def is_done(self) -> bool:
-        rec = self.record()
-        return bool(rec and rec.get("hash") == self.hash and rec.get("done"))
-
-    @property
-    def pending_file(self) -> Path:
-        """Marker beside the folder of a stage that started (the folder itself may need to be empty)."""
-        return self.path.parent / f".{self.path.name}.pending.json"
-
-    def is_interrupted(self) -> bool:
-        """Started with the same hash but not finished (training can continue from its checkpoint)."""
-        try:
-            rec = json.loads(self.pending_file.read_text())
-        except (OSError, ValueError):
-            return False
-        return rec.get("hash") == self.hash
-
-    def mark(self, done: bool, **extra: Any) -> None:
-        """Record the stage as started (``done=False``) or finished, with ``extra`` values."""
-        rec = {"stage": self.name, "hash": self.hash, "done": done, "time": time.time(), **extra}
-        target = self.path / STAGE_FILE if done else self.pending_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(rec, indent=2, default=str) + "\n")
-        os.replace(tmp, target)
-        if done:
-            self.pending_file.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Remove a stale output folder."""
-        if self.path.exists():
-            log.info("%s: stale output, recomputing %s", self.name, self.path)
-            shutil.rmtree(self.path)
-
-
-@dataclass
-class Cell:
-    """One (model, training-set size) cell of the grid."""
-
-    model: ModelConfig
-    size_label: str
-    n_subjects: int
-    subset: Path
-    folder: Path
-
-    @property
-    def key(self) -> str:
-        return f"{self.model.label}-s{self.size_label}"
 
 
 @dataclass
@@ -552,109 +61,7 @@ class StudyResult:
     skipped: list[str]
 
 
-class _Runner:
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-        self.skipped: list[str] = []
-
-    def run(self, stage: Stage, compute) -> dict[str, Any]:
-        """Run ``compute(interrupted)`` unless ``stage`` is up to date; return the stage's record.
-
-        A dict returned by ``compute`` is saved in the record.
-        """
-        if stage.is_done():
-            log.info("%s: up to date, skipped", stage.name)
-            self.skipped.append(stage.name)
-            return stage.record() or {}
-        interrupted = stage.is_interrupted()
-        if not interrupted:
-            stage.clear()
-        log.info("%s: running", stage.name)
-        t0 = time.perf_counter()
-        extra = compute(interrupted)
-        extra = extra if isinstance(extra, dict) else {}
-        stage.mark(True, seconds=round(time.perf_counter() - t0, 3), **extra)
-        self.ran.append(stage.name)
-        return stage.record() or {}
-
-
-def _write_phantoms(data: DataConfig, out: Path, seed: int) -> None:
-    from memscan import phantoms
-
-    assert data.phantom is not None
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if data.layout == "cxr":
-        phantoms.write_cxr_tree(tmp, data.phantom.subjects, seed=seed, size=data.phantom.shape[0])
-    else:
-        shape = tuple(data.phantom.shape)
-        phantoms.write_brats_tree(tmp, data.phantom.subjects, seed=seed, shape=shape)  # type: ignore[arg-type]
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-
-
-def subject_order(subjects: list[str], seed: int) -> list[str]:
-    """Training subjects in the seeded order in which they enter the subsets (subsets are nested)."""
-    uniq = sorted(set(subjects))
-    perm = np.random.default_rng(seed).permutation(len(uniq))
-    return [uniq[i] for i in perm]
-
-
-def write_subset(train_path: Path, out: Path, subjects: list[str], fingerprint: str) -> None:
-    """Write the dataset folder ``out`` with the items of ``subjects`` (whole subjects) of ``train_path``."""
-    from memscan.dataset.store import Dataset, DatasetWriter
-
-    ds = Dataset.open(train_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    keep = set(subjects)
-    positions = np.flatnonzero(ds.manifest["subject"].astype(str).isin(keep).to_numpy())
-    if positions.size == 0:
-        raise InputError(f"no training items for subjects {sorted(keep)[:3]}...", train_path)
-    rows = ds.manifest.iloc[positions].drop(columns=["index"]).to_dict("records")
-    info = {k: v for k, v in ds.info.items() if k in ("layout", "source_name", "options", "split_seed")}
-    info.update(fingerprint=fingerprint, subset_of=str(train_path), subset_subjects=sorted(keep))
-    writer = DatasetWriter(
-        out,
-        item_shape=ds.item_shape,
-        dtype=str(ds.dtype),
-        channels=ds.channels,
-        recipe=ds.info.get("recipe", {}),
-        info=info,
-        overwrite=True,
-    )
-    with writer:
-        block = max(1, writer.chunk_items or 256)
-        for lo in range(0, positions.size, block):
-            pos = positions[lo : lo + block]
-            items = ds.take(pos)
-            for item, row in zip(items, rows[lo : lo + block], strict=True):
-                writer.add(item, {k: (None if _isna(v) else v) for k, v in row.items()})
-        writer.commit()
-
-
-def _isna(v: Any) -> bool:
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def mean_intensity(path: Path) -> float:
-    """Mean pixel intensity of a dataset (view), streamed (stored units)."""
-    from memscan.dataset.store import Dataset
-
-    ds = Dataset.open(path)
-    total, count = 0.0, 0
-    for _, block in ds.iter_blocks(1024):
-        total += float(block.astype(np.float64).sum())
-        count += block.size
-    return total / max(count, 1)
-
-
 def _check_models(cfg: StudyConfig) -> None:
-    from memscan.models.registry import check_config
-
     for m in cfg.models:
         check_config(m.family, m.config, m.preset)
 
@@ -682,12 +89,8 @@ def run_study(
     Raises:
         InputError: bad config or data, or ``out`` not empty without ``resume`` (exit 2).
     """
-    from memscan.dataset.store import Dataset
-    from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
-
     out = Path(out)
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -699,23 +102,23 @@ def run_study(
     if data.source is not None and not data.source.exists():
         raise InputError("[data] source does not exist", data.source)
     out.mkdir(exist_ok=True)
-    (out / "study.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    runner = _Runner()
+    write_json(out / "study.json", config.to_dict(), indent=2)
+    runner = Runner()
 
     # 1. raw data (phantoms) and the prepared, split dataset
     if data.phantom is not None:
         raw = Stage(
-            "phantoms", out / "raw", config_hash("phantom", asdict(data.phantom), data.layout, data.seed)
+            "phantoms", out / "raw", fingerprint("phantom", asdict(data.phantom), data.layout, data.seed)
         )
-        runner.run(raw, lambda _: _write_phantoms(data, raw.path, data.seed))
+        runner.run(raw, lambda _: write_phantoms(data, raw.path, data.seed))
         source, source_hash = raw.path, raw.hash
     else:
         assert data.source is not None
-        source, source_hash = data.source, config_hash("source", str(data.source.resolve()))
+        source, source_hash = data.source, fingerprint("source", str(data.source.resolve()))
     prep = Stage(
         "prepare",
         out / "data",
-        config_hash(
+        fingerprint(
             source_hash,
             data.layout,
             data.recipe,
@@ -749,20 +152,10 @@ def run_study(
     order = subject_order(list(train_ds.manifest["subject"].astype(str)), data.seed)
 
     # 2. nested subsets of whole training subjects
-    resolved: dict[int, str] = {}
-    for s in config.sizes:
-        n = len(order) if s == "all" else int(s)
-        if n > len(order):
-            raise InputError(
-                f"sizes: {n} training subjects asked, but the training split has {len(order)}", prep.path
-            )
-        if n in resolved:
-            log.warning("sizes %s and %s are both %d subjects; computed once", resolved[n], s, n)
-            continue
-        resolved[n] = str(n)
+    resolved = subset_sizes(config, len(order), prep.path)
     subsets: dict[int, Stage] = {}
     for n in sorted(resolved):
-        st = Stage(f"subset s{n}", out / "subsets" / f"s{n}", config_hash(prep.hash, order[:n]))
+        st = Stage(f"subset s{n}", out / "subsets" / f"s{n}", fingerprint(prep.hash, order[:n]))
         runner.run(st, lambda _, st=st, n=n: write_subset(train_path, st.path, order[:n], st.hash))
         subsets[n] = st
     holdout_mean = mean_intensity(holdout_path)
@@ -772,7 +165,7 @@ def run_study(
     for m in config.models:
         for n in sorted(resolved):
             cell = Cell(m, resolved[n], n, subsets[n].path, out / "cells" / f"{m.label}-s{n}")
-            _run_cell(runner, cell, subsets[n], config, holdout_path, holdout_mean, prep.hash, device)
+            run_cell(runner, cell, subsets[n], config, holdout_path, holdout_mean, prep.hash, device)
             cells.append(cell)
 
     table = results_table(cells, config)
@@ -783,206 +176,3 @@ def run_study(
         write_study_report(out, table, cells, config)
     log.info("study: %d stages run, %d up to date", len(runner.ran), len(runner.skipped))
     return StudyResult(out=out, table=table, ran=runner.ran, skipped=runner.skipped)
-
-
-def _run_cell(
-    runner: _Runner,
-    cell: Cell,
-    subset: Stage,
-    config: StudyConfig,
-    holdout_path: Path,
-    holdout_mean: float,
-    prep_hash: str,
-    device: str,
-) -> None:
-    from memscan.models import sample as sample_mod
-    from memscan.models import train as train_mod
-    from memscan.scanning.scanner import scan
-
-    m = cell.model
-    train_st = Stage(
-        f"train {cell.key}",
-        cell.folder / "model",
-        config_hash(
-            subset.hash, m.family, m.preset, m.steps, m.batch, config.seed, *([m.config] if m.config else [])
-        ),
-    )
-
-    def do_train(interrupted: bool) -> dict[str, Any]:
-        resume = interrupted and (train_st.path / "config.json").is_file()
-        if not resume:
-            shutil.rmtree(train_st.path, ignore_errors=True)
-        train_st.path.parent.mkdir(parents=True, exist_ok=True)
-        train_st.mark(False)  # a marker of the same hash: an interrupted training resumes from checkpoints
-        t0 = time.perf_counter()
-        steps = m.steps
-        train_mod.train_model(
-            subset.path,
-            train_st.path,
-            m.family,
-            config=m.config or None,
-            preset=m.preset,
-            steps=steps,
-            batch=m.batch,
-            device=device,
-            resume=resume,
-            seed=config.seed,
-            checkpoint_every=1000 if (steps or 0) >= 2000 else 0,
-            sample_every=0,
-        )
-        logged = train_mod.read_log(train_st.path)
-        elapsed = logged[-1].get("elapsed_s") if logged else None
-        return {"train_seconds": float(elapsed if elapsed is not None else time.perf_counter() - t0)}
-
-    runner.run(train_st, do_train)
-    sample_st = Stage(
-        f"sample {cell.key}",
-        cell.folder / "samples",
-        config_hash(train_st.hash, config.samples, m.sampler, m.sampling_steps, config.seed),
-    )
-    runner.run(
-        sample_st,
-        lambda _: sample_mod.sample_model(
-            train_st.path,
-            config.samples,
-            sample_st.path,
-            seed=config.seed + 1,
-            batch=m.sample_batch,
-            sampler=m.sampler,
-            sampling_steps=m.sampling_steps,
-            device=device,
-            overwrite=True,
-        ),
-    )
-    scan_st = Stage(
-        f"scan {cell.key}",
-        cell.folder / "run",
-        config_hash(sample_st.hash, subset.hash, prep_hash, asdict(config.scan)),
-    )
-    opts = scan_options(config.scan, device)
-
-    def do_scan(_: bool) -> dict[str, Any]:
-        scan(
-            subset.path,
-            sample_st.path,
-            scan_st.path,
-            opts,
-            holdout=holdout_path,
-            report=True,
-            command=f"memscan scan {subset.path} {sample_st.path} --out {scan_st.path} "
-            f"--holdout {holdout_path}",
-        )
-        synth_mean = mean_intensity(sample_st.path)
-        return {"synthetic_mean": synth_mean, "holdout_mean": holdout_mean}
-
-    runner.run(scan_st, do_scan)
-
-
-# ----------------------------------------------------------------------------------------------- results
-
-
-def threshold_column(t: float) -> str:
-    """Results column of the fraction of synthetic items above the fixed threshold ``t``."""
-    return f"frac_above_{t:.2f}"
-
-
-def result_columns(config: StudyConfig) -> list[str]:
-    """Columns of ``results.csv``, in order."""
-    return [
-        "model",
-        "family",
-        "preset",
-        "size",
-        "n_subjects",
-        "n_train_items",
-        "n_synthetic",
-        "n_holdout",
-        "max_corr_median",
-        "max_corr_p99",
-        "flagged_fraction",
-        *[threshold_column(t) for t in config.scan.thresholds],
-        "subjects_leaked",
-        "subjects_leaked_fraction",
-        "train_steps",
-        "train_seconds",
-        "intensity_gap",
-        "run",
-    ]
-
-
-def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
-    """One row per cell, read from the cells' run folders and stage records."""
-    from memscan.scanning.scanner import load_run
-
-    rows = []
-    for cell in cells:
-        res = load_run(cell.folder / "run")
-        s = res.summary
-        mc = res.synthetic["max_correlation"].to_numpy(dtype=np.float64)
-        mc = mc[np.isfinite(mc)]
-        train_rec = json.loads((cell.folder / "model" / STAGE_FILE).read_text())
-        scan_rec = json.loads((cell.folder / "run" / STAGE_FILE).read_text())
-        model_cfg = json.loads((cell.folder / "model" / "config.json").read_text())
-        row: dict[str, Any] = {
-            "model": cell.model.label,
-            "family": cell.model.family,
-            "preset": cell.model.preset,
-            "size": cell.size_label,
-            "n_subjects": cell.n_subjects,
-            "n_train_items": int(s["n_train"]),
-            "n_synthetic": int(s["n_synthetic"]),
-            "n_holdout": int(s.get("n_holdout") or 0),
-            "max_corr_median": float(np.median(mc)) if mc.size else math.nan,
-            "max_corr_p99": float(np.quantile(mc, 0.99)) if mc.size else math.nan,
-            "flagged_fraction": float(s["flagged_fraction"]),
-        }
-        for t in config.scan.thresholds:
-            row[threshold_column(t)] = float((mc > t).sum() / max(int(s["n_synthetic"]), 1))
-        row.update(
-            subjects_leaked=int(s["subjects_leaked"]),
-            subjects_leaked_fraction=float(s["subjects_leaked_fraction"]),
-            train_steps=int(model_cfg.get("train", {}).get("steps") or 0),
-            train_seconds=round(float(train_rec.get("train_seconds", math.nan)), 2),
-            intensity_gap=round(abs(float(scan_rec["synthetic_mean"]) - float(scan_rec["holdout_mean"])), 3),
-            run=str((cell.folder / "run").relative_to(cell.folder.parent.parent)),
-        )
-        rows.append(row)
-    return pd.DataFrame(rows, columns=result_columns(config))
-
-
-def _fmt(v: Any, col: str) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "n/a"
-        if "frac" in col or col == "flagged_fraction":
-            return f"{v:.1%}"
-        if col.startswith("max_corr"):
-            return f"{v:.4f}"
-        return f"{v:,.1f}"
-    if isinstance(v, int | np.integer):
-        return f"{int(v):,}"
-    return str(v)
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """The results as a Markdown table (percentages and 4-digit correlations)."""
-    cols = [c for c in table.columns if c not in ("family", "run")]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c], c) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-MD_NOTES = """
-Columns: `max_corr_*`: each synthetic image's maximum Pearson correlation with any training image of its
-cell (median and 99th percentile); `flagged_fraction`: flagged by the held-out calibration (FDR);
-`frac_above_T`: above the fixed threshold T; `subjects_leaked_fraction`: training subjects with at least one
-flagged synthetic copy; `intensity_gap`: |mean pixel intensity of the synthetic images - that of the
-held-out images| (stored units): a crude quality proxy, not FID; `train_seconds`: training wall time.
-"""
-
-
-def write_results(table: pd.DataFrame, out: Path) -> None:
-    """Write ``out/results.csv`` and ``out/results.md``."""
-    table.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text("# memscan study results\n\n" + markdown_table(table) + MD_NOTES)

@@ -8,28 +8,50 @@ one self-contained file.
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import logging
 import platform
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from memscan.core.atomic import write_text
 from memscan.core.version import __version__
 from memscan.report import figures
-from memscan.report.html import _atomic_write_text, _environment, _version
-
-if TYPE_CHECKING:
-    from memscan.study.pipeline import Cell, StudyConfig
+from memscan.study.config import StudyConfig
+from memscan.study.grid import Cell
+from memscan.study.table import fmt, markdown_table, threshold_column
 
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
 # Okabe-Ito, colour-blind safe; one colour per model.
 MODEL_COLOURS = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+
+
+def _environment() -> jinja2.Environment:
+    """The HTML templates of ``memscan/report/templates`` (the study page extends the report's base)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("memscan.report") / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _data_uri(path: Path) -> str:
@@ -209,8 +231,6 @@ def sample_strip(cell: Cell, path: Path, n: int = 8) -> Path | None:
 
 def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config: StudyConfig) -> Path:
     """Write ``out/report.html`` (self-contained) and ``out/figures/*.png``."""
-    from memscan.study.pipeline import markdown_table, threshold_column
-
     fig_dir = out / FIGURES_DIR
     fig_dir.mkdir(exist_ok=True)
     models = [m.label for m in config.models]
@@ -231,10 +251,8 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
         strip = sample_strip(cell, fig_dir / f"samples_{cell.key}.png")
         if strip is not None:
             strips.append((cell.key, _data_uri(strip)))
-    from memscan.study.pipeline import _fmt
-
     cols = [c for c in table.columns if c not in ("family",)]
-    rows = [[_fmt(r[c], c) for c in cols] for _, r in table.iterrows()]
+    rows = [[fmt(r[c], c) for c in cols] for _, r in table.iterrows()]
     versions = [
         ("python", platform.python_version()),
         ("memscan", __version__),
@@ -262,5 +280,5 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
         )
     )
     path = out / "report.html"
-    _atomic_write_text(path, html)
+    write_text(path, html)
     return path
