@@ -184,9 +184,21 @@ class DatasetWriter:
         """Append one item ``[C, *S]`` with its manifest row (``id``, ``subject``, ``source``, ...)."""
         if tuple(item.shape) != self.item_shape:
             where = source_path if source_path is not None else row.get("id")
+            if item.shape[0] != self.item_shape[0]:
+                raise InputError(
+                    f"image has {item.shape[0]} channel(s) but the dataset's items have "
+                    f"{self.item_shape[0]} (shape {tuple(item.shape)} vs {self.item_shape}): greyscale and "
+                    "colour images cannot be mixed in one dataset; convert them to one kind",
+                    where,
+                )
+            hint = (
+                "; use --size to resize 2D images to one size"
+                if len(item.shape) == 3 and self.recipe.get("size") is None
+                else ""
+            )
             raise InputError(
                 f"image shape {tuple(item.shape)} differs from the dataset's {self.item_shape} "
-                "(mixed shapes; use --size to resize 2D images to one size)",
+                f"(mixed sizes{hint})",
                 where,
             )
         full = {c: None for c in MANIFEST_COLUMNS}
@@ -198,9 +210,10 @@ class DatasetWriter:
         if self._buffered >= self.chunk_items:
             self._flush()
 
-    def exclude(self, item_id: str, reason: str) -> None:
-        """Record an item left out (e.g. a constant image) in ``dataset.json``."""
-        log.warning("excluded %s: %s", item_id, reason)
+    def exclude(self, item_id: str, reason: str, *, logged: bool = False) -> None:
+        """Record an item left out (e.g. a constant image) in ``dataset.json``; warn unless ``logged``."""
+        if not logged:
+            log.warning("excluded %s: %s", item_id, reason)
         self.excluded.append({"id": item_id, "reason": reason})
 
     def _flush(self) -> None:
