@@ -814,6 +814,12 @@ def _slice_order(datasets: Sequence[Any], folder: Path) -> tuple[list[int], floa
         o is not None and len(o) == 6 for o in orientations
     ):
         orient = np.asarray(orientations, dtype=np.float64)
+        if not np.allclose(orient, orient[0], atol=1e-4):
+            raise InputError(
+                "DICOM series slices have different ImageOrientationPatient (a radial or multi-planar "
+                "acquisition such as a localiser): not one volume",
+                folder,
+            )
         if np.allclose(orient, orient[0], atol=1e-4):
             normal = np.cross(orient[0, :3], orient[0, 3:])
             if np.linalg.norm(normal) > 1e-6:
