@@ -539,7 +539,7 @@ def test_dicom_without_preamble(tmp_path: Path) -> None:
 
 def test_dicom_without_pixel_data(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "nopix.dcm", None)
-    with pytest.raises(NoImageData, match=r"DICOM object without an image \(.*: no pixel data\)") as exc:
+    with pytest.raises(NoImageData, match=r"DICOM object without an image \(.*\)") as exc:
         read_image(path)
     assert_names(exc, path)
 

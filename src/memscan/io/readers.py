@@ -555,7 +555,7 @@ def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
 def _pixels(ds: Any, path: Path) -> np.ndarray:
     """Decoded pixels of a dataset, raising InputError for missing or undecodable pixel data."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise NoImageData(f"DICOM object without an image ({_sop_class_name(ds)}: no pixel data)", path)
+        raise NoImageData(f"DICOM object without an image ({_sop_class_name(ds)})", path)
     try:
         with _quiet(path):
             arr = ds.pixel_array

@@ -169,7 +169,7 @@ class _ReadLog:
         try:
             data = read_image(path, nan=self.nan, **kwargs)
         except NoImageData as exc:
-            self.skipped.append((relpath, exc.args[0] if exc.args else "no image"))
+            self.skipped.append((relpath, exc.problem))
             return None
         if data.n_nan:
             self.nan_values += data.n_nan
