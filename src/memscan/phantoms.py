@@ -6,7 +6,8 @@ Two families of synthetic "patients" are generated from a :class:`numpy.random.G
 volumes (T1, T1ce, T2, FLAIR) plus a BraTS tumour segmentation, with array axes ``(x, y, z)``: ``x``
 toward the patient's left, ``y`` toward anterior, ``z`` toward superior (nibabel codes ``LAS``; axial
 slices are ``vol[:, :, k]``). :func:`write_brats_tree` stores them as BraTS files are stored (``LPS``:
-``y`` reversed, affine ``diag(-1, -1, 1)``), so a file's affine tells the anatomy truly. The anatomy model is a set of nested, noise-perturbed implicit surfaces evaluated in
+``y`` reversed, affine ``diag(-1, -1, 1)``), so a file's affine tells the anatomy truly.
+The anatomy model is a set of nested, noise-perturbed implicit surfaces evaluated in
 head-normalised coordinates (so every geometry scales with the array shape):
 
 * head ellipsoid (slightly egg-shaped, surface perturbed by a smooth random field) with a scalp layer,
@@ -487,7 +488,8 @@ def write_brats_tree(
     .nii.gz`` (numbered from 001); for ``naming='2021'``: ``root/BraTS2021_00000/BraTS2021_00000_{...}
     .nii.gz`` (numbered from 00000). As in BraTS, voxels are 1 mm and stored ``LPS`` (index increasing
     toward the patient's left, posterior, superior: affine ``diag(-1, -1, 1, 1)``), so the generator's
-    ``LAS`` arrays (:func:`brain_volumes`) are written with ``y`` reversed. Image volumes are stored as int16 by default (rounded, like most real BraTS files) or
+    ``LAS`` arrays (:func:`brain_volumes`) are written with ``y`` reversed.
+    Image volumes are stored as int16 by default (rounded, like most real BraTS files) or
     float32 with ``image_dtype='float32'``; the segmentation as uint8.
 
     Args:

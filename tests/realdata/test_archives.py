@@ -228,3 +228,60 @@ def test_grey_and_rgb_mixed_does_not_suggest_size(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"b\.png: image has 3 channel\(s\).*cannot be mixed") as exc:
         prepare_dataset(src, tmp_path / "ds", PrepareOptions(size=8))
     assert "--size" not in str(exc.value)
+
+
+def test_float64_beyond_float32_in_npy_is_refused(tmp_path: Path) -> None:
+    """One 1e300 in a float64 .npy would become inf at the float32 cast (a NaN correlation: a copy missed)."""
+    arr = np.random.default_rng(0).random((4, 8, 8))
+    arr[2, 3, 3] = 1e300
+    np.save(tmp_path / "samples.npy", arr)
+    with pytest.raises(InputError, match=r"samples\.npy: contains values beyond float32's range"):
+        read_image(tmp_path / "samples.npy")
+
+
+def test_huge_png_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memscan.io import readers
+
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(readers, "MAX_PIXELS_2D", 100_000)  # 120,000 pixels: over this limit
+    with pytest.raises(InputError, match=r"big\.png: image of 400x300 = 0 megapixels exceeds"):
+        read_image(tmp_path / "big.png")
+
+
+def _small_dataset(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(src / f"s{i}.png")
+    prepare_dataset(src, tmp_path / "ds")
+    return tmp_path / "ds"
+
+
+@pytest.mark.parametrize("fault", ["duplicate id", "null subject", "index out of range"])
+def test_damaged_manifest_is_refused_when_opened(tmp_path: Path, fault: str) -> None:
+    from memscan.dataset.store import Dataset
+
+    ds = _small_dataset(tmp_path)
+    manifest = pd.read_parquet(ds / "manifest.parquet")
+    if fault == "duplicate id":
+        manifest.loc[1, "id"] = manifest.loc[0, "id"]
+    elif fault == "null subject":
+        manifest.loc[2, "subject"] = None
+    else:
+        manifest.loc[2, "index"] = 7
+    manifest.to_parquet(ds / "manifest.parquet", index=False)
+    with pytest.raises(InputError, match=r"ds: the dataset's manifest"):
+        Dataset.open(ds)
+
+
+def test_truncated_zarr_chunk_is_an_input_error(tmp_path: Path) -> None:
+    from memscan.dataset.store import Dataset
+
+    ds = _small_dataset(tmp_path)
+    chunks = [p for p in (ds / "images.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(chunk.read_bytes()[:5])
+    with pytest.raises(InputError, match=r"images\.zarr: cannot read stored items 0\.\.2"):
+        Dataset.open(ds).read(0, 3)

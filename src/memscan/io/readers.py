@@ -290,6 +290,14 @@ def _validate(data: ImageData, spatial_dims: int | None, nan: str = "error") -> 
                 )
             arr = np.where(nan_mask, arr.dtype.type(0), arr)
             n_nan += n_nan_here
+        if arr.dtype.itemsize > 4:  # float64 kept as is (NPY): every later float32 cast must stay finite
+            biggest = float(np.max(np.abs(arr)))
+            if biggest > float(np.finfo(np.float32).max):
+                raise InputError(
+                    f"contains values beyond float32's range (largest magnitude {biggest:.3g}); they would "
+                    "become infinite",
+                    data.path,
+                )
     if spatial_dims is not None and data.spatial_dims != spatial_dims:
         what = {2: "a 2D image", 3: "a 3D volume"}
         raise InputError(
@@ -362,6 +370,10 @@ def read_image(
 
 # ------------------------------------------------------------------------------------- PNG / JPEG / TIFF
 
+MAX_PIXELS_2D = 64_000_000
+"""Largest 2D image decoded (pixels): ten times a large digital radiograph (about 3000 x 3000), far below
+what would exhaust memory; the header's size is checked before any pixel is decoded."""
+
 
 def _read_pillow(path: Path) -> ImageData:
     """PNG, JPEG, TIFF, BMP through Pillow; the image is decoded fully so truncation fails here."""
@@ -378,6 +390,13 @@ def _read_pillow(path: Path) -> ImageData:
     )
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS_2D:
+                raise InputError(
+                    f"image of {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds memscan's "
+                    f"limit of {MAX_PIXELS_2D / 1e6:.0f} megapixels (refused before decoding)",
+                    path,
+                )
             n_frames = int(getattr(img, "n_frames", 1) or 1)
             if n_frames > 1:
                 raise InputError(
