@@ -19,10 +19,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from memscan.errors import InputError
 from memscan.io.readers import (
     ImageData,
+    NoImageData,
     _dcmread,
     is_dicom_series_dir,
     read_dicom_series,
-    NoImageData,
     read_image,
     suffix_of,
     supported,

@@ -195,3 +195,29 @@ def test_left_right_mirrored_copy_is_found_as_flip(converted, tmp_path):
     assert r.returncode == 0, r.stderr
     plain = pd.read_parquet(tmp_path / "run2" / "synthetic.parquet")
     assert (plain["transform"] == "none").all() and (plain["max_correlation"] < 0.99).all()
+
+
+def test_mirrored_volume_is_found_as_flip_in_3d(converted, tmp_path):
+    """Whole volumes (--volumes): the anatomically mirrored NIfTI matches the DICOM series with ``flip``."""
+    root, _, nifti = converted
+    mirrored = tmp_path / "synthetic" / "mirrored.nii.gz"
+    mirrored.parent.mkdir()
+    data = np.asanyarray(nifti.dataobj)[::-1, :, :]  # LAS: axis 0 is left-right
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), nifti.affine, nifti.header), str(mirrored))
+    prepare_dataset(root / "dicom", tmp_path / "train", PrepareOptions(volumes=True))
+    prepare_dataset(mirrored.parent, tmp_path / "syn", PrepareOptions(volumes=True))
+    r = _cli(
+        "scan",
+        tmp_path / "train",
+        tmp_path / "syn",
+        "--out",
+        tmp_path / "run",
+        "--flips",
+        "--top-k",
+        "1",
+        "--no-report",
+    )
+    assert r.returncode == 0, r.stderr
+    syn = pd.read_parquet(tmp_path / "run" / "synthetic.parquet")
+    assert syn["transform"].tolist() == ["flip"] and syn["nearest_train_id"].tolist() == ["series"]
+    np.testing.assert_allclose(syn["max_correlation"], 1.0, atol=1e-9)
