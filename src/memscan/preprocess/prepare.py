@@ -114,6 +114,8 @@ class _LazyWriter:
         )
         self.writer: DatasetWriter | None = None
         self.pending_excluded: list[tuple[str, str]] = []
+        self.n_excluded = 0
+        self.first_excluded: str | None = None
 
     def add(self, item: np.ndarray, row: dict[str, Any], source_path: Path) -> None:
         if _is_constant(item):
@@ -130,15 +132,26 @@ class _LazyWriter:
                 overwrite=self.overwrite,
             )
             for item_id, reason in self.pending_excluded:
-                self.writer.exclude(item_id, reason, logged=True)  # warned when it was excluded
+                self.writer.exclude(item_id, reason, logged=True)  # reported by warn_excluded
         self.writer.add(item, row, source_path=source_path)
 
     def exclude(self, item_id: str, reason: str) -> None:
+        """Record an excluded item; :meth:`warn_excluded` reports them all in one warning."""
+        self.n_excluded += 1
+        self.first_excluded = self.first_excluded or item_id
         if self.writer is None:
-            log.warning("excluded %s: %s", item_id, reason)
             self.pending_excluded.append((item_id, reason))
         else:
-            self.writer.exclude(item_id, reason)
+            self.writer.exclude(item_id, reason, logged=True)
+
+    def warn_excluded(self) -> None:
+        if self.n_excluded:
+            log.warning(
+                "excluded %d constant item(s) (zero variance: correlation is undefined), e.g. %s; listed in "
+                "dataset.json",
+                self.n_excluded,
+                self.first_excluded,
+            )
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -287,6 +300,7 @@ def _write_units(
                     writer.add(item, row, path)
                 advance(1)
         reads.finish(info, src)
+        writer.warn_excluded()
         return writer.commit()
     except BaseException:
         writer.abort()
