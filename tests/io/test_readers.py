@@ -668,3 +668,37 @@ def test_imagedata_is_frozen(tmp_path: Path) -> None:
     data = ImageData(array=np.zeros((1, 2, 2)), spatial_dims=2, path=tmp_path)
     with pytest.raises(AttributeError):
         data.spatial_dims = 3  # type: ignore[misc]
+
+
+def test_mgz_in_freesurfer_lia_orientation_reads_in_pls(tmp_path: Path) -> None:
+    """FreeSurfer's conformed volumes are stored LIA; memscan returns them in PLS, exactly."""
+    from nibabel.orientations import aff2axcodes
+
+    lia = np.array([[-1.0, 0, 0, 10], [0, 0, 1, -5], [0, -1, 0, 7], [0, 0, 0, 1]])
+    assert aff2axcodes(lia) == ("L", "I", "A")
+    vol = rng_image((5, 6, 7), np.int16)
+    nib.save(nib.MGHImage(vol, lia), str(tmp_path / "brain.mgz"))
+    data = read_image(tmp_path / "brain.mgz")
+    assert data.frame == "PLS" and data.source_frame == "LIA"
+    # LIA -> PLS by hand: P = reversed A (axis 2), L = axis 0, S = reversed I (axis 1).
+    expected = vol.transpose(2, 0, 1)[::-1, :, ::-1]
+    np.testing.assert_array_equal(data.array[0], expected)
+
+
+def test_nifti_without_orientation_is_kept_as_stored(tmp_path: Path) -> None:
+    vol = rng_image((4, 5, 6), np.int16)
+    img = nib.Nifti1Image(vol, np.diag([-1.0, 1, 1, 1]))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "raw.nii"))
+    data = read_image(tmp_path / "raw.nii")
+    assert data.frame is None
+    np.testing.assert_array_equal(data.array[0], vol)
+
+
+def test_cifti_is_no_image_data() -> None:
+    path = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"
+    if not path.exists():
+        pytest.skip("nibabel's CIFTI-2 test file is not installed")
+    with pytest.raises(NoImageData, match="CIFTI-2"):
+        read_image(path)
