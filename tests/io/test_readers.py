@@ -702,3 +702,27 @@ def test_cifti_is_no_image_data() -> None:
         pytest.skip("nibabel's CIFTI-2 test file is not installed")
     with pytest.raises(NoImageData, match="CIFTI-2"):
         read_image(path)
+
+
+def test_sagittal_dicom_series_reads_in_pls(tmp_path: Path) -> None:
+    """A sagittal series (rows toward the feet, columns posterior, slices stepping to the patient's right) is
+    returned in PLS: X = columns, Y = slices reversed (to the left), Z = rows reversed (to the head)."""
+    folder = tmp_path / "sag"
+    folder.mkdir()
+    uid = generate_uid()
+    rng = np.random.default_rng(5)
+    slices = [rng.integers(0, 1000, (3, 4)).astype(np.int16) for _ in range(5)]
+    for k, pixels in enumerate(slices):  # LPS x decreases with k: toward the patient's right
+        write_dicom(
+            folder / f"s{k}.dcm",
+            pixels,
+            series_uid=uid,
+            position=(-2.0 * k, 0.0, 0.0),
+            orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+            instance=k + 1,
+        )
+    data = read_image(folder)
+    assert data.frame == "PLS" and data.source_frame == "IPR"
+    stack = np.stack(slices, axis=-1)  # [rows (I), cols (P), k (R)]
+    np.testing.assert_array_equal(data.array[0], stack.transpose(1, 2, 0)[:, ::-1, ::-1])
+    assert data.spacing == pytest.approx((0.75, 2.0, 0.5))
