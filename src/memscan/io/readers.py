@@ -358,9 +358,7 @@ def read_image(
     elif suffix in NIBABEL_SUFFIXES:
         data = _read_nibabel(path, spatial_dims)
     elif suffix in ARRAY_SUFFIXES:
-        data = read_array_stack(path, volumes=volumes)
-        if data.stack:
-            return _validate(data, None, nan)
+        data = read_array_stack(path, volumes=volumes)  # spatial_dims is checked per item of a stack
     else:
         raise InputError(
             f"unsupported file type {suffix or '(no suffix)'!r} (supported: {', '.join(SUFFIXES_ALL)})", path
