@@ -270,7 +270,7 @@ def test_3d_volumes(tmp_path):
         tmp_path / "vol",
         PrepareOptions(layout="brats", volumes=True, size=24, modalities=("t1", "flair")),
     )
-    flipped = ds.read(1, 2)[:, :, ::-1].copy()  # mirrored along x (left-right)
+    flipped = ds.read(1, 2)[:, :, :, ::-1].copy()  # mirrored along Y: left-right in the PLS frame
     with DatasetWriter(
         tmp_path / "syn", item_shape=ds.item_shape, dtype="uint8", channels=ds.channels, recipe={}
     ) as w:
