@@ -286,3 +286,14 @@ def test_truncated_zarr_chunk_is_an_input_error(tmp_path: Path) -> None:
         chunk.write_bytes(chunk.read_bytes()[:5])
     with pytest.raises(InputError, match=r"images\.zarr: cannot read stored items 0\.\.2"):
         Dataset.open(ds).read(0, 3)
+
+
+def test_native_decoder_chatter_does_not_reach_stderr(tmp_path: Path) -> None:
+    """OpenJPEG prints to file descriptor 2 on this broken file; the user sees one error line only."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(_testdata("JPEG2000-embedded-sequence-delimiter.dcm"), src / "broken_j2k.dcm")
+    r = _cli("prepare", src, "--out", tmp_path / "ds")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken_j2k.dcm: cannot decode DICOM pixel data" in lines[0], r.stderr

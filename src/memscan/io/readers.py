@@ -37,6 +37,7 @@ import dataclasses
 import gzip
 import io
 import logging
+import os
 import struct
 import warnings
 import zipfile
@@ -169,6 +170,36 @@ class ImageData:
     source_frame: str | None = None
     n_nan: int = 0
     stack: bool = False
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log(path: Path) -> Iterator[None]:
+    """Capture what native decoders (OpenJPEG, libjpeg, GDCM) print straight to file descriptor 2.
+
+    Those C libraries write diagnostics such as "Marker handler function failed to read the marker
+    segment" to the process's stderr, bypassing Python; the decode error itself reaches the user as one
+    InputError line. The captured text is logged at debug level (``--verbose``) naming the file.
+    """
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreter): capture nothing
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                logger.debug("%s: decoder said: %s", path, " ".join(text.split()))
 
 
 class NoImageData(InputError):
@@ -574,7 +605,7 @@ def _pixels(ds: Any, path: Path) -> np.ndarray:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise NoImageData(f"DICOM object without an image ({_sop_class_name(ds)})", path)
     try:
-        with _quiet(path):
+        with _quiet(path), _native_stderr_to_log(path):
             arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise InputError(
