@@ -1,5 +1,9 @@
 # Two commands for users: `make demo` and `make test`. Each creates .venv and installs memscan into it.
-PYTHON ?= python3.11
+# The newest Python >= 3.11 on the PATH (python3.13, python3.12, python3.11, then python3 if it is new
+# enough); override with `make PYTHON=/path/to/python3.x ...`.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,6 +11,14 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test install lint bench clean browser
 
 $(BIN)/python:
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "memscan needs Python >= 3.11, but none of python3.13, python3.12, python3.11 (nor a python3 that" \
+			"new) is on the PATH; install one or run: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)" >&2; \
+		exit 1; \
+	fi
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "PYTHON=$(PYTHON) is older than 3.11; memscan needs Python >= 3.11" >&2; exit 1; }
+	@echo "using $$(command -v $(PYTHON)) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 

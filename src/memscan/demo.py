@@ -79,7 +79,9 @@ def run_demo(
         plant_copies(train, fresh, synthetic, n_copies=n_copies, n_novel=n_novel, seed=seed)
     for ds in (cohort, cxr):
         console.print(dataset_table(ds))
-    opts = ScanOptions(top_k=5, flips=True, max_shift=3, shift_candidates=10, baseline_items=300)
+    # 40 shift candidates: a 2-3 pixel shift can drop the true source below the 10 best unshifted matches
+    # (2 of the 4 shifted phantom copies in the PLS frame); 40 finds all 4 (docs: io branch report).
+    opts = ScanOptions(top_k=5, flips=True, max_shift=3, shift_candidates=40, baseline_items=300)
     run = out / "run"
     result = scan(
         train.path,
@@ -88,7 +90,7 @@ def run_demo(
         opts,
         holdout=holdout.path,
         command=f"memscan scan {train.path} {synthetic} --out {run} --holdout {holdout.path} "
-        "--flips --max-shift 3",
+        "--flips --max-shift 3 --shift-candidates 40",
     )
     report = run / "report.html"
     console.print(run_table(result))

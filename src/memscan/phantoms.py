@@ -3,9 +3,11 @@
 Two families of synthetic "patients" are generated from a :class:`numpy.random.Generator`:
 
 **Brain MRI (BraTS-like).** :func:`brain_volumes` builds one subject as four co-registered modality
-volumes (T1, T1ce, T2, FLAIR) plus a BraTS tumour segmentation, with array axes ``(x, y, z)`` like a
-BraTS NIfTI (``x`` left-right, ``y`` posterior-anterior, ``z`` inferior-superior; axial slices are
-``vol[:, :, k]``). The anatomy model is a set of nested, noise-perturbed implicit surfaces evaluated in
+volumes (T1, T1ce, T2, FLAIR) plus a BraTS tumour segmentation, with array axes ``(x, y, z)``: ``x``
+toward the patient's left, ``y`` toward anterior, ``z`` toward superior (nibabel codes ``LAS``; axial
+slices are ``vol[:, :, k]``). :func:`write_brats_tree` stores them as BraTS files are stored (``LPS``:
+``y`` reversed, affine ``diag(-1, -1, 1)``), so a file's affine tells the anatomy truly.
+The anatomy model is a set of nested, noise-perturbed implicit surfaces evaluated in
 head-normalised coordinates (so every geometry scales with the array shape):
 
 * head ellipsoid (slightly egg-shaped, surface perturbed by a smooth random field) with a scalp layer,
@@ -484,8 +486,10 @@ def write_brats_tree(
 
     Layout for ``naming='2020'``: ``root/BraTS20_Training_001/BraTS20_Training_001_{t1,t1ce,t2,flair,seg}
     .nii.gz`` (numbered from 001); for ``naming='2021'``: ``root/BraTS2021_00000/BraTS2021_00000_{...}
-    .nii.gz`` (numbered from 00000). The affine is 1 mm isotropic (``diag(-1, -1, 1, 1)``, as in
-    BraTS). Image volumes are stored as int16 by default (rounded, like most real BraTS files) or
+    .nii.gz`` (numbered from 00000). As in BraTS, voxels are 1 mm and stored ``LPS`` (index increasing
+    toward the patient's left, posterior, superior: affine ``diag(-1, -1, 1, 1)``), so the generator's
+    ``LAS`` arrays (:func:`brain_volumes`) are written with ``y`` reversed.
+    Image volumes are stored as int16 by default (rounded, like most real BraTS files) or
     float32 with ``image_dtype='float32'``; the segmentation as uint8.
 
     Args:
@@ -518,6 +522,7 @@ def write_brats_tree(
                 arr = arr.astype(np.uint8)
             elif image_dtype == "int16":
                 arr = np.rint(arr).astype(np.int16)
+            arr = np.ascontiguousarray(arr[:, ::-1, :])  # LAS → LPS, the orientation the affine states
             img = nib.Nifti1Image(arr, affine)
             img.header.set_data_dtype(arr.dtype)
             img.header.set_xyzt_units("mm", "sec")

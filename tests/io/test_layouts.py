@@ -316,3 +316,16 @@ def test_detect_layout_t1ce_only_prefix_is_not_brats(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "other_t1.nii.gz").touch()  # not <folder name>_t1
     assert detect_layout(tmp_path) == "folder"
+
+
+def test_folder_companion_data_files_and_skip_list(tmp_path: Path) -> None:
+    """A .REC beside its .PAR (.img beside .hdr) belongs to that item; an orphan is skipped and counted."""
+    for name in ("scan.PAR", "scan.REC", "pair.hdr", "pair.img", "orphan.REC", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    skipped: list[tuple[str, str]] = []
+    items = discover_folder(tmp_path, skipped=skipped)
+    assert [it.relpath for it in items] == ["pair.hdr", "scan.PAR"]
+    assert sorted(skipped) == [
+        ("notes.txt", "unsupported file type '.txt'"),
+        ("orphan.REC", "data file without its header (.par) beside it"),
+    ]

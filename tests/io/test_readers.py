@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from memscan.errors import InputError
 from memscan.io.readers import (
     ImageData,
+    NoImageData,
     _dcmread,
     is_dicom_series_dir,
     read_dicom_series,
@@ -85,10 +86,20 @@ def write_dicom(
     return path
 
 
+# Voxel -> RAS+ affine of an array already in memscan's frame (X posterior, Y left, Z superior): reading a
+# file written with it returns the array unchanged, so value tests need no reorientation.
+PLS_AFFINE = np.array([[0.0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+
 def write_nifti(
-    path: Path, arr: np.ndarray, *, slope: float | None = None, zooms: tuple | None = None
+    path: Path,
+    arr: np.ndarray,
+    *,
+    slope: float | None = None,
+    zooms: tuple | None = None,
+    affine: np.ndarray = PLS_AFFINE,
 ) -> Path:
-    img = nib.Nifti1Image(arr, np.eye(4))
+    img = nib.Nifti1Image(arr, affine)
     if zooms is not None:
         img.header.set_zooms(zooms)
     if slope is not None:
@@ -154,10 +165,17 @@ def test_real_nibabel_anatomical() -> None:
     if not path.exists():
         pytest.skip("nibabel's anatomical.nii not shipped")
     data = read_image(path, spatial_dims=3)
-    ref = np.asanyarray(nib.load(str(path)).dataobj)
-    assert data.array.shape == (1, *ref.shape) == (1, 33, 41, 25)
-    np.testing.assert_allclose(data.array[0], ref)
-    assert data.spacing is not None and len(data.spacing) == 3
+    img = nib.load(str(path))
+    assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
+    # Independent reference: nibabel's RAS+ canonical image, then RAS -> PLS by hand (swap the first two
+    # axes and reverse both: P is -A, L is -R).
+    ras = np.asanyarray(nib.as_closest_canonical(img).dataobj)
+    ref = ras.transpose(1, 0, 2)[::-1, ::-1, :]
+    assert data.array.shape == (1, *ref.shape) == (1, 41, 33, 25)
+    np.testing.assert_array_equal(data.array[0], ref)
+    assert data.frame == "PLS" and data.source_frame == "LAS"
+    zooms = img.header.get_zooms()
+    assert data.spacing == (zooms[1], zooms[0], zooms[2])
 
 
 # ------------------------------------------------------------------------------------- PNG / JPEG / TIFF
@@ -277,7 +295,9 @@ def test_nifti_slice_as_image(tmp_path: Path) -> None:
 
 def test_nifti_4d_is_input_error(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "v.nii.gz", rng_image((4, 4, 3, 2), np.int16))
-    with pytest.raises(InputError, match=r"4D NIfTI \(4, 4, 3, 2\) where a 3D volume is expected") as exc:
+    with pytest.raises(
+        InputError, match=r"4D NIfTI \(4, 4, 3, 2\): 2 volumes .* one 3D volume per file"
+    ) as exc:
         read_image(path)
     assert_names(exc, path)
 
@@ -294,7 +314,30 @@ def test_nifti_nan_is_input_error(tmp_path: Path) -> None:
     vol[0, 0, 0] = np.nan
     vol[1, 1, 1] = np.inf
     path = write_nifti(tmp_path / "n.nii.gz", vol)
-    with pytest.raises(InputError, match="contains 2 NaN/Inf values") as exc:
+    with pytest.raises(InputError, match="contains 1 infinite values .* and 1 NaN values") as exc:
+        read_image(path, nan="zero")  # Inf is refused whatever the NaN policy
+    assert_names(exc, path)
+
+
+def test_nifti_nan_policy(tmp_path: Path) -> None:
+    vol = np.arange(27, dtype=np.float32).reshape(3, 3, 3) + 1
+    vol[0, 0, 0] = vol[2, 1, 0] = np.nan
+    path = write_nifti(tmp_path / "n.nii.gz", vol)
+    with pytest.raises(InputError, match=r"contains 2 NaN values \(pass --nan zero") as exc:
+        read_image(path)
+    assert_names(exc, path)
+    data = read_image(path, nan="zero")
+    assert data.n_nan == 2
+    np.testing.assert_array_equal(data.array[0], np.nan_to_num(vol, nan=0.0))
+    with pytest.raises(InputError, match="nan policy"):
+        read_image(path, nan="drop")
+
+
+def test_float64_beyond_float32_is_refused(tmp_path: Path) -> None:
+    vol = np.ones((3, 3, 3), np.float64)
+    vol[1, 1, 1] = 1e300
+    path = write_nifti(tmp_path / "big.nii", vol)
+    with pytest.raises(InputError, match="beyond float32's range") as exc:
         read_image(path)
     assert_names(exc, path)
 
@@ -344,7 +387,8 @@ def test_npy_2d_3d(tmp_path: Path) -> None:
     assert data.spatial_dims == 2 and data.array.shape == (1, 5, 6) and data.array.dtype == np.float32
     vol = rng_image((3, 4, 5), np.int16)
     np.save(tmp_path / "v.npy", vol)
-    data = read_image(tmp_path / "v.npy", spatial_dims=3)
+    data = read_image(tmp_path / "v.npy", spatial_dims=3, volumes=True)
+    assert not data.stack and data.frame is None
     np.testing.assert_array_equal(data.array[0], vol)
 
 
@@ -375,7 +419,7 @@ def test_npy_nan_is_input_error(tmp_path: Path) -> None:
     arr = np.ones((4, 4), np.float64)
     arr[2, 2] = np.nan
     np.save(tmp_path / "nan.npy", arr)
-    with pytest.raises(InputError, match="contains 1 NaN/Inf values") as exc:
+    with pytest.raises(InputError, match="contains 1 NaN values") as exc:
         read_image(tmp_path / "nan.npy")
     assert_names(exc, tmp_path / "nan.npy")
 
@@ -387,9 +431,9 @@ def test_npy_empty_is_input_error(tmp_path: Path) -> None:
     assert_names(exc, tmp_path / "empty.npy")
 
 
-def test_npy_4d_is_input_error(tmp_path: Path) -> None:
-    np.save(tmp_path / "x.npy", np.zeros((2, 2, 2, 2), np.float32))
-    with pytest.raises(InputError, match=r"shape \(2, 2, 2, 2\)") as exc:
+def test_npy_5d_without_volumes_is_input_error(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 2, 2, 2), np.float32))
+    with pytest.raises(InputError, match=r"shape \(2, 2, 2, 2, 2\).*5D needs --volumes.*the rule for") as exc:
         read_image(tmp_path / "x.npy")
     assert_names(exc, tmp_path / "x.npy")
 
@@ -495,7 +539,7 @@ def test_dicom_without_preamble(tmp_path: Path) -> None:
 
 def test_dicom_without_pixel_data(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "nopix.dcm", None)
-    with pytest.raises(InputError, match=r"DICOM file has no pixel data \(PixelData tag missing\)") as exc:
+    with pytest.raises(NoImageData, match=r"DICOM object without an image \(.*\)") as exc:
         read_image(path)
     assert_names(exc, path)
 
@@ -516,7 +560,16 @@ def test_dicom_private_tags_never_returned(tmp_path: Path) -> None:
     for field in fields:
         for value in ("Doe", "Jane", "MRN123456", "19700101"):
             assert value not in field
-    assert set(vars(data)) == {"array", "spatial_dims", "path", "spacing"}
+    assert set(vars(data)) == {
+        "array",
+        "spatial_dims",
+        "path",
+        "spacing",
+        "frame",
+        "source_frame",
+        "n_nan",
+        "stack",
+    }
     parsed = _dcmread(path)  # the whitelist parse never even holds them
     assert not any(k in parsed for k in secrets)
 
@@ -615,3 +668,61 @@ def test_imagedata_is_frozen(tmp_path: Path) -> None:
     data = ImageData(array=np.zeros((1, 2, 2)), spatial_dims=2, path=tmp_path)
     with pytest.raises(AttributeError):
         data.spatial_dims = 3  # type: ignore[misc]
+
+
+def test_mgz_in_freesurfer_lia_orientation_reads_in_pls(tmp_path: Path) -> None:
+    """FreeSurfer's conformed volumes are stored LIA; memscan returns them in PLS, exactly."""
+    from nibabel.orientations import aff2axcodes
+
+    lia = np.array([[-1.0, 0, 0, 10], [0, 0, 1, -5], [0, -1, 0, 7], [0, 0, 0, 1]])
+    assert aff2axcodes(lia) == ("L", "I", "A")
+    vol = rng_image((5, 6, 7), np.int16)
+    nib.save(nib.MGHImage(vol, lia), str(tmp_path / "brain.mgz"))
+    data = read_image(tmp_path / "brain.mgz")
+    assert data.frame == "PLS" and data.source_frame == "LIA"
+    # LIA -> PLS by hand: P = reversed A (axis 2), L = axis 0, S = reversed I (axis 1).
+    expected = vol.transpose(2, 0, 1)[::-1, :, ::-1]
+    np.testing.assert_array_equal(data.array[0], expected)
+
+
+def test_nifti_without_orientation_is_kept_as_stored(tmp_path: Path) -> None:
+    vol = rng_image((4, 5, 6), np.int16)
+    img = nib.Nifti1Image(vol, np.diag([-1.0, 1, 1, 1]))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "raw.nii"))
+    data = read_image(tmp_path / "raw.nii")
+    assert data.frame is None
+    np.testing.assert_array_equal(data.array[0], vol)
+
+
+def test_cifti_is_no_image_data() -> None:
+    path = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"
+    if not path.exists():
+        pytest.skip("nibabel's CIFTI-2 test file is not installed")
+    with pytest.raises(NoImageData, match="CIFTI-2"):
+        read_image(path)
+
+
+def test_sagittal_dicom_series_reads_in_pls(tmp_path: Path) -> None:
+    """A sagittal series (rows toward the feet, columns posterior, slices stepping to the patient's right) is
+    returned in PLS: X = columns, Y = slices reversed (to the left), Z = rows reversed (to the head)."""
+    folder = tmp_path / "sag"
+    folder.mkdir()
+    uid = generate_uid()
+    rng = np.random.default_rng(5)
+    slices = [rng.integers(0, 1000, (3, 4)).astype(np.int16) for _ in range(5)]
+    for k, pixels in enumerate(slices):  # LPS x decreases with k: toward the patient's right
+        write_dicom(
+            folder / f"s{k}.dcm",
+            pixels,
+            series_uid=uid,
+            position=(-2.0 * k, 0.0, 0.0),
+            orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+            instance=k + 1,
+        )
+    data = read_image(folder)
+    assert data.frame == "PLS" and data.source_frame == "IPR"
+    stack = np.stack(slices, axis=-1)  # [rows (I), cols (P), k (R)]
+    np.testing.assert_array_equal(data.array[0], stack.transpose(1, 2, 0)[:, ::-1, ::-1])
+    assert data.spacing == pytest.approx((0.75, 2.0, 0.5))

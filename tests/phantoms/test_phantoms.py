@@ -124,8 +124,8 @@ def test_write_brats_tree(tmp_path: Path, naming: str, first: str, second: str) 
     for k in ("t1", "t1ce", "t2", "flair", "seg"):
         img = nib.load(str(tmp_path / first / f"{first}_{k}.nii.gz"))
         assert img.shape == shape
-        np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), 1.0)
-        data = np.asarray(img.dataobj)
+        assert nib.aff2axcodes(img.affine) == ("L", "P", "S")  # stored as BraTS stores its files
+        data = np.asarray(img.dataobj)[:, ::-1, :]  # back to the generator's LAS
         if k == "seg":
             assert data.dtype == np.uint8
             np.testing.assert_array_equal(data, ref["seg"])
@@ -232,3 +232,19 @@ def test_write_folder_tree(tmp_path: Path) -> None:
         with Image.open(p) as im:
             assert im.mode == "L" and im.size == (32, 32)
             assert np.asarray(im).max() > 100
+
+
+def test_brats_phantom_reads_in_radiological_display(tmp_path: Path) -> None:
+    """The phantom's anatomy and its file's affine agree: memscan's reader (frame PLS) gives, for axial slice
+    k, the generator's slice shown radiologically (rows anterior->posterior, columns right->left), which is
+    np.rot90 of the generator's LAS [x, y] plane."""
+    from memscan.io.readers import read_image
+
+    shape = (20, 24, 10)
+    ph.write_brats_tree(tmp_path, 1, seed=5, shape=shape, image_dtype="float32")
+    name = "BraTS20_Training_001"
+    data = read_image(tmp_path / name / f"{name}_t1.nii.gz", spatial_dims=3)
+    assert data.frame == "PLS" and data.source_frame == "LPS"
+    ref = ph.brain_subject(0, seed=5, shape=shape)["t1"]  # LAS
+    for k in (3, 6):
+        np.testing.assert_array_equal(data.array[0, :, :, k], np.rot90(ref[:, :, k]).astype(np.float32))

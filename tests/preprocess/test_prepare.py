@@ -63,10 +63,12 @@ def test_prepare_brats_matches_recipe_by_hand(brats_tree, tmp_path):
     pad = (64 - SHAPE[0]) // 2
     for c, mod in enumerate(("t1", "t2", "t1ce", "flair")):
         vol = np.asarray(nib.load(brats_tree / subj / f"{subj}_{mod}.nii.gz").dataobj).astype(np.float64)
-        expected = np.floor(vol[:, :, z] / vol.max() * 255).astype(np.uint8)
+        # BraTS files are stored LPS; memscan's frame PLS makes the axial slice the file's [L, P] plane
+        # transposed to [P, L] (rows anterior->posterior, columns right->left).
+        expected = np.floor(vol[:, :, z].T / vol.max() * 255).astype(np.uint8)
         np.testing.assert_array_equal(item[c, pad : pad + SHAPE[0], pad : pad + SHAPE[1]], expected)
         assert item[c, :pad].max() == 0
-    seg = np.asarray(nib.load(brats_tree / subj / f"{subj}_seg.nii.gz").dataobj)[:, :, z]
+    seg = np.asarray(nib.load(brats_tree / subj / f"{subj}_seg.nii.gz").dataobj)[:, :, z].T
     np.testing.assert_array_equal(
         item[4, pad : pad + SHAPE[0], pad : pad + SHAPE[1]],
         (seg.astype(np.float32) * 255 / 5).astype(np.uint8),
@@ -103,12 +105,33 @@ def test_prepare_folder_of_volumes_and_images(tmp_path):
     nib.save(
         nib.Nifti1Image(rng.random((16, 16, 5)).astype(np.float32), np.eye(4)), src / "subjA" / "t1.nii.gz"
     )
-    np.save(src / "subjB" / "vol.npy", rng.random((16, 16, 3)).astype(np.float32))
+    stack = rng.random((3, 16, 16)).astype(np.float32)
+    np.save(src / "subjB" / "samples.npy", stack)  # N x H x W: three images (the array-file rule)
     ds = prepare_dataset(src, tmp_path / "ds")
     assert ds.info["layout"] == "folder" and ds.item_shape == (1, 16, 16)
     assert list(ds.ids[:2]) == ["subjA/t1.nii.gz#z000", "subjA/t1.nii.gz#z001"]
+    assert list(ds.ids[5:]) == [f"subjB/samples.npy[{i}]" for i in range(3)]
+    assert ds.manifest["stack_index"].tolist()[5:] == [0, 1, 2]
+    np.testing.assert_array_equal(ds.read(5, 8)[:, 0], stack)
     assert set(ds.subjects) == {"subjA", "subjB"}
     assert ds.n_items == 8
+    assert ds.info["orientation"]["frame"] == "PLS"
+    assert ds.info["orientation"]["volumes_reoriented_from"] == {"RAS": 1}
+
+
+def test_prepare_array_rule_refuses_ambiguous_and_reads_volumes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    np.save(src / "rgb.npy", rng.random((16, 16, 3)).astype(np.float32))
+    with pytest.raises(InputError, match=r"rgb\.npy.*channels last.*the rule for array files"):
+        prepare_dataset(src, tmp_path / "ds")
+    (src / "rgb.npy").unlink()
+    vols = rng.random((2, 6, 7, 5)).astype(np.float32)
+    np.save(src / "vols.npy", vols)
+    ds = prepare_dataset(src, tmp_path / "ds", PrepareOptions(volumes=True))
+    assert ds.item_shape == (1, 6, 7, 5) and list(ds.ids) == ["vols.npy[0]", "vols.npy[1]"]
+    np.testing.assert_array_equal(ds.read(0, 2)[:, 0], vols)
 
 
 def test_prepare_excludes_constant_images(tmp_path):
@@ -128,7 +151,7 @@ def test_mixed_shapes_error_and_size_fix(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(src / "a.png")
     Image.fromarray(rng.integers(0, 255, (9, 8), dtype=np.uint8)).save(src / "b.png")
-    with pytest.raises(InputError, match=r"b\.png.*mixed shapes"):
+    with pytest.raises(InputError, match=r"b\.png.*mixed sizes; use --size"):
         prepare_dataset(src, tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["src"]

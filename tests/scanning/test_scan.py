@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from memscan import phantoms
-from memscan.scanning import scanner as scan_module
 from memscan.dataset.planted import plant_copies
 from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.errors import GateFailed, InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.scanning import scanner as scan_module
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.scanner import load_run
 from memscan.scanning.scanner import scan as _scan
@@ -77,7 +77,9 @@ def test_planted_copies_found_with_source_and_transform(data, tmp_path):
         data["train"].path,
         data["synth"].path,
         tmp_path / "run",
-        ScanOptions(top_k=3, flips=True, max_shift=3),
+        # 40 shift candidates: with the phantoms in the PLS frame, 2 of the planted 3-pixel shifts drop their
+        # source below the 20 best unshifted matches of 55 training items (candidate-based shifts).
+        ScanOptions(top_k=3, flips=True, max_shift=3, shift_candidates=40),
     )
     truth = _truth(data["synth"])
     planted = truth[truth["planted_transform"] != "novel"]
@@ -268,7 +270,7 @@ def test_3d_volumes(tmp_path):
         tmp_path / "vol",
         PrepareOptions(layout="brats", volumes=True, size=24, modalities=("t1", "flair")),
     )
-    flipped = ds.read(1, 2)[:, :, ::-1].copy()  # mirrored along x (left-right)
+    flipped = ds.read(1, 2)[:, :, :, ::-1].copy()  # mirrored along Y: left-right in the PLS frame
     with DatasetWriter(
         tmp_path / "syn", item_shape=ds.item_shape, dtype="uint8", channels=ds.channels, recipe={}
     ) as w:

@@ -36,11 +36,12 @@ def test_flip_lr_2d_mirrors_width() -> None:
     np.testing.assert_array_equal(flip_lr(f), a)
 
 
-def test_flip_lr_3d_mirrors_x_axis() -> None:
+def test_flip_lr_3d_mirrors_y_axis() -> None:
+    """Volumes are stored PLS: Y (axis 3 of [n, C, X, Y, Z]) is the patient's right-left axis."""
     a = np.arange(1 * 2 * 3 * 4 * 5).reshape(1, 2, 3, 4, 5)
     f = flip_lr(a)
-    np.testing.assert_array_equal(f[:, :, 0], a[:, :, 2])
-    np.testing.assert_array_equal(f[..., 0], a[:, :, ::-1, :, 0])
+    np.testing.assert_array_equal(f[:, :, :, 0], a[:, :, :, 3])
+    np.testing.assert_array_equal(f[..., 0], a[:, :, :, ::-1, 0])
 
 
 def test_flip_lr_bad_shape() -> None:

@@ -81,12 +81,22 @@ def prepare(
     ] = None,
     axis: Annotated[str, typer.Option(help="Slicing axis of volumes: x | y | z.")] = "z",
     slice_range: Annotated[str | None, typer.Option(help="Keep slices START:STOP only.")] = None,
-    volumes: Annotated[bool, typer.Option("--volumes", help="Keep whole 3D volumes, not slices.")] = False,
+    volumes: Annotated[
+        bool,
+        typer.Option(
+            "--volumes",
+            help="Keep whole 3D volumes, not slices; read 3D+ .npy/.npz arrays as volumes, not image stacks.",
+        ),
+    ] = False,
+    nan: Annotated[
+        str, typer.Option("--nan", help="NaN voxels: error (stop) | zero (read as 0, counted in a warning).")
+    ] = "error",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")
     ] = False,
 ) -> None:
-    """Turn medical images (PNG/JPEG/TIFF, DICOM, NIfTI, NumPy; BraTS; chest x-ray) into a dataset folder.
+    """Turn medical images (PNG/JPEG/TIFF, DICOM, NIfTI/MGH/MINC/PAR-REC, NumPy; BraTS; chest x-ray) into a
+    dataset folder.
 
     Example: memscan prepare BraTS2020/ --out brats --test-subjects 56
     """
@@ -109,6 +119,7 @@ def prepare(
         axis=axis,
         slice_range=parse_slice_range(slice_range),
         volumes=volumes,
+        nan=nan,
     )
     ds = prepare_dataset(src, out, opts, overwrite=overwrite)
     console.print(dataset_table(ds))

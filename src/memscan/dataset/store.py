@@ -184,9 +184,21 @@ class DatasetWriter:
         """Append one item ``[C, *S]`` with its manifest row (``id``, ``subject``, ``source``, ...)."""
         if tuple(item.shape) != self.item_shape:
             where = source_path if source_path is not None else row.get("id")
+            if item.shape[0] != self.item_shape[0]:
+                raise InputError(
+                    f"image has {item.shape[0]} channel(s) but the dataset's items have "
+                    f"{self.item_shape[0]} (shape {tuple(item.shape)} vs {self.item_shape}): greyscale and "
+                    "colour images cannot be mixed in one dataset; convert them to one kind",
+                    where,
+                )
+            hint = (
+                "; use --size to resize 2D images to one size"
+                if len(item.shape) == 3 and self.recipe.get("size") is None
+                else ""
+            )
             raise InputError(
                 f"image shape {tuple(item.shape)} differs from the dataset's {self.item_shape} "
-                "(mixed shapes; use --size to resize 2D images to one size)",
+                f"(mixed sizes{hint})",
                 where,
             )
         full = {c: None for c in MANIFEST_COLUMNS}
@@ -198,9 +210,10 @@ class DatasetWriter:
         if self._buffered >= self.chunk_items:
             self._flush()
 
-    def exclude(self, item_id: str, reason: str) -> None:
-        """Record an item left out (e.g. a constant image) in ``dataset.json``."""
-        log.warning("excluded %s: %s", item_id, reason)
+    def exclude(self, item_id: str, reason: str, *, logged: bool = False) -> None:
+        """Record an item left out (e.g. a constant image) in ``dataset.json``; warn unless ``logged``."""
+        if not logged:
+            log.warning("excluded %s: %s", item_id, reason)
         self.excluded.append({"id": item_id, "reason": reason})
 
     def _flush(self) -> None:
@@ -275,6 +288,38 @@ class DatasetWriter:
         return extra
 
 
+def _validate_manifest(manifest: pd.DataFrame, info: dict[str, Any], root: Path) -> None:
+    """Refuse a manifest that cannot describe the stored array: missing columns, null or repeated ids, null
+    subjects, or an ``index`` that is not a permutation of ``0 .. n_items - 1``."""
+    missing = [c for c in ("index", "id", "subject") if c not in manifest.columns]
+    if missing:
+        raise InputError(f"the dataset's manifest lacks the column(s) {', '.join(missing)}", root)
+    if manifest["id"].isna().any():
+        raise InputError(
+            f"the dataset's manifest has {int(manifest['id'].isna().sum())} item(s) without an id", root
+        )
+    dup = manifest["id"][manifest["id"].duplicated()]
+    if len(dup):
+        raise InputError(
+            f"the dataset's manifest repeats item ids (e.g. {dup.iloc[0]!r}, {len(dup)} repeats)", root
+        )
+    if manifest["subject"].isna().any():
+        n = int(manifest["subject"].isna().sum())
+        raise InputError(f"the dataset's manifest has {n} item(s) without a subject", root)
+    n_items = int(info.get("n_items", -1))
+    index = pd.to_numeric(manifest["index"], errors="coerce")
+    if (
+        len(manifest) != n_items
+        or index.isna().any()
+        or sorted(index.astype("int64")) != list(range(n_items))
+    ):
+        raise InputError(
+            f"the dataset's manifest index does not match its {n_items} stored items (rows {len(manifest)}, "
+            "indices missing, repeated or out of range)",
+            root,
+        )
+
+
 @dataclass
 class Dataset:
     """A dataset folder opened for reading (or one split of it).
@@ -307,6 +352,7 @@ class Dataset:
             manifest = pd.read_parquet(root / MANIFEST_FILE)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the dataset's manifest: {exc}", root) from None
+        _validate_manifest(manifest, info, root)
         if split is not None:
             splits = sorted(str(s) for s in manifest["split"].dropna().unique())
             if split not in splits:
@@ -386,9 +432,16 @@ class Dataset:
         if stored.size == 0:
             return np.empty((0, *self.item_shape), dtype=self.dtype)
         lo, hi = int(stored[0]), int(stored[-1]) + 1
-        if hi - lo == stored.size and np.all(np.diff(stored) == 1):
-            return np.asarray(self.array[lo:hi])
-        return np.asarray(self.array.oindex[stored])
+        try:
+            if hi - lo == stored.size and np.all(np.diff(stored) == 1):
+                return np.asarray(self.array[lo:hi])
+            return np.asarray(self.array.oindex[stored])
+        except Exception as exc:  # zarr/numcodecs raise many types for a truncated or corrupt chunk
+            raise InputError(
+                f"cannot read stored items {lo}..{hi - 1} (a damaged or truncated chunk?): "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                self.root / ARRAY_DIR,
+            ) from None
 
     def iter_blocks(self, block_items: int, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, items [n, C, *S])`` for consecutive blocks of this view."""

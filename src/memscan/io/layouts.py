@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from memscan.errors import InputError
-from memscan.io.readers import SUFFIXES_ALL, dicom_series_files, is_dicom_series_dir, suffix_of, supported
+from memscan.io.readers import (
+    COMPANION_SUFFIXES,
+    SUFFIXES_ALL,
+    dicom_series_files,
+    is_dicom_series_dir,
+    suffix_of,
+    supported,
+)
 
 __all__ = [
     "BRATS_MODALITIES",
@@ -33,6 +40,7 @@ __all__ = [
     "discover_cxr",
     "discover_folder",
     "subject_for",
+    "summarize_skipped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,7 +48,9 @@ logger = logging.getLogger(__name__)
 BRATS_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "seg")
 CXR_SPLITS: tuple[str, ...] = ("train", "test", "val")
 CXR_LABELS: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-CXR_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png")
+CXR_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png", ".dcm")
+"""Chest x-ray files read by ``--layout cxr``: the Kermany JPEGs, PNG, and DICOM (CR/DX) radiographs
+(``*.dcm`` or extensionless files with the DICM preamble)."""
 _NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
 # Chest x-ray (Kermany et al.) file names: person1_bacteria_1, person1630_virus_2825, IM-0115-0001,
@@ -215,21 +225,60 @@ def detect_layout(root: Path) -> str:
 # ------------------------------------------------------------------------------------------------ folder
 
 
-def discover_folder(root: Path, subject_pattern: str | None = None) -> list[SourceItem]:
+def _companion_of(path: Path) -> Path | None:
+    """The header file a data file belongs to (``x.REC`` → ``x.PAR``), if that header exists beside it."""
+    suffix = suffix_of(path)
+    for header_suffix in COMPANION_SUFFIXES.get(suffix, ()):
+        stem = path.name[: -len(suffix)]
+        for name in (stem + header_suffix, stem + header_suffix.upper()):
+            if (path.parent / name).is_file():
+                return path.parent / name
+    return None
+
+
+def summarize_skipped(skipped: list[tuple[str, str]]) -> str:
+    """One line counting skipped files by reason with one example each, e.g. ``3 file(s) skipped: 2
+    unsupported file type '.txt' (e.g. a/notes.txt); 1 DICOM object without an image (...)``."""
+    counts: dict[str, int] = {}
+    example: dict[str, str] = {}
+    for rel, reason in skipped:
+        counts[reason] = counts.get(reason, 0) + 1
+        example.setdefault(reason, rel)
+    parts = [
+        f"{n} {reason} (e.g. {example[reason]})"
+        for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return f"{len(skipped)} file(s) skipped: " + "; ".join(parts)
+
+
+def _walk_error(exc: OSError) -> None:
+    """os.walk's error hook: a folder that cannot be listed is an error, never silently skipped."""
+    where = getattr(exc, "filename", None)
+    raise InputError(f"cannot read folder ({exc.strerror or exc}); its images would be missed", where)
+
+
+def discover_folder(
+    root: Path, subject_pattern: str | None = None, skipped: list[tuple[str, str]] | None = None
+) -> list[SourceItem]:
     """Every supported image under a folder (recursively), or the single file given.
 
-    Hidden files and folders and unsupported files are skipped (logged at debug level). A folder holding one
-    DICOM series is one item; its DICOM files are not listed separately.
+    Hidden files and folders are skipped (logged at debug level). Unsupported files and anything that is
+    not a regular file (pipes, sockets) are skipped and counted: appended to ``skipped`` when given, else
+    reported in one summary warning. A data file read with its header (``.REC`` of a ``.PAR``, ``.img`` of
+    a ``.hdr``, ``.BRIK`` of a ``.HEAD``) is part of that item. A folder holding one DICOM series is one
+    item; its slice files are not listed separately. A folder that cannot be listed is an error.
 
     Args:
         root: a folder, or a single image file.
         subject_pattern: optional regex for subjects, see :func:`subject_for`.
+        skipped: if given, receives ``(relpath, reason)`` for every skipped file.
 
     Returns:
         Items sorted by ``relpath``.
 
     Raises:
-        InputError: missing root, nothing supported found, unsupported single file, bad subject pattern.
+        InputError: missing root, unreadable folder, nothing supported found, unsupported single file, bad
+            subject pattern.
     """
     root = Path(root)
     if subject_pattern is not None:
@@ -244,7 +293,9 @@ def discover_folder(root: Path, subject_pattern: str | None = None) -> list[Sour
         return [SourceItem(path=root, relpath=root.name, subject=subject_for(root.name, subject_pattern))]
 
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    passed = skipped
+    skipped = [] if skipped is None else skipped
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         here = Path(dirpath)
         for name in sorted(d for d in dirnames if _hidden(d)):
             logger.debug("skipping hidden folder %s", here / name)
@@ -255,14 +306,24 @@ def discover_folder(root: Path, subject_pattern: str | None = None) -> list[Sour
             series_files = {p.name for p in dicom_series_files(here)}
         for name in sorted(filenames):
             path = here / name
+            rel = path.relative_to(root).as_posix()
+            suffix = suffix_of(name)
             if _hidden(name):
                 logger.debug("skipping hidden file %s", path)
             elif name in series_files:
                 continue
-            elif suffix_of(name) in SUFFIXES_ALL or (suffix_of(name) == "" and supported(path)):
-                found.append((path.relative_to(root).as_posix(), path))
+            elif not path.is_file():
+                skipped.append((rel, "not a regular file (pipe, socket, device or broken link)"))
+            elif suffix in SUFFIXES_ALL or (suffix == "" and supported(path)):
+                found.append((rel, path))
+            elif suffix in COMPANION_SUFFIXES:
+                if _companion_of(path) is None:
+                    heads = "/".join(COMPANION_SUFFIXES[suffix])
+                    skipped.append((rel, f"data file without its header ({heads}) beside it"))
             else:
-                logger.debug("skipping unsupported file %s", path)
+                skipped.append((rel, f"unsupported file type {suffix or '(no suffix)'!r}"))
+    if passed is None and skipped:
+        logger.warning("%s (under %s)", summarize_skipped(skipped), root)
     if not found:
         raise InputError(f"no supported images found (looked for {_looked_for()})", root)
     found.sort(key=lambda item: item[0])
@@ -358,11 +419,15 @@ def cxr_patient_id(filename: str) -> str:
     return stem
 
 
-def discover_cxr(root: Path) -> list[SourceItem]:
-    """The images of the chest x-ray layout ``{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg|.jpg|.png``.
+def discover_cxr(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[SourceItem]:
+    """The images of the chest x-ray layout ``{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg|.jpg|.png|.dcm``.
+
+    DICOM radiographs (CR/DX; ``*.dcm`` or extensionless with the DICM preamble) are read too. Other files
+    are skipped and counted (appended to ``skipped`` when given, else one summary warning).
 
     Args:
         root: the folder holding ``train``/``test``/``val`` (e.g. ``chest_xray``).
+        skipped: if given, receives ``(relpath, reason)`` for every skipped file.
 
     Returns:
         Items sorted by ``relpath``, with ``split`` and ``label`` from the folders and the patient id from
@@ -379,13 +444,27 @@ def discover_cxr(root: Path) -> list[SourceItem]:
             root,
         )
     items: list[SourceItem] = []
+    passed = skipped
+    skipped = [] if skipped is None else skipped
     for split, label, folder in label_dirs:
-        for path in sorted(folder.iterdir()):
-            if _hidden(path.name) or not path.is_file():
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            raise InputError(f"cannot list folder ({exc.strerror or exc})", folder) from exc
+        for path in entries:
+            rel = f"{split}/{label}/{path.name}"
+            if _hidden(path.name):
                 logger.debug("skipping %s", path)
                 continue
-            if suffix_of(path) not in CXR_SUFFIXES:
-                logger.debug("skipping unsupported file %s", path)
+            if not path.is_file():
+                what = (
+                    "folder" if path.is_dir() else "not a regular file (pipe, socket, device or broken link)"
+                )
+                skipped.append((rel, what if what != "folder" else "folder inside a label folder"))
+                continue
+            suffix = suffix_of(path)
+            if suffix not in CXR_SUFFIXES and not (suffix == "" and supported(path)):
+                skipped.append((rel, f"unsupported file type {suffix or '(no suffix)'!r}"))
                 continue
             items.append(
                 SourceItem(
@@ -396,6 +475,8 @@ def discover_cxr(root: Path) -> list[SourceItem]:
                     split=split,
                 )
             )
+    if passed is None and skipped:
+        logger.warning("%s (under %s)", summarize_skipped(skipped), root)
     if not items:
         raise InputError(
             f"no chest x-ray images found (looked for {', '.join(CXR_SUFFIXES)} in "

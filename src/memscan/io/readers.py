@@ -1,9 +1,10 @@
 """One reader per image format, dispatched on the file suffix.
 
 Every reader returns an :class:`ImageData` holding channels-first pixels: a 2D image is ``[C, H, W]``, a
-volume is ``[C, X, Y, Z]`` (the axes of the file's own array). Every bad file (missing, corrupt,
-truncated, not what its suffix says, NaN/Inf values, empty) raises one :class:`~memscan.errors.InputError`
-that names the file and the problem.
+volume is ``[C, X, Y, Z]``. Every bad file (missing, corrupt, truncated, not what its suffix says, NaN/Inf
+values, empty) raises one :class:`~memscan.errors.InputError` that names the file and the problem; a file
+that holds no image at all (a DICOMDIR, structured report, RT plan, waveform, CIFTI-2 matrix) raises its
+subclass :class:`NoImageData`, which ``prepare`` counts and skips.
 
 Decisions worth knowing:
 
@@ -16,17 +17,32 @@ Decisions worth knowing:
 - **MONOCHROME1** (bright = low values) is inverted as ``max + min - x`` after the modality LUT, so
   bright always means dense, as in MONOCHROME2. For a DICOM series the inversion uses the whole volume's
   range so slices stay consistent.
+- **Orientation** (:mod:`memscan.io.orientation`): a volume whose file gives its position in the patient
+  (NIfTI/MGH/MINC/PAR-REC/AFNI affine with a set qform or sform; a DICOM series or enhanced multi-frame
+  object with ImageOrientationPatient/ImagePositionPatient) is returned in the frame ``PLS``: ``X``
+  anterior→posterior, ``Y`` patient right→left, ``Z`` inferior→superior, so an axial slice is in the
+  radiological display. ``ImageData.frame`` is then ``'PLS'`` and ``source_frame`` the file's own codes
+  (``'LPS'`` for BraTS). Volumes without that information (NPY, a NIfTI with qform and sform codes 0,
+  Analyze) and all 2D images (PNG, a single DICOM image) are returned as stored (``frame`` None).
+- **NaN**: refused by default; with ``nan='zero'`` NaN voxels become 0 and are counted in ``n_nan``
+  (SPM-style resampling writes NaN outside the field of view). Inf is always refused.
 - **Spacing** is in the order of the returned spatial axes: for DICOM ``(row spacing, column spacing[,
   slice spacing])`` in mm, for NIfTI the header zooms; ``None`` where the file does not say (PNG, NPY).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gzip
+import io
 import logging
+import os
 import struct
+import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +50,21 @@ from typing import Any
 import numpy as np
 
 from memscan.errors import InputError
+from memscan.io import orientation
 
 __all__ = [
     "DICOM_SUFFIXES",
     "SUFFIXES_2D",
     "SUFFIXES_ALL",
     "VOLUME_SUFFIXES",
+    "NAN_POLICIES",
+    "NIBABEL_SUFFIXES",
     "ImageData",
+    "NoImageData",
     "dicom_series_files",
     "is_dicom_series_dir",
+    "ARRAY_RULE",
+    "read_array_stack",
     "read_dicom_series",
     "read_image",
     "suffix_of",
@@ -52,14 +74,29 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SUFFIXES_2D: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm",)
-VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".npy", ".npz")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dcm.gz")
+NIBABEL_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".mgh", ".mgz", ".mnc", ".par", ".hdr", ".head")
+"""Formats read through nibabel: NIfTI-1/2, FreeSurfer MGH/MGZ, MINC 1/2, Philips PAR/REC, Analyze or
+NIfTI pairs (``.hdr`` + ``.img``), AFNI (``.HEAD`` + ``.BRIK[.gz]``). The item is the header file."""
+ARRAY_SUFFIXES: tuple[str, ...] = (".npy", ".npz")
+VOLUME_SUFFIXES: tuple[str, ...] = NIBABEL_SUFFIXES + ARRAY_SUFFIXES
 SUFFIXES_ALL: tuple[str, ...] = SUFFIXES_2D + DICOM_SUFFIXES + VOLUME_SUFFIXES
+COMPANION_SUFFIXES: dict[str, tuple[str, ...]] = {
+    ".rec": (".par",),
+    ".img": (".hdr",),
+    ".img.gz": (".hdr",),
+    ".brik": (".head",),
+    ".brik.gz": (".head",),
+}
+"""Data files that belong to a header file beside them (same stem): read with it, never on their own."""
+_MULTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".dcm.gz", ".img.gz", ".brik.gz")
+NAN_POLICIES: tuple[str, ...] = ("error", "zero")
 
 # Elements parsed from a DICOM file: pixel module, value transforms, geometry, series identity. Nothing
 # else is read, so patient-identifying elements (PatientName, PatientID, ...) never enter memory.
 _DICOM_TAGS: list[str] = [
     "SOPClassUID",
+    "MediaStorageSOPClassUID",
     "Modality",
     "SeriesInstanceUID",
     "InstanceNumber",
@@ -99,6 +136,8 @@ _DICOM_TAGS: list[str] = [
     "ModalityLUTSequence",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
+    "PlanePositionSequence",
+    "PlaneOrientationSequence",
     "ExtendedOffsetTable",
     "ExtendedOffsetTableLengths",
     "FloatPixelData",
@@ -116,12 +155,69 @@ class ImageData:
         spatial_dims: 2 or 3.
         path: the file (or the series folder) read.
         spacing: physical size of a pixel/voxel along each spatial axis (mm), or ``None`` if unknown.
+        frame: ``'PLS'`` when the volume was brought to the canonical frame (see
+            :mod:`memscan.io.orientation`), ``None`` when returned as stored.
+        source_frame: the file's own axis codes (e.g. ``'LPS'``), when known.
+        n_nan: NaN values replaced by 0 (``nan='zero'``).
+        stack: ``array`` is ``[N, C, *S]``, N items from one array file (see :func:`read_array_stack`).
     """
 
     array: np.ndarray
     spatial_dims: int
     path: Path
     spacing: tuple[float, ...] | None = None
+    frame: str | None = None
+    source_frame: str | None = None
+    n_nan: int = 0
+    stack: bool = False
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log(path: Path) -> Iterator[None]:
+    """Capture what native decoders (OpenJPEG, libjpeg, GDCM) print straight to file descriptor 2.
+
+    Those C libraries write diagnostics such as "Marker handler function failed to read the marker
+    segment" to the process's stderr, bypassing Python; the decode error itself reaches the user as one
+    InputError line. The captured text is logged at debug level (``--verbose``) naming the file.
+    """
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreter): capture nothing
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                logger.debug("%s: decoder said: %s", path, " ".join(text.split()))
+
+
+class NoImageData(InputError):
+    """A readable file that holds no image (DICOMDIR, SR, RT plan, waveform, CIFTI-2): skipped by prepare."""
+
+
+@contextlib.contextmanager
+def _quiet(path: Path) -> Iterator[None]:
+    """Turn third-party warnings (pydicom, nibabel) into debug log lines naming the file.
+
+    A decoder's warnings about a file it still reads correctly are not the user's problem; what matters is
+    reported through InputError. They stay visible with ``--verbose`` (debug logging).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        logger.debug("%s: %s", path, " ".join(str(w.message).split()))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -137,8 +233,9 @@ def suffix_of(path: str | Path) -> str:
         e.g. ``'.png'``, ``'.nii.gz'``, or ``''`` for a name without a suffix.
     """
     name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
+    for multi in _MULTI_SUFFIXES:
+        if name.endswith(multi):
+            return multi
     return Path(name).suffix
 
 
@@ -191,9 +288,14 @@ def _corrupt(kind: str, path: Path, exc: BaseException) -> InputError:
     return InputError(f"cannot read {kind} file (truncated, corrupt or not {kind} data): {_plain(exc)}", path)
 
 
-def _validate(data: ImageData, spatial_dims: int | None) -> ImageData:
-    """Checks shared by all readers: not empty, finite, numeric, the expected dimensionality."""
+def _validate(data: ImageData, spatial_dims: int | None, nan: str = "error") -> ImageData:
+    """Shared checks: not empty, finite (NaN per ``nan``), numeric, the expected dimensionality.
+
+    The finiteness check runs on the array as returned, after every dtype conversion of the reader (a
+    float64 value beyond float32's range has become ``inf`` by then and is caught here).
+    """
     arr = data.array
+    n_nan = data.n_nan
     if arr.size == 0:
         raise InputError(f"empty image (array shape {tuple(arr.shape)})", data.path)
     if arr.dtype == np.bool_:
@@ -201,9 +303,32 @@ def _validate(data: ImageData, spatial_dims: int | None) -> ImageData:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise InputError(f"pixel values of type {arr.dtype} are not numbers this reader accepts", data.path)
     if np.issubdtype(arr.dtype, np.floating):
-        n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        finite = np.isfinite(arr)
+        n_bad = int(arr.size - np.count_nonzero(finite))
         if n_bad:
-            raise InputError(f"contains {n_bad} NaN/Inf values", data.path)
+            nan_mask = np.isnan(arr)
+            n_nan_here = int(np.count_nonzero(nan_mask))
+            n_inf = n_bad - n_nan_here
+            if n_inf:
+                raise InputError(
+                    f"contains {n_inf} infinite values (or values beyond float32's range)"
+                    + (f" and {n_nan_here} NaN values" if n_nan_here else ""),
+                    data.path,
+                )
+            if nan != "zero":
+                raise InputError(
+                    f"contains {n_nan_here} NaN values (pass --nan zero to read them as 0)", data.path
+                )
+            arr = np.where(nan_mask, arr.dtype.type(0), arr)
+            n_nan += n_nan_here
+        if arr.dtype.itemsize > 4:  # float64 kept as is (NPY): every later float32 cast must stay finite
+            biggest = float(np.max(np.abs(arr)))
+            if biggest > float(np.finfo(np.float32).max):
+                raise InputError(
+                    f"contains values beyond float32's range (largest magnitude {biggest:.3g}); they would "
+                    "become infinite",
+                    data.path,
+                )
     if spatial_dims is not None and data.spatial_dims != spatial_dims:
         what = {2: "a 2D image", 3: "a 3D volume"}
         raise InputError(
@@ -214,55 +339,69 @@ def _validate(data: ImageData, spatial_dims: int | None) -> ImageData:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = np.ascontiguousarray(arr)
-    if arr is data.array:
+    if arr is data.array and n_nan == data.n_nan:
         return data
-    return ImageData(array=arr, spatial_dims=data.spatial_dims, path=data.path, spacing=data.spacing)
+    return dataclasses.replace(data, array=arr, n_nan=n_nan)
 
 
 # ----------------------------------------------------------------------------------------------- entry
 
 
-def read_image(path: Path, *, spatial_dims: int | None = None) -> ImageData:
+def read_image(
+    path: Path, *, spatial_dims: int | None = None, nan: str = "error", volumes: bool = False
+) -> ImageData:
     """Read one image file, or one DICOM series folder, into channels-first pixels.
 
     Args:
         path: a file with a supported suffix (see :data:`SUFFIXES_ALL`), an extensionless DICOM file, or a
             folder holding one DICOM series.
         spatial_dims: 2 or 3 to require an image or a volume; ``None`` accepts either.
+        nan: ``'error'`` refuses NaN values; ``'zero'`` replaces them by 0 (counted in ``n_nan``).
+        volumes: how a NumPy array file is read (see :func:`read_array_stack`); other formats ignore it.
 
     Returns:
-        The pixels (``[C, H, W]`` or ``[C, X, Y, Z]``), dimensionality, path and spacing.
+        The pixels (``[C, H, W]`` or ``[C, X, Y, Z]``; ``[N, C, *S]`` for an array stack), dimensionality,
+        path, spacing and frame.
 
     Raises:
+        NoImageData: the file holds no image (DICOMDIR, SR, RT plan, waveform, CIFTI-2).
         InputError: missing, unsupported, corrupt or truncated file; NaN/Inf values; empty array; the
             dimensionality differs from ``spatial_dims``.
     """
     path = Path(path)
     if spatial_dims not in (None, 2, 3):
         raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if nan not in NAN_POLICIES:
+        raise InputError(f"nan policy must be one of {', '.join(NAN_POLICIES)}, got {nan!r}")
     if not path.exists():
         raise InputError("does not exist", path)
     if path.is_dir():
         if is_dicom_series_dir(path):
-            return _validate(read_dicom_series(path), spatial_dims)
+            return _validate(read_dicom_series(path), spatial_dims, nan)
         raise InputError("is a folder, not an image file (nor a folder holding one DICOM series)", path)
+    if not path.is_file():
+        raise InputError("is not a regular file (a pipe, socket or device); not read", path)
     suffix = suffix_of(path)
     if suffix in SUFFIXES_2D:
         data = _read_pillow(path)
     elif suffix in DICOM_SUFFIXES or (suffix == "" and _has_dicm_preamble(path)):
         data = _read_dicom_file(path)
-    elif suffix in (".nii", ".nii.gz"):
-        data = _read_nifti(path, spatial_dims)
-    elif suffix in (".npy", ".npz"):
-        data = _read_numpy(path)
+    elif suffix in NIBABEL_SUFFIXES:
+        data = _read_nibabel(path, spatial_dims)
+    elif suffix in ARRAY_SUFFIXES:
+        data = read_array_stack(path, volumes=volumes)  # spatial_dims is checked per item of a stack
     else:
         raise InputError(
             f"unsupported file type {suffix or '(no suffix)'!r} (supported: {', '.join(SUFFIXES_ALL)})", path
         )
-    return _validate(data, spatial_dims)
+    return _validate(data, spatial_dims, nan)
 
 
 # ------------------------------------------------------------------------------------- PNG / JPEG / TIFF
+
+MAX_PIXELS_2D = 64_000_000
+"""Largest 2D image decoded (pixels): ten times a large digital radiograph (about 3000 x 3000), far below
+what would exhaust memory; the header's size is checked before any pixel is decoded."""
 
 
 def _read_pillow(path: Path) -> ImageData:
@@ -280,6 +419,13 @@ def _read_pillow(path: Path) -> ImageData:
     )
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS_2D:
+                raise InputError(
+                    f"image of {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds memscan's "
+                    f"limit of {MAX_PIXELS_2D / 1e6:.0f} megapixels (refused before decoding)",
+                    path,
+                )
             n_frames = int(getattr(img, "n_frames", 1) or 1)
             if n_frames > 1:
                 raise InputError(
@@ -323,6 +469,17 @@ def _pillow_to_array(img: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- DICOM
 
 
+def _dicom_source(path: Path) -> Any:
+    """The path itself, or the decompressed bytes of a ``.dcm.gz`` file (as a file-like object)."""
+    if suffix_of(path) != ".dcm.gz":
+        return path
+    try:
+        with gzip.open(path, "rb") as fh:
+            return io.BytesIO(fh.read())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _corrupt("gzip-compressed DICOM", path, exc) from exc
+
+
 def _dcmread(path: Path) -> Any:
     """Parse the whitelisted elements of a DICOM file; raise InputError if it is not readable DICOM.
 
@@ -333,14 +490,18 @@ def _dcmread(path: Path) -> Any:
     from pydicom.errors import InvalidDicomError
 
     errors = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error, zlib.error)
+    source = _dicom_source(path)
     try:
-        return _ensure_transfer_syntax(pydicom.dcmread(path, specific_tags=_DICOM_TAGS))
+        with _quiet(path):
+            return _ensure_transfer_syntax(pydicom.dcmread(source, specific_tags=_DICOM_TAGS))
     except InvalidDicomError:
-        pass
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
     except errors as exc:
         raise _corrupt("DICOM", path, exc) from exc
     try:
-        ds = pydicom.dcmread(path, specific_tags=_DICOM_TAGS, force=True)
+        with _quiet(path):
+            ds = pydicom.dcmread(source, specific_tags=_DICOM_TAGS, force=True)
     except (InvalidDicomError, *errors) as exc:
         raise InputError(f"not a DICOM file ({_plain(exc)})", path) from exc
     if not any(
@@ -348,6 +509,16 @@ def _dcmread(path: Path) -> Any:
     ):
         raise InputError("not a DICOM file (no DICM preamble and no readable DICOM elements)", path)
     return _ensure_transfer_syntax(ds)
+
+
+def _sop_class_name(ds: Any) -> str:
+    """A DICOM object's kind for messages: its SOP class name (``'Basic Text SR Storage'``), or 'unknown'."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if uid is None:
+        return "unknown kind"
+    name = getattr(uid, "name", str(uid))
+    return str(name)
 
 
 def _ensure_transfer_syntax(ds: Any) -> Any:
@@ -432,9 +603,10 @@ def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
 def _pixels(ds: Any, path: Path) -> np.ndarray:
     """Decoded pixels of a dataset, raising InputError for missing or undecodable pixel data."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise InputError("DICOM file has no pixel data (PixelData tag missing)", path)
+        raise NoImageData(f"DICOM object without an image ({_sop_class_name(ds)})", path)
     try:
-        arr = ds.pixel_array
+        with _quiet(path), _native_stderr_to_log(path):
+            arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise InputError(
             f"cannot decode DICOM pixel data (transfer syntax {_transfer_syntax(ds)}): {_plain(exc)}", path
@@ -486,6 +658,78 @@ def _dicom_slice_spacing(ds: Any) -> float | None:
     return None
 
 
+def _multiframe_geometry(ds: Any, n_frames: int) -> tuple[list[float], np.ndarray] | None:
+    """ImageOrientationPatient (shared by all frames) and per-frame ImagePositionPatient ``[n, 3]`` of an
+    enhanced multi-frame object (PS3.3 C.7.6.16 Plane Position/Orientation functional groups), or None."""
+    iops: list[list[float]] = []
+    positions: list[list[float]] = []
+    for i in range(n_frames):
+        orient = _functional(ds, "PerFrameFunctionalGroupsSequence", "PlaneOrientationSequence", i)
+        if orient is None:
+            orient = _functional(ds, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence")
+        pos = _functional(ds, "PerFrameFunctionalGroupsSequence", "PlanePositionSequence", i)
+        iop = _float_list(orient.get("ImageOrientationPatient")) if orient is not None else None
+        ipp = _float_list(pos.get("ImagePositionPatient")) if pos is not None else None
+        if iop is None or len(iop) != 6 or ipp is None or len(ipp) != 3:
+            return None
+        iops.append(iop)
+        positions.append(ipp)
+    arr = np.asarray(iops, dtype=np.float64)
+    if not np.allclose(arr, arr[0], atol=1e-4):
+        return None
+    return iops[0], np.asarray(positions, dtype=np.float64)
+
+
+def _order_along_normal(iop: Sequence[float], positions: np.ndarray) -> tuple[list[int] | None, float | None]:
+    """Frames sorted along the slice normal ``row × column``, and the median spacing; ``(None, None)`` when
+    the normal is degenerate or two frames share a position (time series, several echoes)."""
+    row, col = np.asarray(iop[:3], dtype=np.float64), np.asarray(iop[3:6], dtype=np.float64)
+    normal = np.cross(row, col)
+    if np.linalg.norm(normal) < 1e-6:
+        return None, None
+    dist = positions @ (normal / np.linalg.norm(normal))
+    order = [int(i) for i in np.argsort(dist, kind="stable")]
+    gaps = np.diff(dist[order])
+    if gaps.size == 0 or np.any(gaps < 1e-4):
+        return None, None
+    return order, float(np.median(gaps))
+
+
+def _oriented_dicom_volume(
+    arr: np.ndarray,
+    iop: Sequence[float],
+    first: Sequence[float],
+    last: Sequence[float],
+    pixel_spacing: Sequence[float] | None,
+    slice_spacing: float | None,
+    path: Path,
+) -> ImageData:
+    """A DICOM volume ``[C, rows, cols, slices]`` (slices sorted along the normal) in the canonical frame."""
+    affine = orientation.dicom_affine(iop, first, last, pixel_spacing, arr.shape[-1], slice_spacing)
+    spacing = (*pixel_spacing, slice_spacing) if pixel_spacing and slice_spacing else None
+    return _to_canonical(arr, affine, spacing, path)
+
+
+def _to_canonical(
+    arr: np.ndarray, affine: np.ndarray, spacing: Sequence[float] | None, path: Path
+) -> ImageData:
+    """Reorient ``[C, X, Y, Z]`` to PLS and carry spacing along; a degenerate affine is an InputError."""
+    try:
+        source = "".join(orientation.axcodes(affine))
+        out, source_of, _ = orientation.reorient(arr, affine)
+    except ValueError as exc:
+        raise InputError(f"cannot tell the volume's orientation: {exc}", path) from exc
+    new_spacing = tuple(float(spacing[i]) for i in source_of) if spacing else None
+    return ImageData(
+        array=out,
+        spatial_dims=3,
+        path=path,
+        spacing=new_spacing,
+        frame=orientation.CANONICAL_NAME,
+        source_frame=source,
+    )
+
+
 def _read_dicom_file(path: Path) -> ImageData:
     """One DICOM file: single frame → image ``[C, rows, cols]``; multi-frame → ``[C, rows, cols, frames]``."""
     ds = _dcmread(path)
@@ -515,6 +759,15 @@ def _read_dicom_file(path: Path) -> ImageData:
     if n_frames > 1 and arr.ndim == 4:
         arr = np.moveaxis(arr, 1, -1)  # [C, rows, cols, frames]
         slice_spacing = _dicom_slice_spacing(ds)
+        geometry = _multiframe_geometry(ds, n_frames)
+        if geometry is not None:
+            iop, positions = geometry
+            order, measured = _order_along_normal(iop, positions)
+            if order is not None:
+                arr = arr[..., order]
+                return _oriented_dicom_volume(
+                    arr, iop, positions[order[0]], positions[order[-1]], pixel_spacing, measured, path
+                )
         spacing = (*pixel_spacing, slice_spacing) if pixel_spacing and slice_spacing else None
         return ImageData(array=arr, spatial_dims=3, path=path, spacing=spacing)
     if arr.ndim == 4:  # a single frame that pydicom returned with a frame axis
@@ -524,15 +777,8 @@ def _read_dicom_file(path: Path) -> ImageData:
     )
 
 
-def dicom_series_files(folder: Path) -> list[Path]:
-    """The DICOM files directly inside a folder (``*.dcm``, or extensionless with the DICM preamble).
-
-    Args:
-        folder: a folder.
-
-    Returns:
-        The candidate files, sorted by name; hidden files are skipped.
-    """
+def _dicom_candidates(folder: Path) -> list[Path]:
+    """The DICOM files directly inside a folder (``*.dcm``, or extensionless with the DICM preamble)."""
     try:
         entries = sorted(Path(folder).iterdir())
     except OSError:
@@ -540,12 +786,57 @@ def dicom_series_files(folder: Path) -> list[Path]:
     return [p for p in entries if _is_dicom_candidate(p)]
 
 
-def is_dicom_series_dir(folder: Path) -> bool:
-    """Whether a folder directly contains two or more DICOM files of one series.
+def _series_members(folder: Path) -> list[Path] | None:
+    """The image files of the one DICOM series a folder holds, or None if it holds no single series.
 
-    The files must all be single-frame and share one non-empty SeriesInstanceUID; a folder of unrelated
-    DICOM files (e.g. one x-ray per series) is not a series. Unreadable headers make it not a series, so
-    that the files are read one by one and the bad one is reported.
+    Image-less DICOM objects beside the slices (a DICOMDIR, a structured report, a presentation state:
+    no ``Rows`` element) are not members; they are read (and skipped) on their own.
+    """
+    import pydicom
+
+    members: list[Path] = []
+    uid: str | None = None
+    for f in _dicom_candidates(folder):
+        try:
+            with _quiet(f):
+                ds = pydicom.dcmread(
+                    f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "NumberOfFrames", "Rows"]
+                )
+        except Exception:  # noqa: BLE001 - any unreadable header means "not a series"; reported on read
+            return None
+        if "Rows" not in ds:
+            continue
+        this = str(ds.get("SeriesInstanceUID") or "")
+        if not this or int(ds.get("NumberOfFrames") or 1) > 1:
+            return None
+        if uid is None:
+            uid = this
+        elif this != uid:
+            return None
+        members.append(f)
+    return members if len(members) >= 2 else None
+
+
+def dicom_series_files(folder: Path) -> list[Path]:
+    """The image files of the DICOM series held directly in a folder.
+
+    Args:
+        folder: a folder.
+
+    Returns:
+        The slice files, sorted by name (hidden files skipped); ``[]`` when the folder is not one series
+        (see :func:`is_dicom_series_dir`).
+    """
+    return _series_members(Path(folder)) or []
+
+
+def is_dicom_series_dir(folder: Path) -> bool:
+    """Whether a folder directly contains two or more DICOM images of one series.
+
+    The images must all be single-frame and share one non-empty SeriesInstanceUID; a folder of unrelated
+    DICOM files (e.g. one x-ray per series) is not a series. Image-less DICOM objects in the folder
+    (DICOMDIR, SR) do not count. Unreadable headers make it not a series, so that the files are read one
+    by one and the bad one is reported.
 
     Args:
         folder: a folder.
@@ -553,30 +844,10 @@ def is_dicom_series_dir(folder: Path) -> bool:
     Returns:
         True if the folder should be read as one volume by :func:`read_dicom_series`.
     """
-    import pydicom
-
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    files = dicom_series_files(folder)
-    if len(files) < 2:
-        return False
-    uid: str | None = None
-    for f in files:
-        try:
-            ds = pydicom.dcmread(
-                f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "NumberOfFrames"]
-            )
-        except Exception:  # noqa: BLE001 - any unreadable header means "not a series"; reported on read
-            return False
-        this = str(ds.get("SeriesInstanceUID") or "")
-        if not this or int(ds.get("NumberOfFrames") or 1) > 1:
-            return False
-        if uid is None:
-            uid = this
-        elif this != uid:
-            return False
-    return True
+    return _series_members(folder) is not None
 
 
 def _slice_order(datasets: Sequence[Any], folder: Path) -> tuple[list[int], float | None]:
@@ -591,6 +862,12 @@ def _slice_order(datasets: Sequence[Any], folder: Path) -> tuple[list[int], floa
         o is not None and len(o) == 6 for o in orientations
     ):
         orient = np.asarray(orientations, dtype=np.float64)
+        if not np.allclose(orient, orient[0], atol=1e-4):
+            raise InputError(
+                "DICOM series slices have different ImageOrientationPatient (a radial or multi-planar "
+                "acquisition such as a localiser): not one volume",
+                folder,
+            )
         if np.allclose(orient, orient[0], atol=1e-4):
             normal = np.cross(orient[0, :3], orient[0, 3:])
             if np.linalg.norm(normal) > 1e-6:
@@ -672,63 +949,162 @@ def read_dicom_series(folder: Path) -> ImageData:
         raise InputError("DICOM series mixes MONOCHROME1 and MONOCHROME2 slices", folder)
     pixel_spacing = _dicom_pixel_spacing(datasets[order[0]])
     slice_spacing = measured if measured is not None else _dicom_slice_spacing(datasets[order[0]])
+    if measured is not None:  # ordered by ImagePositionPatient: the geometry is known
+        first, last = datasets[order[0]], datasets[order[-1]]
+        return _oriented_dicom_volume(
+            volume[None],
+            _float_list(first.get("ImageOrientationPatient")) or [],
+            _float_list(first.get("ImagePositionPatient")) or [],
+            _float_list(last.get("ImagePositionPatient")),
+            pixel_spacing,
+            slice_spacing,
+            folder,
+        )
     spacing = (*pixel_spacing, slice_spacing) if pixel_spacing and slice_spacing else None
     return ImageData(array=volume[None], spatial_dims=3, path=folder, spacing=spacing)
 
 
-# ------------------------------------------------------------------------------------------------- NIfTI
+# ------------------------------------------------------------------------------------- NIfTI and nibabel
 
 
-def _read_nifti(path: Path, spatial_dims: int | None) -> ImageData:
-    """NIfTI through nibabel, in nibabel's ``dataobj`` axis order.
+def _has_orientation(img: Any) -> bool:
+    """Whether an image's affine says where the patient is.
 
-    Integer data without scaling keeps its dtype; scaled or floating data is float32. 2D → image
-    ``[1, X, Y]``; 3D → volume ``[1, X, Y, Z]`` (or an image when ``spatial_dims=2`` and ``Z == 1``); 4D with
-    a last axis of 1 is squeezed; other 4D and higher raise.
+    A NIfTI file with qform_code and sform_code both 0 (and an Analyze file) carries no orientation: nibabel
+    then returns a default affine built from the voxel sizes alone, which must not be used to reorient.
+    """
+    header = getattr(img, "header", None)
+    if header is None:
+        return False
+    if hasattr(header, "get_qform") and hasattr(header, "get_sform"):
+        return int(header.get_qform(coded=True)[1] or 0) > 0 or int(header.get_sform(coded=True)[1] or 0) > 0
+    from nibabel.analyze import AnalyzeHeader
+
+    return not isinstance(header, AnalyzeHeader)
+
+
+def _read_nibabel(path: Path, spatial_dims: int | None) -> ImageData:
+    """NIfTI-1/2, MGH/MGZ, MINC, PAR/REC, Analyze and AFNI through nibabel, brought to the canonical frame.
+
+    Integer data without scaling keeps its dtype; scaled or floating data is float32. A 3D volume →
+    ``[1, X, Y, Z]`` in the PLS frame when the file carries an orientation (else as stored); a 2D image, or a
+    volume with one slice when ``spatial_dims=2``, → ``[1, H, W]`` (the one-slice axis removed after
+    reorientation). Trailing length-1 axes beyond the third are dropped; 4D data with several volumes (time
+    points, echoes, diffusion directions) and CIFTI-2 files are refused.
     """
     import nibabel as nib
+    from nibabel.brikhead import AFNIHeaderError, AFNIImageError
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.parrec import PARRECError
     from nibabel.spatialimages import HeaderDataError
     from nibabel.wrapstruct import WrapStructError
 
-    errors = (
+    errors: tuple[type[BaseException], ...] = (
         ImageFileError,
+        PARRECError,
+        AFNIHeaderError,
+        AFNIImageError,
         HeaderDataError,
         WrapStructError,
         OSError,
         EOFError,
         ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
         zlib.error,
         struct.error,
         MemoryError,
     )
+    kind = {".mgh": "MGH", ".mgz": "MGZ", ".mnc": "MINC", ".par": "PAR/REC", ".head": "AFNI"}.get(
+        suffix_of(path), "NIfTI" if suffix_of(path) in (".nii", ".nii.gz") else "Analyze/NIfTI pair"
+    )
     try:
-        img = nib.load(str(path), mmap=False)
-        arr = np.asanyarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms())
+        with _quiet(path):
+            img = nib.load(str(path), mmap=False)
+    except ModuleNotFoundError as exc:  # MINC2 needs h5py
+        raise InputError(f"cannot read {kind} file: optional package {exc.name!r} is missing", path) from exc
     except errors as exc:
-        raise _corrupt("NIfTI", path, exc) from exc
-    arr = np.asarray(arr)
+        raise _corrupt(kind, path, exc) from exc
+    if type(img).__name__.startswith("Cifti2"):
+        raise NoImageData("CIFTI-2 file (grayordinate matrix over surfaces, not an image volume)", path)
+    _check_claimed_size(img, path)
+    try:
+        with _quiet(path):
+            arr = np.asarray(np.asanyarray(img.dataobj))
+            zooms = tuple(float(z) for z in img.header.get_zooms())
+            affine = None if img.affine is None else np.asarray(img.affine, dtype=np.float64)
+    except errors as exc:
+        raise _corrupt(kind, path, exc) from exc
     shape = tuple(int(s) for s in arr.shape)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 3 and spatial_dims == 2 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
     if arr.ndim > 3:
-        raise InputError(f"{len(shape)}D NIfTI {shape} where a 3D volume is expected", path)
+        raise InputError(
+            f"{len(shape)}D {kind} {shape}: {int(np.prod(shape[3:]))} volumes (time points, echoes or "
+            "directions) in one file; memscan reads one 3D volume per file (split it first)",
+            path,
+        )
     if arr.ndim < 2:
-        raise InputError(f"{len(shape)}D NIfTI {shape} where a 2D image or 3D volume is expected", path)
+        raise InputError(f"{len(shape)}D {kind} {shape} where a 2D image or 3D volume is expected", path)
+    if np.iscomplexobj(arr):
+        raise InputError(f"complex-valued {kind} data; memscan reads real magnitudes only", path)
     if np.issubdtype(arr.dtype, np.floating) and arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    spacing = zooms[: arr.ndim] if len(zooms) >= arr.ndim else None
-    return ImageData(array=arr[None], spatial_dims=arr.ndim, path=path, spacing=spacing)
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32)  # beyond float32's range → inf, refused by _validate
+    two_d = arr.ndim == 2
+    if two_d:
+        arr = arr[..., None]
+    spacing = zooms[:3] if len(zooms) >= 3 else (*zooms[:2], 1.0) if len(zooms) == 2 else None
+    if affine is not None and _has_orientation(img):
+        data = _to_canonical(arr[None], affine, spacing, path)
+    else:
+        data = ImageData(array=arr[None], spatial_dims=3, path=path, spacing=spacing)
+    if two_d or (spatial_dims == 2 and 1 in data.array.shape[1:]):
+        flat = [i for i in range(3) if data.array.shape[1 + i] == 1]
+        if flat:
+            keep = [i for i in range(3) if i != flat[0]]
+            squeezed = np.squeeze(data.array, axis=1 + flat[0])
+            sp = tuple(data.spacing[i] for i in keep) if data.spacing else None
+            return dataclasses.replace(data, array=squeezed, spatial_dims=2, spacing=sp)
+    return data
+
+
+def _check_claimed_size(img: Any, path: Path) -> None:
+    """Refuse a header whose claimed voxel count the file cannot hold, before any array is allocated."""
+    try:
+        shape = tuple(int(s) for s in img.shape)
+        itemsize = int(np.dtype(img.get_data_dtype()).itemsize)
+    except (AttributeError, TypeError, ValueError):
+        return
+    claimed = int(np.prod(shape, dtype=np.float64)) * itemsize
+    name = str(path).lower()
+    if name.endswith(".nii") and claimed > 0:
+        offset = int(img.header.get("vox_offset", 0) or 0) if hasattr(img.header, "get") else 0
+        size = path.stat().st_size
+        if size - offset < claimed:
+            raise InputError(
+                f"header claims {shape} voxels ({claimed} bytes) but the file holds {max(0, size - offset)} "
+                "bytes of data (truncated or a lying header)",
+                path,
+            )
 
 
 # ------------------------------------------------------------------------------------------- NPY / NPZ
 
+MAX_STACK_CHANNELS = 8
+"""The largest channel count of an ``N×C×H×W`` image stack (a larger second axis is ambiguous)."""
 
-def _read_numpy(path: Path) -> ImageData:
-    """NPY/NPZ (a lone array, or ``image``/``arr_0``): 2D → ``[1, H, W]``, 3D → ``[1, X, Y, Z]``."""
+ARRAY_RULE = (
+    "array files: H×W is one image; N×H×W is N grey images; N×C×H×W (C ≤ 8) is N images of C channels; "
+    "with --volumes: X×Y×Z is one volume, N×X×Y×Z is N volumes, N×C×X×Y×Z is N volumes of C channels"
+)
+"""How a NumPy array file is read (the README's array-file rule)."""
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """The array of an NPY file, or of an NPZ holding one array (or one named ``image``/``arr_0``)."""
     import pickle
 
     errors = (
@@ -743,7 +1119,7 @@ def _read_numpy(path: Path) -> ImageData:
     )
     kind = "NPZ" if suffix_of(path) == ".npz" else "NPY"
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if kind == "NPY" else None)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 keys = list(loaded.files)
@@ -759,16 +1135,61 @@ def _read_numpy(path: Path) -> ImageData:
                         "or 'arr_0'; save the image alone or under the name 'image'",
                         path,
                     )
-                arr = np.asarray(loaded[key])
-        else:
-            arr = np.asarray(loaded)
+                return np.asarray(loaded[key])
+        return np.array(loaded)  # read fully now: a truncated file fails here, not later
     except InputError:
         raise
     except errors as exc:
         raise _corrupt(kind, path, exc) from exc
-    if arr.ndim not in (2, 3):
-        raise InputError(
-            f"{kind} array has shape {tuple(arr.shape)}; expected a 2D image (H, W) or a 3D volume (X, Y, Z)",
-            path,
-        )
-    return ImageData(array=arr[None], spatial_dims=arr.ndim, path=path)
+
+
+def read_array_stack(path: Path, *, volumes: bool = False) -> ImageData:
+    """Read an NPY/NPZ array file by the documented array-file rule (:data:`ARRAY_RULE`).
+
+    Without ``volumes``: ``H×W`` → one image ``[1, H, W]``; ``N×H×W`` → a stack ``[N, 1, H, W]``;
+    ``N×C×H×W`` with ``C ≤ 8`` → a stack ``[N, C, H, W]``. With ``volumes``: ``X×Y×Z`` → one volume
+    ``[1, X, Y, Z]``; ``N×X×Y×Z`` → a stack ``[N, 1, X, Y, Z]``; ``N×C×X×Y×Z`` → ``[N, C, X, Y, Z]``.
+    Volumes from array files carry no orientation: they are kept as stored (``frame`` None).
+
+    Args:
+        path: the ``.npy`` or ``.npz`` file.
+        volumes: read 3D+ arrays as volumes (``--volumes``) instead of stacks of 2D images.
+
+    Returns:
+        One image/volume (``stack`` False) or a stack of N items (``stack`` True, ``array [N, C, *S]``).
+
+    Raises:
+        InputError: unreadable file, or an array the rule does not cover (the message states the rule).
+    """
+    arr = _load_array(path)
+    shape = tuple(int(s) for s in arr.shape)
+    kind = "NPZ" if suffix_of(path) == ".npz" else "NPY"
+
+    def refuse(why: str) -> InputError:
+        return InputError(f"{kind} array of shape {shape} {why}; the rule for {ARRAY_RULE}", path)
+
+    if arr.ndim == 2:
+        return ImageData(array=arr[None], spatial_dims=2, path=path)
+    if not volumes:
+        if arr.ndim == 3:
+            if shape[2] in (3, 4) and min(shape[:2]) > 4:
+                raise refuse("looks like one H×W×C colour image (channels last); save it as C×H×W in a stack")
+            return ImageData(array=arr[:, None], spatial_dims=2, path=path, stack=True)
+        if arr.ndim == 4:
+            if shape[1] > MAX_STACK_CHANNELS:
+                hint = "is channels-last (N×H×W×C)" if shape[3] in (1, 3, 4) else "holds volumes"
+                raise refuse(
+                    f"is ambiguous (second axis {shape[1]} > {MAX_STACK_CHANNELS} channels: "
+                    f"perhaps it {hint})"
+                )
+            return ImageData(array=arr, spatial_dims=2, path=path, stack=True)
+        raise refuse("is not an image or an image stack (5D needs --volumes)")
+    if arr.ndim == 3:
+        return ImageData(array=arr[None], spatial_dims=3, path=path)
+    if arr.ndim == 4:
+        return ImageData(array=arr[:, None], spatial_dims=3, path=path, stack=True)
+    if arr.ndim == 5:
+        if shape[1] > MAX_STACK_CHANNELS:
+            raise refuse(f"is ambiguous (second axis {shape[1]} > {MAX_STACK_CHANNELS} channels)")
+        return ImageData(array=arr, spatial_dims=3, path=path, stack=True)
+    raise refuse("has an unsupported number of axes")

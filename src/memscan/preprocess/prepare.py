@@ -2,6 +2,18 @@
 
 Three layouts (``memscan.io.layouts``): a generic ``folder`` tree of 2D images and volumes, BraTS subject
 folders (``brats``, the study's recipe by default) and the paediatric chest x-ray folders (``cxr``).
+
+What is read and what is skipped (recorded in ``dataset.json``):
+
+- volumes are read in memscan's anatomical frame (:mod:`memscan.io.orientation`; ``orientation`` in
+  ``dataset.json``, the file's own axis codes in the manifest column ``source_frame``); slices cut along
+  ``x``/``y``/``z`` are in the radiological display (:func:`memscan.preprocess.slicing.display_volume`);
+- an array file (``.npy``/``.npz``) follows the array-file rule (:data:`memscan.io.readers.ARRAY_RULE`):
+  a stack gives one item per entry, with id ``<relpath>[<i>]`` and manifest column ``stack_index``;
+- files that hold no image (DICOMDIR, SR, RT plan, waveform, CIFTI-2), unsupported files and non-regular
+  files are skipped, counted in one warning and listed under ``skipped``;
+- NaN values stop the run unless ``nan='zero'``, which reads them as 0 (counted in one warning and in
+  ``nan``); constant items are excluded (listed under ``excluded``).
 """
 
 from __future__ import annotations
@@ -19,10 +31,10 @@ import numpy as np
 from memscan.core.progress import progress
 from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
-from memscan.io import layouts
-from memscan.io.readers import read_image
+from memscan.io import layouts, orientation
+from memscan.io.readers import NAN_POLICIES, ImageData, NoImageData, read_image
 from memscan.preprocess import recipes
-from memscan.preprocess.slicing import slice_id
+from memscan.preprocess.slicing import display_volume, slice_id
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +44,11 @@ DEFAULT_RECIPE = {"folder": "generic", "brats": "study", "cxr": "cxr"}
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """Everything that decides a dataset's content (saved in ``dataset.json``)."""
+    """Everything that decides a dataset's content (saved in ``dataset.json``).
+
+    ``volumes``: keep 3D volumes whole (no slicing), and read 3D+ array files as volumes (the array-file
+    rule). ``nan``: ``'error'`` (default) refuses NaN voxels; ``'zero'`` reads them as 0.
+    """
 
     layout: str = "auto"
     recipe: str | None = None
@@ -44,10 +60,13 @@ class PrepareOptions:
     axis: str = "z"
     slice_range: tuple[int, int] | None = None
     volumes: bool = False
+    nan: str = "error"
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise InputError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if self.nan not in NAN_POLICIES:
+            raise InputError(f"unknown --nan policy {self.nan!r}; expected one of {', '.join(NAN_POLICIES)}")
         if self.size is not None and self.size < 1:
             raise InputError(f"--size must be a positive number of pixels, got {self.size}")
         if self.test_subjects is not None and self.test_subjects < 0:
@@ -95,6 +114,8 @@ class _LazyWriter:
         )
         self.writer: DatasetWriter | None = None
         self.pending_excluded: list[tuple[str, str]] = []
+        self.n_excluded = 0
+        self.first_excluded: str | None = None
 
     def add(self, item: np.ndarray, row: dict[str, Any], source_path: Path) -> None:
         if _is_constant(item):
@@ -111,15 +132,26 @@ class _LazyWriter:
                 overwrite=self.overwrite,
             )
             for item_id, reason in self.pending_excluded:
-                self.writer.exclude(item_id, reason)
+                self.writer.exclude(item_id, reason, logged=True)  # reported by warn_excluded
         self.writer.add(item, row, source_path=source_path)
 
     def exclude(self, item_id: str, reason: str) -> None:
+        """Record an excluded item; :meth:`warn_excluded` reports them all in one warning."""
+        self.n_excluded += 1
+        self.first_excluded = self.first_excluded or item_id
         if self.writer is None:
-            log.warning("excluded %s: %s", item_id, reason)
             self.pending_excluded.append((item_id, reason))
         else:
-            self.writer.exclude(item_id, reason)
+            self.writer.exclude(item_id, reason, logged=True)
+
+    def warn_excluded(self) -> None:
+        if self.n_excluded:
+            log.warning(
+                "excluded %d constant item(s) (zero variance: correlation is undefined), e.g. %s; listed in "
+                "dataset.json",
+                self.n_excluded,
+                self.first_excluded,
+            )
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -129,6 +161,58 @@ class _LazyWriter:
         if self.writer is None:
             raise InputError("no usable images (all were excluded, see the warnings above)", self.out)
         return self.writer.commit()
+
+
+class _ReadLog:
+    """What the readers reported while preparing: skipped files, NaN replaced, frames seen.
+
+    Everything ends in ``dataset.json`` and in at most one warning per kind (never one line per file).
+    """
+
+    def __init__(self, nan: str) -> None:
+        self.nan = nan
+        self.skipped: list[tuple[str, str]] = []
+        self.nan_values = 0
+        self.nan_files = 0
+        self.frames: dict[str, int] = {}
+        self.as_stored = 0
+
+    def read(self, path: Path, relpath: str, **kwargs: Any) -> ImageData | None:
+        """``read_image`` with the policy; None (and a record) for a file that holds no image."""
+        try:
+            data = read_image(path, nan=self.nan, **kwargs)
+        except NoImageData as exc:
+            self.skipped.append((relpath, exc.problem))
+            return None
+        if data.n_nan:
+            self.nan_values += data.n_nan
+            self.nan_files += 1
+        if data.spatial_dims == 3 and not data.stack:
+            if data.frame is not None:
+                key = data.source_frame or "?"
+                self.frames[key] = self.frames.get(key, 0) + 1
+            else:
+                self.as_stored += 1
+        return data
+
+    def finish(self, info: dict[str, Any], root: Path) -> None:
+        """Warn once per kind and record everything under ``info``."""
+        if self.skipped:
+            log.warning(
+                "%s (under %s; listed in dataset.json)", layouts.summarize_skipped(self.skipped), root
+            )
+        if self.nan_values:
+            log.warning(
+                "read %d NaN value(s) as 0 in %d file(s) (--nan zero)", self.nan_values, self.nan_files
+            )
+        info["skipped"] = [{"source": rel, "reason": why} for rel, why in self.skipped]
+        info["nan"] = {"policy": self.nan, "values_zeroed": self.nan_values, "files": self.nan_files}
+        info["orientation"] = {
+            "frame": orientation.CANONICAL_NAME,
+            "rule": orientation.FRAME_DESCRIPTION,
+            "volumes_reoriented_from": dict(sorted(self.frames.items())),
+            "volumes_as_stored": self.as_stored,
+        }
 
 
 def _is_constant(item: np.ndarray) -> bool:
@@ -174,7 +258,7 @@ def prepare_dataset(
     if layout == "brats":
         return _prepare_brats(src, out, recipe, options, info, overwrite)
     if layout == "cxr":
-        return _prepare_cxr(src, out, recipe, info, overwrite)
+        return _prepare_cxr(src, out, recipe, options, info, overwrite)
     return _prepare_folder(src, out, recipe, options, info, overwrite)
 
 
@@ -198,12 +282,15 @@ def _write_units(
     units: list,
     label: str,
     items_of: Callable[[Any], Iterator[tuple[np.ndarray, dict[str, Any], Path]]],
+    reads: _ReadLog,
+    src: Path,
 ) -> Dataset:
     """Write every item of every unit (a subject, an image file) atomically, with a progress bar.
 
     Args:
         units: what is read one at a time (BraTS subjects, image files).
         items_of: a unit → its ``(item [C, *S], manifest row, source path)``.
+        reads: the read log, summarised into ``info`` before the commit.
     """
     writer = _LazyWriter(out, channels_for, recipe, info, overwrite)
     try:
@@ -212,6 +299,8 @@ def _write_units(
                 for item, row, path in items_of(unit):
                     writer.add(item, row, path)
                 advance(1)
+        reads.finish(info, src)
+        writer.warn_excluded()
         return writer.commit()
     except BaseException:
         writer.abort()
@@ -230,11 +319,37 @@ def _prepare_brats(
     )
     info["split_seed"] = opts.seed
 
+    reads = _ReadLog(opts.nan)
+
     def items_of(subj):
-        volumes = {mod: read_image(subj.files[mod], spatial_dims=3).array[0] for mod in needed}
+        volumes: dict[str, np.ndarray] = {}
+        frames: set[str | None] = set()
+        source_frames: set[str | None] = set()
+        for mod in needed:
+            rel = subj.files[mod].relative_to(src).as_posix()
+            data = reads.read(subj.files[mod], rel, spatial_dims=3)
+            if data is None:
+                raise InputError("holds no image (needed as a BraTS modality)", subj.files[mod])
+            frames.add(data.frame)
+            source_frames.add(data.source_frame)
+            volumes[mod] = _for_slicing(data, recipe)[0]
+        if len(frames) > 1 or len(source_frames) > 1:
+            raise InputError(
+                f"the modality files of subject {subj.subject!r} are stored in different orientations "
+                f"({', '.join(sorted(str(f) for f in source_frames))}); they must share one frame",
+                subj.folder,
+            )
         base = subj.files[recipe.modalities[0]].relative_to(src).as_posix()
+        source_frame = next(iter(source_frames))
         for index, item in recipes.brats_subject_items(volumes, recipe, subject=subj.subject):
-            row = _slice_row(base, recipe.axis, index, subject=subj.subject, split=split.get(subj.subject))
+            row = _slice_row(
+                base,
+                recipe.axis,
+                index,
+                subject=subj.subject,
+                split=split.get(subj.subject),
+                source_frame=source_frame,
+            )
             yield item, row, subj.folder
 
     return _write_units(
@@ -246,12 +361,20 @@ def _prepare_brats(
         subjects,
         "prepare BraTS subjects",
         items_of,
+        reads,
+        src,
     )
 
 
-def _prepare_cxr(src: Path, out: Path, recipe, info: dict, overwrite: bool) -> Dataset:
+def _prepare_cxr(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+    reads = _ReadLog(opts.nan)
+    units = layouts.discover_cxr(src, skipped=reads.skipped)
+
     def items_of(it):
-        item = recipes.cxr_item(read_image(it.path, spatial_dims=2).array, recipe)
+        data = reads.read(it.path, it.relpath, spatial_dims=2)
+        if data is None:
+            return
+        item = recipes.cxr_item(data.array, recipe)
         yield (
             item,
             _slice_row(it.relpath, "", None, subject=it.subject, split=it.split, label=it.label),
@@ -264,9 +387,11 @@ def _prepare_cxr(src: Path, out: Path, recipe, info: dict, overwrite: bool) -> D
         info,
         overwrite,
         lambda c: ("xray",),
-        layouts.discover_cxr(src),
+        units,
         "prepare chest x-rays",
         items_of,
+        reads,
+        src,
     )
 
 
@@ -274,15 +399,41 @@ def _channel_names(c: int) -> tuple[str, ...]:
     return ("gray",) if c == 1 else ("red", "green", "blue") if c == 3 else tuple(f"c{i}" for i in range(c))
 
 
+def _for_slicing(data: ImageData, recipe: Any) -> np.ndarray:
+    """The volume as the recipe should see it: oriented volumes in display order for slicing along the
+    recipe's axis (:func:`display_volume`); whole volumes and unoriented data as read."""
+    if data.spatial_dims == 3 and data.frame is not None and not getattr(recipe, "volumes", False):
+        return display_volume(data.array, recipe.axis)
+    return data.array
+
+
 def _prepare_folder(
     src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
 ) -> Dataset:
+    reads = _ReadLog(opts.nan)
+    units = layouts.discover_folder(src, subject_pattern=opts.subject_pattern, skipped=reads.skipped)
+
     def items_of(it):
-        image = read_image(it.path)
-        for index, item in recipes.generic_items(image.array, image.spatial_dims, recipe):
-            row = _slice_row(
-                it.relpath, recipe.axis, index, subject=it.subject, split=it.split, label=it.label
-            )
+        data = reads.read(it.path, it.relpath, volumes=opts.volumes)
+        if data is None:
+            return
+        extra = {"subject": it.subject, "split": it.split, "label": it.label}
+        if data.stack:
+            log.info("%s: read as a stack of %d items %s", it.relpath, len(data.array), data.array.shape[1:])
+            for i, entry in enumerate(data.array):
+                for _, item in recipes.generic_items(entry, data.spatial_dims, recipe):
+                    row = {
+                        "id": f"{it.relpath}[{i}]",
+                        "source": it.relpath,
+                        "slice_axis": None,
+                        "slice_index": None,
+                        "stack_index": i,
+                        **extra,
+                    }
+                    yield item, row, it.path
+            return
+        for index, item in recipes.generic_items(_for_slicing(data, recipe), data.spatial_dims, recipe):
+            row = _slice_row(it.relpath, recipe.axis, index, source_frame=data.source_frame, **extra)
             yield item, row, it.path
 
     return _write_units(
@@ -291,9 +442,11 @@ def _prepare_folder(
         info,
         overwrite,
         _channel_names,
-        layouts.discover_folder(src, subject_pattern=opts.subject_pattern),
+        units,
         "prepare images",
         items_of,
+        reads,
+        src,
     )
 
 

@@ -302,7 +302,11 @@ def brats_subject_items(
     kept slices of every channel are padded/cropped the same way and converted to ``recipe.dtype``.
 
     T1 drives the slice filter, so it is required when slicing even if ``recipe.modalities`` leaves it out.
-    No reorientation is done: a z-slice of an ``[X, Y, Z]`` volume is the ``[X, Y]`` plane as stored.
+    This function does not reorient: a z-slice of an ``[X, Y, Z]`` volume is the ``[X, Y]`` plane as given.
+    ``prepare`` gives it volumes in memscan's frame PLS (:mod:`memscan.io.orientation`), so a BraTS file
+    (stored LPS) gives axial slices that are its raw ``[:, :, k]`` planes transposed: rows
+    anterior→posterior, columns right→left (the radiological display). The slice filter, padding and
+    scaling are unchanged by that transposition (BraTS slices are square; counts do not depend on order).
 
     Args:
         volumes: modality name → ``[X, Y, Z]`` array (extra modalities are ignored). All used modalities

@@ -4,6 +4,17 @@ A slice cut from a volume has the item id ``<relative path of the volume>#<axis>
 written with at least three digits (``BraTS_001/t1.nii.gz#z078``, ``...#z1000``); see ARCHITECTURE.md §2.
 Volumes are ``[C, X, Y, Z]`` arrays; a slice along an axis is ``[C, A, B]`` where ``A, B`` are the two
 remaining spatial axes in their original order (no transposition, flipping or reorientation).
+
+Display order of slices from oriented volumes (:func:`display_volume`): a volume in memscan's frame ``PLS``
+(:mod:`memscan.io.orientation`) is presented to the slicer so that every slice comes out in the
+radiological display, the width axis being patient right→left wherever the plane contains it:
+
+- ``z`` (axial): ``[C, X, Y]`` = rows anterior→posterior, columns right→left (the stored order);
+- ``x`` (coronal): rows superior→inferior, columns right→left;
+- ``y`` (sagittal): rows superior→inferior, columns anterior→posterior.
+
+The slice index is the index along the stored axis in every case (``#x010`` is coronal slice 10 counted
+from anterior).
 """
 
 from __future__ import annotations
@@ -45,6 +56,35 @@ def check_axis(axis: str) -> int:
             f"unknown slicing axis {axis!r}; expected one of x, y, z{_did_you_mean(str(axis), list(AXES))}"
         )
     return AXES[axis]
+
+
+def display_volume(volume: np.ndarray, axis: str) -> np.ndarray:
+    """A view of a PLS volume whose slices along ``axis`` are in the radiological display (module docstring).
+
+    Slicing the returned array along ``axis`` with "the two remaining axes in order" (as
+    :func:`slice_volume` and the recipes do) gives the display order; the length and meaning of ``axis``
+    itself are unchanged, so slice ``k`` is still the ``k``-th stored slice.
+
+    Args:
+        volume: ``[C, X, Y, Z]`` in the frame PLS.
+        axis: ``'x'``, ``'y'`` or ``'z'``.
+
+    Returns:
+        ``[C, X, Y, Z]`` for ``z``; ``[C, X, Z', Y]`` for ``x`` (``Z'`` = Z reversed, superior first);
+        ``[C, Z', Y, X]`` for ``y``.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 4:
+        raise InputError(
+            f"expected a channel-first volume [C, X, Y, Z], got an array of shape {volume.shape}"
+        )
+    ax = check_axis(axis)
+    if ax == 2:
+        return volume
+    top_first = volume[..., ::-1]  # Z reversed: superior at the top
+    if ax == 0:
+        return top_first.transpose(0, 1, 3, 2)  # [C, X, Z', Y]: slice along X → rows S→I, columns R→L
+    return top_first.transpose(0, 3, 2, 1)  # [C, Z', Y, X]: slice along Y → rows S→I, columns A→P
 
 
 def slice_volume(

@@ -29,9 +29,10 @@ __all__ = ["apply_mask", "flip_lr", "foreground_mask", "merge_variants", "shift_
 def flip_lr(items: np.ndarray) -> np.ndarray:
     """Mirror items left-right.
 
-    'Left-right' is the W axis (the last one) of 2D items ``[n, C, H, W]`` (image columns), and the x
-    axis (axis 2) of 3D volumes ``[n, C, X, Y, Z]`` stored in NIfTI x, y, z order, where x runs from
-    the patient's right to left.
+    'Left-right' is the W axis (the last one) of 2D items ``[n, C, H, W]`` (image columns), and the Y
+    axis (axis 3) of 3D volumes ``[n, C, X, Y, Z]``: memscan stores volumes in the frame PLS
+    (:mod:`memscan.io.orientation`), where Y runs from the patient's right to left — the width axis of
+    their axial slices.
 
     Args:
         items: ``[n, C, H, W]`` or ``[n, C, X, Y, Z]``.
@@ -43,7 +44,7 @@ def flip_lr(items: np.ndarray) -> np.ndarray:
     if items.ndim == 4:
         axis = 3
     elif items.ndim == 5:
-        axis = 2
+        axis = 3
     else:
         raise InputError(f"flip_lr expects items [n, C, H, W] or [n, C, X, Y, Z], got shape {items.shape}")
     return np.ascontiguousarray(np.flip(items, axis=axis))
