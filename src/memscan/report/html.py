@@ -24,11 +24,9 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import platform
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +37,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from memscan.core import atomic
 from memscan.dataset.store import Dataset
 from memscan.report import figures
-from memscan.scanning.scanner import ScanResult, load_run
+from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, load_run
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
 PAIRS_DIR = "pairs"
-REPORT_FILE = "report.html"
 SUBJECT_ROWS = 100  # rows of the per-subject table in the HTML (the CSV has all)
 READ_BUDGET = 256 * 2**20  # bytes of items read at once for the gallery
 _GALLERY_PAGE = re.compile(r"^gallery-(\d+)\.html$")
@@ -101,24 +98,28 @@ class Images:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells that start like a formula are prefixed with ``'`` (OWASP CSV injection).
+
+    Only text columns are touched: numbers (e.g. negative correlations) stay numbers.
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            values = out[col].astype("object")
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+            if risky.any():
+                out[col] = values.where(~risky, "'" + values.astype(str))
+    return out
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    safe = neutralise_formulas(df)
+    atomic.write_with(path, lambda tmp: safe.to_csv(tmp, index=False))
 
 
 def _read_optional(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -345,9 +346,10 @@ def _draw_pair(
     pairs_dir: Path,
 ) -> None:
     """Draw one entry's figure and fill its ``image``, size, ``r_display`` and ``note``."""
-    flip, dy, dx, unknown = figures.parse_transform(e.transform)
+    t = figures.parse_transform(e.transform)
+    unknown = list(t.unknown)
     aligned, valid = figures.align_to_train(s_items[sp], e.transform, dims)
-    undone = [w for w, on in (("flip", flip), ("shift", bool(dy or dx))) if on]
+    undone = [w for w, on in ((t.orientation, t.orientation != "none"), ("shift", t.shifted)) if on]
     s_title = "synthetic" + (f" ({' + '.join(undone)} undone)" if undone else "")
     t_row = tman.iloc[tp]
     t_title = "training" + (
@@ -590,16 +592,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _swap_folder(new: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) -> Path:
     """Write ``RUN/report.html`` (and its gallery pages, figures and CSV exports) for a finished scan.
 
@@ -635,9 +627,9 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     if baseline is not None:
         exports.append(("baseline.csv", baseline))
     for name, df in exports:
-        _atomic_csv(df, run / name)
+        _write_csv(df, run / name)
 
-    tmp_fig = run / f".{FIGURES_DIR}.tmp-{uuid.uuid4().hex[:6]}"
+    tmp_fig = atomic.temporary_sibling(run / FIGURES_DIR)
     (tmp_fig / PAIRS_DIR).mkdir(parents=True)
     try:
         # histogram
@@ -692,7 +684,7 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         elif entries:
             for e in entries:
                 e.note = "Images not available (see the note above)."
-        _swap_folder(tmp_fig, run / FIGURES_DIR)
+        atomic.swap_folder(tmp_fig, run / FIGURES_DIR)
     except BaseException:
         shutil.rmtree(tmp_fig, ignore_errors=True)
         raise
@@ -728,13 +720,13 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     env = _environment()
     for page in pages[1:]:
         html = env.get_template("gallery.html.j2").render(**context, page=page)
-        _atomic_write_text(run / f"gallery-{page.number}.html", html)
+        atomic.write_text(run / f"gallery-{page.number}.html", html)
     for old in run.iterdir():
         m = _GALLERY_PAGE.match(old.name)
         if m and int(m.group(1)) > len(pages):
             old.unlink()
     html = env.get_template("report.html.j2").render(**context, page=pages[0])
     out = run / REPORT_FILE
-    _atomic_write_text(out, html)
+    atomic.write_text(out, html)
     log.info("wrote %s (%d gallery page(s), %d pairs)", out, len(pages), len(entries))
     return out
