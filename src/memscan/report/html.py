@@ -122,15 +122,6 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic.write_with(path, lambda tmp: safe.to_csv(tmp, index=False))
 
 
-def _read_optional(path: Path) -> tuple[pd.DataFrame | None, str | None]:
-    if not path.is_file():
-        return None, None
-    try:
-        return pd.read_parquet(path), None
-    except Exception as exc:  # noqa: BLE001 - a damaged optional table must not stop the report
-        return None, f"{path.name} could not be read ({type(exc).__name__}: {exc})"
-
-
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -443,10 +434,18 @@ def _verdict(s: dict[str, Any]) -> str:
     leaked = int(s.get("subjects_leaked") or 0)
     verb_f = "is" if n_f == 1 else "are"
     verb_s = "is" if leaked == 1 else "are"
-    return (
+    text = (
         f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {verb_f} flagged as copies of training "
         f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {verb_s} reproduced."
     )
+    n_u = int(s.get("n_unscored") or 0)
+    if n_u:
+        plural = n_u != 1
+        text += (
+            f" {n_u:,} synthetic image{'s' if plural else ''} could not be scored and "
+            f"{'are' if plural else 'is'} NOT certified as non-copies."
+        )
+    return text
 
 
 def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple[str, str]]:
@@ -512,7 +511,15 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     corr = pd.to_numeric(result.synthetic["max_correlation"], errors="coerce")
     if corr.notna().any():
         rows.append(("Highest / median max correlation", f"{corr.max():.4f} / {corr.median():.4f}"))
-    if s.get("n_unmatched"):
+    if s.get("n_unscored"):
+        rows.append(
+            (
+                "NOT SCORED (not certified)",
+                f"{int(s['n_unscored']):,} synthetic images could not be scored (constant or non-finite "
+                "pixels): they are not known to be non-copies",
+            )
+        )
+    elif s.get("n_unmatched"):
         rows.append(("Synthetic images without any match", f"{int(s['n_unmatched']):,}"))
     search = [
         f"top-{s.get('top_k')}",
@@ -609,9 +616,8 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     run = Path(run)
     result = load_run(run)
     s = result.summary
-    holdout, h_err = _read_optional(run / "holdout.parquet")
-    baseline, b_err = _read_optional(run / "baseline.parquet")
-    notes = [e for e in (h_err, b_err) if e]
+    holdout, baseline = result.holdout, result.baseline  # checked by load_run: same run, readable
+    notes: list[str] = []
     cal_note = (s.get("calibration") or {}).get("note")
     if cal_note:
         notes.insert(0, f"Calibration: {cal_note}")

@@ -72,6 +72,7 @@ SYNTHETIC_COLUMNS = (
     "transform",
     "p_value",
     "flagged",
+    "unscored",
 )
 MATCH_COLUMNS = ("synthetic_id", "rank", "train_id", "train_subject", "correlation", "transform")
 SUBJECT_COLUMNS = ("subject", "n_items", "n_synthetic_matched", "max_correlation", "leaked")

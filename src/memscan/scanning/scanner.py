@@ -343,6 +343,7 @@ def _write_run(
         command=job.command,
         memscan_version=__version__,
         run_id=run_id,
+        n_unscored=int(synth_df["unscored"].sum()),
         seconds=round(time.perf_counter() - t0, 4),
     )
     runfolder.write_summary(summary, writer.work)

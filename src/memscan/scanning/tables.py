@@ -81,6 +81,9 @@ def build_tables(
     synthetic = nearest_table(train, synth, "synthetic_id", values, indices, transforms)
     synthetic["p_value"] = pd.array(p_values if p_values is not None else [None] * n, dtype="Float64")
     synthetic["flagged"] = np.asarray(flagged, dtype=bool)
+    # An item without a finite correlation (constant image, non-finite pixels) was not compared: it is
+    # reported as unscored, never as "not a copy".
+    synthetic["unscored"] = ~np.isfinite(values[:, 0]) | (indices[:, 0] < 0)
     top = values[:, 0]
     nearest = np.where(valid[:, 0], indices[:, 0], -1)
     return {

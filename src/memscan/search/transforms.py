@@ -45,6 +45,7 @@ ORIENTATIONS = ("none", "flip", "flipud", "rot90", "rot180", "rot270", "transpos
 MIRROR = ("none", "flip")
 _INVERSE = {"rot90": "rot270", "rot270": "rot90"}
 _SHIFT = re.compile(r"^shift\(([+-]\d+),([+-]\d+)\)$")
+_PARTS = re.compile(r"[a-z]+\([^)]*\)|[^+]+")  # "flip+shift(+2,-1)" -> ["flip", "shift(+2,-1)"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def parse(label: str | None, *, strict: bool = True) -> Transform:
     """
     orientation, dy, dx, unknown = "none", 0, 0, []
     seen_orientation = seen_shift = False
-    for part in str(label or "none").split("+") if label and str(label) != "none" else []:
+    text = str(label) if label else "none"
+    for part in _PARTS.findall(text) if text != "none" else []:
         part = part.strip()
         m = _SHIFT.match(part)
         if part in ORIENTATIONS and part != "none" and not seen_orientation and not seen_shift:
