@@ -26,7 +26,8 @@ def scan(*args, **kwargs):
     return _scan(*args, **kwargs)
 
 
-SYNTH_COLUMNS = [
+SYNTH_COLUMNS = [*runfolder.SYNTHETIC_COLUMNS]  # the contract's columns, then "unscored"
+assert SYNTH_COLUMNS[:7] == [
     "synthetic_id",
     "max_correlation",
     "nearest_train_id",
