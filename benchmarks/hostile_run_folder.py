@@ -170,8 +170,9 @@ def main() -> None:
         ),
         Case(
             "--orientations on 12x10 items",
-            lambda r: [r / "rect_t", r / "rect", "--out", r / "x12", "--orientations"],
+            lambda r: [r / "rect_t", r / "rect", "--out", r / "x12", "--orientations", "--top-k", "1"],
             2,
+            check=lambda r, p: "square" in p.stderr,
         ),
         Case("--memory-budget lots", lambda r: [*base, "--out", r / "x13", "--memory-budget", "lots"], 2),
         Case("--fdr 0", lambda r: [*base, "--out", r / "x14", "--fdr", "0"], 2),
