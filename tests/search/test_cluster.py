@@ -257,7 +257,7 @@ def test_plan_shards_cover_contiguously_in_whole_blocks():
 def test_options_validation():
     with pytest.raises(InputError, match="not both"):
         ScanOptions(workers=2, scheduler="tcp://127.0.0.1:8786")
-    with pytest.raises(InputError, match="--workers must be >= 1"):
+    with pytest.raises(InputError, match="workers must be >= 1"):
         ScanOptions(workers=0)
 
 

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from memscan.core.atomic import write_text
 from memscan.core.version import __version__
 from memscan.report import figures
-from memscan.report.html import _atomic_write_text, _environment, _version
+from memscan.report.html import _environment, _version
 
 if TYPE_CHECKING:
     from memscan.study.pipeline import Cell, StudyConfig
@@ -262,5 +263,5 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
         )
     )
     path = out / "report.html"
-    _atomic_write_text(path, html)
+    write_text(path, html)
     return path
