@@ -423,9 +423,11 @@ def check_output(out: Path) -> None:
         except OSError as exc:
             raise InputError(f"cannot list the folder ({exc.strerror})", out) from None
         if entries and not is_run_folder(out):
+            legacy = (out / SUMMARY_FILE).is_file()
             raise InputError(
                 f"exists, is not empty and is not a memscan run folder (no {MARKER_FILE}); refusing to "
-                "replace it: choose a new or empty folder",
+                "replace it: choose a new or empty folder"
+                + ("; if it is a run of an older memscan (no marker), delete it yourself" if legacy else ""),
                 out,
             )
     if not out.parent.is_dir():
