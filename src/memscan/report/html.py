@@ -40,7 +40,7 @@ from PIL import Image
 from memscan.core import atomic
 from memscan.dataset.store import Dataset
 from memscan.report import figures
-from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, load_run
+from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, Summary, load_run
 
 log = logging.getLogger(__name__)
 
@@ -395,11 +395,11 @@ def _paginate(entries: list[PairEntry], per_page: int) -> list[GalleryPage]:
 # ----------------------------------------------------------------------------------------------- text
 
 
-def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
+def _threshold_text(s: Summary) -> tuple[str, bool]:
     """The sentence about how flags are decided, and whether the threshold is calibrated."""
     thr = _num(s.get("threshold"))
     thr_text = f"{thr:.4f}" if thr is not None else "n/a"
-    n_hold = int(s.get("n_holdout") or 0)
+    n_hold = s.n_holdout
     cal = s.get("calibration") or {}
     if s.get("threshold_source") == "holdout" and n_hold:
         base = f"Flags are calibrated on {n_hold:,} held-out real images"
@@ -427,18 +427,18 @@ def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
     ), False
 
 
-def _verdict(s: dict[str, Any]) -> str:
-    n_s = int(s.get("n_synthetic") or 0)
-    n_f = int(s.get("n_flagged") or 0)
-    tot = int(s.get("subjects_total") or 0)
-    leaked = int(s.get("subjects_leaked") or 0)
+def _verdict(s: Summary) -> str:
+    n_s = s.n_synthetic
+    n_f = s.n_flagged
+    tot = s.subjects_total
+    leaked = s.subjects_leaked
     verb_f = "is" if n_f == 1 else "are"
     verb_s = "is" if leaked == 1 else "are"
     text = (
         f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {verb_f} flagged as copies of training "
         f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {verb_s} reproduced."
     )
-    n_u = int(s.get("n_unscored") or 0)
+    n_u = s.n_unscored
     if n_u:
         plural = n_u != 1
         text += (
@@ -451,8 +451,8 @@ def _verdict(s: dict[str, Any]) -> str:
 def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple[str, str]]:
     s = result.summary
     opts = s.get("options") or {}
-    n_s, n_f = int(s.get("n_synthetic") or 0), int(s.get("n_flagged") or 0)
-    tot, leaked = int(s.get("subjects_total") or 0), int(s.get("subjects_leaked") or 0)
+    n_s, n_f = s.n_synthetic, s.n_flagged
+    tot, leaked = s.subjects_total, s.subjects_leaked
     thr = _num(s.get("threshold"))
     calibrated = s.get("threshold_source") == "holdout"
     if thr is not None:
@@ -705,7 +705,7 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         "verdict": _verdict(s),
         "threshold_text": threshold_text,
         "calibrated": is_calibrated,
-        "any_flagged": int(s.get("n_flagged") or 0) > 0,
+        "any_flagged": s.n_flagged > 0,
         "key_numbers": _key_numbers(result, holdout),
         "has_holdout": holdout is not None and len(holdout) > 0,
         "has_baseline": baseline is not None and len(baseline) > 0,
