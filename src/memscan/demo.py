@@ -13,16 +13,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from memscan import phantoms
-from memscan.cli.tables import dataset_table, run_table
+from memscan.core import atomic
 from memscan.core.progress import out_console as console
 from memscan.dataset.planted import plant_copies
 from memscan.dataset.store import Dataset
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.report.html import write_report
+from memscan.report.terminal import dataset_table, run_table
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.scanner import ScanResult, scan
 
@@ -92,7 +92,7 @@ def run_demo(
         command=f"memscan scan {train.path} {synthetic} --out {run} --holdout {holdout.path} "
         "--flips --max-shift 3 --shift-candidates 40",
     )
-    report = run / "report.html"
+    report = write_report(run)
     console.print(run_table(result))
     s = result.summary
     console.print(
@@ -109,8 +109,8 @@ def _write_tree(path: Path, write) -> None:
     if path.exists():
         return
     log.info("writing phantom data to %s", path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(path.parent, path.name)
+    with atomic.atomic_path(path) as tmp:
+        tmp.mkdir()
+        write(tmp)

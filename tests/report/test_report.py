@@ -15,8 +15,10 @@ from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.report import figures
 from memscan.report.html import select_gallery, write_report
+from memscan.scanning import runfolder
 from memscan.scanning.options import ScanOptions
-from memscan.scanning.scanner import load_run, scan
+from memscan.scanning.runfolder import load_run
+from memscan.scanning.scanner import scan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("verdict", "numbers", "histogram", "gallery", "subjects", "how-to-read", "provenance")
@@ -142,17 +144,23 @@ def test_alignment_reproduces_the_scans_correlation(base):
         s = syn.take([spos[row.synthetic_id]])[0]
         aligned, valid = figures.align_to_train(s, row.transform, 2)
         assert figures.pearson(aligned, t, valid) == pytest.approx(row.max_correlation, abs=1e-9)
-        seen.add(figures.parse_transform(row.transform)[:1] + (row.transform.count("shift") > 0,))
+        parsed = figures.parse_transform(row.transform)
+        seen.add((parsed.orientation == "flip", parsed.shifted))
     assert (True, False) in seen or (True, True) in seen  # at least one flip was undone
 
 
 def test_parse_transform():
-    assert figures.parse_transform("none") == (False, 0, 0, [])
-    assert figures.parse_transform(None) == (False, 0, 0, [])
-    assert figures.parse_transform("flip") == (True, 0, 0, [])
-    assert figures.parse_transform("shift(+2,-1)") == (False, 2, -1, [])
-    assert figures.parse_transform("flip+shift(+1,+0)") == (True, 1, 0, [])
-    assert figures.parse_transform("flip+warp") == (True, 0, 0, ["warp"])
+    def parsed(label):
+        t = figures.parse_transform(label)
+        return t.orientation, t.dy, t.dx, list(t.unknown)
+
+    assert parsed("none") == ("none", 0, 0, [])
+    assert parsed(None) == ("none", 0, 0, [])
+    assert parsed("flip") == ("flip", 0, 0, [])
+    assert parsed("shift(+2,-1)") == ("none", 2, -1, [])
+    assert parsed("flip+shift(+1,+0)") == ("flip", 1, 0, [])
+    assert parsed("rot90+shift(-1,+2)") == ("rot90", -1, 2, [])
+    assert parsed("flip+warp") == ("flip", 0, 0, ["warp"])
 
 
 def test_pagination_and_stale_pages(run):
@@ -186,15 +194,20 @@ def test_missing_datasets_still_writes_a_report(run):
     assert (run / "synthetic.csv").exists()
 
 
+def _rewrite(run, name, df):
+    """Replace one table of a run as memscan writes it (with the run's id)."""
+    runfolder.write_table(df, runfolder.table_path(run, name), load_run(run).run_id)
+
+
 def test_ids_are_escaped(run):
     df = pd.read_parquet(run / "synthetic.parquet")
     df["synthetic_id"] = df["synthetic_id"].astype(object)
     df.loc[df["max_correlation"].idxmax(), "synthetic_id"] = "<script>alert('x')</script>&<b>"
-    df.to_parquet(run / "synthetic.parquet", index=False)
+    _rewrite(run, "synthetic", df)
     sub = pd.read_parquet(run / "subjects.parquet")
     sub["subject"] = sub["subject"].astype(object)
     sub.loc[0, "subject"] = "<img src=x onerror=alert(1)>"
-    sub.to_parquet(run / "subjects.parquet", index=False)
+    _rewrite(run, "subjects", sub)
     html = write_report(run).read_text()
     assert "<script" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&lt;b&gt;" in html
@@ -230,9 +243,9 @@ def test_calibrated_run_with_holdout_and_baseline(run, base):
             "transform": "none",
         }
     )
-    hold.to_parquet(run / "holdout.parquet", index=False)
+    _rewrite(run, "holdout", hold)
     items = pd.read_parquet(run / "train_items.parquet")
-    pd.DataFrame(
+    baseline = pd.DataFrame(
         {
             "train_id": items["train_id"],
             "subject": items["subject"],
@@ -241,11 +254,12 @@ def test_calibrated_run_with_holdout_and_baseline(run, base):
             "nn_correlation_other_subject": rng.uniform(0.7, 0.9, len(items)),
             "nn_id_other_subject": items["train_id"],
         }
-    ).to_parquet(run / "baseline.parquet", index=False)
+    )
+    _rewrite(run, "baseline", baseline)
     synth["p_value"] = pd.array(
         [(1 + (hold["max_correlation"] >= v).sum()) / 41 for v in synth["max_correlation"]], dtype="Float64"
     )
-    synth.to_parquet(run / "synthetic.parquet", index=False)
+    _rewrite(run, "synthetic", synth)
     s = json.loads((run / "summary.json").read_text())
     s.update(
         n_holdout=40,

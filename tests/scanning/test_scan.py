@@ -11,9 +11,10 @@ import pytest
 from memscan import phantoms
 from memscan.dataset.planted import plant_copies
 from memscan.dataset.store import Dataset, DatasetWriter
-from memscan.errors import GateFailed, InputError
+from memscan.errors import InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
-from memscan.scanning import scanner as scan_module
+from memscan.scanning import queries as queries_module
+from memscan.scanning import runfolder
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.scanner import load_run
 from memscan.scanning.scanner import scan as _scan
@@ -25,7 +26,8 @@ def scan(*args, **kwargs):
     return _scan(*args, **kwargs)
 
 
-SYNTH_COLUMNS = [
+SYNTH_COLUMNS = [*runfolder.SYNTHETIC_COLUMNS]  # the contract's columns, then "unscored"
+assert SYNTH_COLUMNS[:7] == [
     "synthetic_id",
     "max_correlation",
     "nearest_train_id",
@@ -144,7 +146,8 @@ def test_correlations_match_float64_brute_force(data, tmp_path):
 
 def _tables(run):
     return {
-        n: (run / f"{n}.parquet").read_bytes() for n in ("synthetic", "matches", "subjects", "train_items")
+        n: runfolder.content_bytes(run / f"{n}.parquet")
+        for n in ("synthetic", "matches", "subjects", "train_items")
     }
 
 
@@ -182,16 +185,16 @@ def test_shift_groups_change_nothing(data, tmp_path, monkeypatch):
     opts = ScanOptions(top_k=3, flips=True, max_shift=2, shift_candidates=6, baseline_items=20)
     scan(data["train"].path, data["synth"].path, tmp_path / "big", opts)
     calls: list[int] = []
-    bank = scan_module.variants.ShiftCandidates
+    bank = queries_module.variants.ShiftCandidates
 
     def counted(items, *args, **kwargs):
         calls.append(len(items))
         return bank(items, *args, **kwargs)
 
-    monkeypatch.setattr(scan_module.variants, "ShiftCandidates", counted)
+    monkeypatch.setattr(queries_module.variants, "ShiftCandidates", counted)
     scan(data["train"].path, data["synth"].path, tmp_path / "one", opts)
     few = len(calls)
-    monkeypatch.setattr(scan_module, "_SHIFT_BANK_SHARE", 2**62)  # groups of 16 candidates at most
+    monkeypatch.setattr(queries_module, "SHIFT_BANK_SHARE", 2**62)  # groups of 16 candidates at most
     calls.clear()
     scan(data["train"].path, data["synth"].path, tmp_path / "small", opts)
     assert len(calls) > few and max(calls) <= 16  # a group closes before its candidates pass 16
@@ -202,7 +205,7 @@ def test_resume_after_interruption_is_identical_and_skips_done_blocks(data, tmp_
     opts = ScanOptions(top_k=3, query_block=4, baseline_items=0)
     scan(data["train"].path, data["synth"].path, tmp_path / "ref", opts)
     calls = {"n": 0}
-    real = scan_module._search_query_block
+    real = queries_module.search_query_block
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -210,24 +213,27 @@ def test_resume_after_interruption_is_identical_and_skips_done_blocks(data, tmp_
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scan_module, "_search_query_block", flaky)
+    monkeypatch.setattr(queries_module, "search_query_block", flaky)
     with pytest.raises(KeyboardInterrupt):
         scan(data["train"].path, data["synth"].path, tmp_path / "run", opts)
     assert not (tmp_path / "run" / "summary.json").exists()
-    assert len(list((tmp_path / "run" / scan_module.STATE_DIR).glob("synthetic-*.npz"))) == 2
+    state = runfolder.work_folder(tmp_path / "run") / runfolder.STATE_DIR
+    assert len(list(state.glob("synthetic-*.npz"))) == 2
     calls["n"] = 10  # no more failures; count the blocks actually computed
     scan(data["train"].path, data["synth"].path, tmp_path / "run", opts)
     n_blocks = -(-data["synth"].n_items // 4)
     assert calls["n"] - 10 == n_blocks - 2
     assert _tables(tmp_path / "run") == _tables(tmp_path / "ref")
-    assert not (tmp_path / "run" / scan_module.STATE_DIR).exists()
+    assert not state.exists() and not runfolder.work_folder(tmp_path / "run").exists()
+    assert not (tmp_path / "run" / runfolder.STATE_DIR).exists()
 
 
 def test_release_gate_writes_outputs_then_fails(data, tmp_path):
-    with pytest.raises(GateFailed, match="release gate failed"):
-        scan(data["train"].path, data["synth"].path, tmp_path / "run", ScanOptions(fail_above=0.1))
+    res = scan(data["train"].path, data["synth"].path, tmp_path / "run", ScanOptions(fail_above=0.1))
+    assert res.gate_failed and "release gate failed" in res.gate_failed and "fail_above" in res.gate_failed
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "synthetic.parquet").exists()
-    scan(data["train"].path, data["synth"].path, tmp_path / "run2", ScanOptions(fail_above=0.99))
+    ok = scan(data["train"].path, data["synth"].path, tmp_path / "run2", ScanOptions(fail_above=0.99))
+    assert ok.gate_failed is None
 
 
 def test_masks_channels_and_raw_inputs(data, tmp_path):
@@ -374,13 +380,13 @@ def test_holdout_calibration_and_baselines(data, tmp_path):
 
 
 def test_leaked_subject_gate(data, tmp_path):
-    with pytest.raises(GateFailed, match="training subjects leaked"):
-        scan(
-            data["train"].path,
-            data["synth"].path,
-            tmp_path / "run",
-            ScanOptions(fail_on_leaked_subjects=1, baseline_items=0),
-        )
+    res = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "run",
+        ScanOptions(fail_on_leaked_subjects=1, baseline_items=0),
+    )
+    assert "training subjects leaked" in res.gate_failed
     assert (tmp_path / "run" / "subjects.parquet").exists()
 
 
@@ -420,7 +426,7 @@ def test_auto_switch_to_float32_is_kept_for_later_query_blocks(monkeypatch):
         yield 0, t[:32]
         yield 32, t[32:]
 
-    search = scan_module.LocalSearch(stream, "auto", "cpu")
+    search = queries_module.LocalSearch(stream, "auto", "cpu")
     first = search(q, 2)
     assert (first.switched_from, first.precision, search.precision) == ("bf16", "float32", "float32")
     second = search(q, 2)

@@ -25,6 +25,7 @@ from memscan.dataset.store import Dataset
 from memscan.errors import InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.scanning.options import ScanOptions
+from memscan.scanning.runfolder import content_bytes
 from memscan.scanning.scanner import RUN_TABLES, scan
 from memscan.search import cluster as cluster_module
 from memscan.search.cluster import merge_topk, open_cluster, plan_shards
@@ -91,7 +92,7 @@ def _assert_identical(local: Path, dask: Path) -> None:
     written = [name for name in RUN_TABLES if (local / name).exists()]
     assert "synthetic.parquet" in written and "matches.parquet" in written
     for name in written:
-        assert (local / name).read_bytes() == (dask / name).read_bytes(), name
+        assert content_bytes(local / name) == content_bytes(dask / name), name
 
 
 @pytest.mark.parametrize("precision", ["auto", "float64"])
@@ -256,7 +257,7 @@ def test_plan_shards_cover_contiguously_in_whole_blocks():
 def test_options_validation():
     with pytest.raises(InputError, match="not both"):
         ScanOptions(workers=2, scheduler="tcp://127.0.0.1:8786")
-    with pytest.raises(InputError, match="--workers must be >= 1"):
+    with pytest.raises(InputError, match="workers must be >= 1"):
         ScanOptions(workers=0)
 
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
+from memscan.core.devices import DEVICES
 from memscan.core.progress import out_console as console
 from memscan.core.progress import setup_logging
 from memscan.core.version import __version__
-from memscan.errors import MemscanError
+from memscan.errors import GateFailed, MemscanError
+from memscan.scanning.options import CALIBRATIONS, PRECISIONS
 
 app = typer.Typer(
     name="memscan",
@@ -23,6 +28,68 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("memscan")
+_state = {"verbose": False}
+_DEVICE_HELP = " | ".join(DEVICES) + " | cuda:N"
+
+#: Library parameter → CLI flag: library errors name Python parameters (``top_k must be >= 1``); at this
+#: boundary they are said in flags (``--top-k must be >= 1``).
+PARAM_FLAGS = {
+    "top_k": "--top-k",
+    "max_shift": "--max-shift",
+    "shift_candidates": "--shift-candidates",
+    "memory_budget": "--memory-budget",
+    "fail_above": "--fail-above",
+    "fail_on_leaked_subjects": "--fail-on-leaked-subjects",
+    "baseline_items": "--baseline-items",
+    "subject_pattern": "--subject-pattern",
+    "alpha": "--fdr",
+    "device": "--device",
+    "precision": "--precision",
+    "threshold": "--threshold",
+    "calibration": "--calibration",
+    "mask": "--mask",
+    "channel": "--channel",
+    "workers": "--workers",
+    "scheduler": "--scheduler",
+    "orientations": "--orientations",
+    "flips": "--flips",
+    "out": "--out",
+}
+_MULTI_WORD = re.compile(r"(?<![\w-])(" + "|".join(k for k in PARAM_FLAGS if "_" in k) + r")(?![\w])")
+_LEADING = re.compile(r"^(" + "|".join(PARAM_FLAGS) + r")(?= )")
+
+
+def to_flags(message: str) -> str:
+    """Say a library message in CLI flags: ``top_k`` anywhere, one-word names where they lead the message."""
+    message = _MULTI_WORD.sub(lambda m: PARAM_FLAGS[m.group(1)], message)
+    return _LEADING.sub(lambda m: PARAM_FLAGS[m.group(1)], message)
+
+
+def _registry_help() -> dict[str, str]:
+    """Choices that come from registries whose modules load torch: computed only when help is shown."""
+    from memscan.models import registry
+    from memscan.study.pipeline import preset_names
+
+    families = {f: ", ".join(registry.presets(f)) for f in registry.FAMILIES}
+    return {
+        "model_families": " | ".join(registry.FAMILIES),
+        "model_presets": "; ".join(f"{f}: {names}" for f, names in families.items()),
+        "study_presets": " | ".join(preset_names()),
+    }
+
+
+class RegistryHelpCommand(TyperCommand):
+    """A command whose option help holds ``{model_presets}``/``{study_presets}``, filled in when shown."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        values = _registry_help()
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                param.help = text.format(**values)
+        if self.help and "{" in self.help:
+            self.help = self.help.format(**values)
+        super().format_help(ctx, formatter)
 
 
 def _version(value: bool) -> None:
@@ -40,21 +107,41 @@ def _main(
     ] = False,
 ) -> None:
     setup_logging(quiet=quiet, verbose=verbose)
+    _state["verbose"] = verbose
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"memscan: error: {message}", err=True)
+    return typer.Exit(code)
 
 
 def _errors_to_exit_codes(fn):
-    """Bad input → one line on stderr and exit 2; gate failed → exit 3; no traceback for either."""
+    """The exit-code contract, by construction: every exception leaves through here.
+
+    ``InputError`` → 2 and ``GateFailed`` → 3 (one line, no traceback); ``OSError`` (read-only or full
+    disk, permissions, a vanished file) → 2, one line naming the path; Ctrl-C → 130; anything else is a
+    bug → 1, with one line and a hint (the traceback with ``--verbose``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
         except MemscanError as exc:
-            typer.echo(f"memscan: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+            raise _fail(to_flags(str(exc)), exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("memscan: interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else "output"
+            raise _fail(f"{where}: {exc.strerror or type(exc).__name__}", 2) from None
+        except Exception as exc:  # noqa: BLE001 - the contract: a bug is exit 1, said in one line
+            if _state["verbose"]:
+                traceback.print_exc()
+            hint = "" if _state["verbose"] else " (run with --verbose for the traceback)"
+            raise _fail(f"internal error, please report it: {type(exc).__name__}: {exc}{hint}", 1) from None
 
     return wrapper
 
@@ -100,13 +187,13 @@ def prepare(
 
     Example: memscan prepare BraTS2020/ --out brats --test-subjects 56
     """
-    from memscan.cli.tables import dataset_table
     from memscan.preprocess.prepare import (
         PrepareOptions,
         parse_modalities,
         parse_slice_range,
         prepare_dataset,
     )
+    from memscan.report.terminal import dataset_table
 
     opts = PrepareOptions(
         layout=layout,
@@ -132,11 +219,18 @@ def scan(
     synthetic: Annotated[Path, typer.Argument(help="Synthetic dataset folder, or raw images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (resumes if interrupted).")],
     top_k: Annotated[int, typer.Option(help="Matches kept per synthetic item.")] = 5,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     precision: Annotated[
-        str, typer.Option(help="Screen precision: auto | bf16 | fp16 | float32 | exact (results are exact)")
+        str, typer.Option(help=f"Screen precision: {' | '.join(PRECISIONS)} (results are exact)")
     ] = "auto",
     flips: Annotated[bool, typer.Option("--flips", help="Also compare left-right mirrored items.")] = False,
+    orientations: Annotated[
+        bool,
+        typer.Option(
+            "--orientations",
+            help="Compare all 8 axis-aligned orientations (flips, rotations, transposes; square 2D items).",
+        ),
+    ] = False,
     max_shift: Annotated[
         int, typer.Option(help="Tolerate shifts up to PX pixels (on re-rank candidates).")
     ] = 0,
@@ -151,7 +245,7 @@ def scan(
     holdout: Annotated[
         Path | None, typer.Option(help="Real images of subjects NOT used for training: calibrates the flags.")
     ] = None,
-    calibration: Annotated[str, typer.Option(help="With --holdout: fdr | quantile")] = "fdr",
+    calibration: Annotated[str, typer.Option(help=f"With --holdout: {' | '.join(CALIBRATIONS)}")] = "fdr",
     fdr: Annotated[
         float, typer.Option(help="With --holdout: FDR level (or per-image level for quantile).")
     ] = 0.05,
@@ -186,49 +280,40 @@ def scan(
 
     Example: memscan scan brats/train synthetic/ --out run --flips
     """
-    from memscan.cli.tables import run_table
-    from memscan.scanning.options import ScanOptions, parse_bytes
-    from memscan.scanning.scanner import scan as run_scan
+    from memscan.api import scan as run_scan
+    from memscan.report.terminal import run_table
 
-    opts = ScanOptions(
+    result = run_scan(
+        train,
+        synthetic,
+        out,
+        holdout=holdout,
+        report=not no_report,
         top_k=top_k,
         device=device,
         precision=precision,
         flips=flips,
+        orientations=orientations,
         max_shift=max_shift,
-        resize=resize,
         shift_candidates=shift_candidates,
+        resize=resize,
         mask=mask,
         channel=channel,
         threshold=threshold,
-        fail_above=fail_above,
-        memory_budget=parse_bytes(memory_budget),
         calibration=calibration,
         alpha=fdr,
+        fail_above=fail_above,
         fail_on_leaked_subjects=fail_on_leaked_subjects,
         baseline_items=baseline_items,
+        memory_budget=memory_budget,
         workers=workers,
         scheduler=scheduler,
+        subject_pattern=subject_pattern,
+        command="memscan " + " ".join(sys.argv[1:]),
     )
-    command = "memscan " + " ".join(sys.argv[1:])
-    try:
-        result = run_scan(
-            train,
-            synthetic,
-            out,
-            opts,
-            holdout=holdout,
-            subject_pattern=subject_pattern,
-            command=command,
-            report=not no_report,
-        )
-    except MemscanError as exc:
-        if exc.exit_code == 3:
-            from memscan.scanning.scanner import load_run
-
-            console.print(run_table(load_run(out)))
-        raise
     console.print(run_table(result))
+    if result.gate_failed:
+        raise GateFailed(result.gate_failed)
 
 
 @app.command()
@@ -242,27 +327,25 @@ def report(
 
     Example: memscan report run
     """
-    from memscan.report.html import write_report
-    from memscan.scanning.scanner import load_run
+    from memscan.api import write_report
 
-    load_run(run)  # a clear error for a folder that is not a finished run
     path = write_report(run, max_gallery=max_gallery, per_page=per_page)
     console.print(f"report: {path}")
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 @_errors_to_exit_codes
 def train(
-    family: Annotated[str, typer.Argument(help="Model family: ddpm | stylegan2")],
+    family: Annotated[str, typer.Argument(help="Model family: {model_families}")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Training dataset folder (or DATASET/SPLIT).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     config: Annotated[Path | None, typer.Option(help="JSON file of config overrides.")] = None,
     preset: Annotated[
-        str | None, typer.Option(help="ddpm: study | quick | quick3d | tiny (default quick).")
+        str | None, typer.Option(help="The family's preset ({model_presets}; default quick).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Total training steps (default: the preset's).")] = None,
     batch: Annotated[int | None, typer.Option(help="Images per step (default: the preset's).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue exactly from the folder's latest checkpoint.")
     ] = False,
@@ -276,7 +359,7 @@ def train(
 
     Example: memscan train ddpm --data brats/train --out ddpm-brats --steps 20000
     """
-    from memscan.models.train import train_model
+    from memscan.api import train as train_model
 
     path = train_model(
         data,
@@ -310,7 +393,7 @@ def sample(
         int | None,
         typer.Option(help="ddpm models: steps (ddpm: fewer than T = the strided ancestral chain)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")
     ] = False,
@@ -319,8 +402,8 @@ def sample(
 
     Example: memscan sample ddpm-brats --n 1000 --out synthetic
     """
-    from memscan.cli.tables import dataset_table
     from memscan.models.sample import sample_model
+    from memscan.report.terminal import dataset_table
 
     ds = sample_model(
         model,
@@ -354,18 +437,18 @@ def demo(
     run_demo(out, n_subjects=subjects, size=size)
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 @_errors_to_exit_codes
 def study(
     config: Annotated[
-        str, typer.Argument(help="Study TOML file, or a preset: tiny | quick | study-brats | study-cxr.")
+        str, typer.Argument(help="Study TOML file, or a preset: {study_presets}.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue in a folder that holds a study; finished stages are kept."),
     ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (training, sampling and scans)")] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP + " (training, sampling and scans)")] = "auto",
     source: Annotated[
         Path | None, typer.Option(help="Raw data folder; replaces the config's [data] source / phantom.")
     ] = None,
@@ -374,10 +457,10 @@ def study(
 
     Example: memscan study quick --out study --device cuda
     """
-    from memscan.study.pipeline import load_config, markdown_table, run_study
+    from memscan.api import run_study
+    from memscan.study.pipeline import markdown_table
 
-    cfg = load_config(config, source=source)
-    result = run_study(cfg, out, resume=resume, device=device)
+    result = run_study(config, out, resume=resume, device=device, source=source)
     typer.echo(markdown_table(result.table))
     typer.echo(f"results: {out / 'results.md'}\nreport: {out / 'report.html'}")
 

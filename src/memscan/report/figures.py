@@ -12,9 +12,6 @@ training image; pixels that fall outside the overlap are NaN.
 
 from __future__ import annotations
 
-import os
-import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+from memscan.core import atomic
+from memscan.search import transforms
 
 __all__ = [
     "HistogramSeries",
@@ -38,8 +38,6 @@ __all__ = [
     "pearson",
 ]
 
-_SHIFT = re.compile(r"^shift\(([+-]?\d+),([+-]?\d+)\)$")
-_PARTS = re.compile(r"[a-z_]+\([^)]*\)|[^+]+")  # "flip+shift(+2,-1)" -> ["flip", "shift(+2,-1)"]
 
 # Colour-blind-safe palette (Okabe-Ito).
 SYNTHETIC_COLOUR = "#D55E00"
@@ -53,14 +51,9 @@ def _save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic.write_with(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    )
 
 
 # ----------------------------------------------------------------------------------------------- histogram
@@ -179,41 +172,33 @@ def histogram_figure(
 # ----------------------------------------------------------------------------------------------- alignment
 
 
-def parse_transform(label: str | None) -> tuple[bool, int, int, list[str]]:
-    """``'flip+shift(+2,-1)'`` → ``(True, 2, -1, [])``; unknown parts are returned in the list."""
-    flip, dy, dx, unknown = False, 0, 0, []
-    for part in _PARTS.findall(str(label or "none")):
-        part = part.strip()
-        m = _SHIFT.match(part)
-        if part in ("", "none"):
-            continue
-        if part == "flip":
-            flip = True
-        elif m:
-            dy, dx = int(m.group(1)), int(m.group(2))
-        else:
-            unknown.append(part)
-    return flip, dy, dx, unknown
+def parse_transform(label: str | None) -> transforms.Transform:
+    """The scan's transform label read with the one grammar (``memscan.search.transforms``).
+
+    Parts outside the grammar are returned in ``Transform.unknown`` (drawn without undoing them).
+    """
+    return transforms.parse(label, strict=False)
 
 
 def align_to_train(
     item: np.ndarray, transform: str | None, spatial_dims: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Undo a synthetic item's transform so that it lies pixel-aligned on its training match.
+    """Apply a synthetic item's transform so that it lies pixel-aligned on its training match.
 
     Args:
         item: one synthetic item ``[C, H, W]`` or ``[C, X, Y, Z]``.
-        transform: the scan's label (``none``, ``flip``, ``shift(+dy,+dx)``, ``flip+shift(...)``).
+        transform: the scan's label (``none``, ``flip``, ``rot90``, ``shift(+dy,+dx)``, ``flip+shift(...)``).
         spatial_dims: 2 or 3.
 
     Returns:
         ``(aligned float64 item, valid bool mask [same shape])``; pixels outside the overlap are NaN
         and False.
     """
-    flip, dy, dx, _ = parse_transform(transform)
+    t = parse_transform(transform)
     x = np.asarray(item, dtype=np.float64)
-    if flip:
-        x = np.flip(x, axis=-1 if spatial_dims == 2 else 1)
+    if t.orientation != "none":
+        x = transforms.orient(x[None], t.orientation, spatial_dims)[0]
+    dy, dx = t.dy, t.dx
     valid = np.ones(x.shape, dtype=bool)
     if (dy or dx) and spatial_dims == 2:
         h, w = x.shape[-2:]

@@ -24,11 +24,9 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import platform
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +37,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from memscan.core import atomic
 from memscan.dataset.store import Dataset
 from memscan.report import figures
-from memscan.scanning.scanner import ScanResult, load_run
+from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, Summary, load_run
 
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
 PAIRS_DIR = "pairs"
-REPORT_FILE = "report.html"
 SUBJECT_ROWS = 100  # rows of the per-subject table in the HTML (the CSV has all)
 READ_BUDGET = 256 * 2**20  # bytes of items read at once for the gallery
 _GALLERY_PAGE = re.compile(r"^gallery-(\d+)\.html$")
@@ -101,33 +98,28 @@ class Images:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells that start like a formula are prefixed with ``'`` (OWASP CSV injection).
+
+    Only text columns are touched: numbers (e.g. negative correlations) stay numbers.
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            values = out[col].astype("object")
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+            if risky.any():
+                out[col] = values.where(~risky, "'" + values.astype(str))
+    return out
 
 
-def _read_optional(path: Path) -> tuple[pd.DataFrame | None, str | None]:
-    if not path.is_file():
-        return None, None
-    try:
-        return pd.read_parquet(path), None
-    except Exception as exc:  # noqa: BLE001 - a damaged optional table must not stop the report
-        return None, f"{path.name} could not be read ({type(exc).__name__}: {exc})"
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    safe = neutralise_formulas(df)
+    atomic.write_with(path, lambda tmp: safe.to_csv(tmp, index=False))
 
 
 def _version(dist: str) -> str:
@@ -345,9 +337,10 @@ def _draw_pair(
     pairs_dir: Path,
 ) -> None:
     """Draw one entry's figure and fill its ``image``, size, ``r_display`` and ``note``."""
-    flip, dy, dx, unknown = figures.parse_transform(e.transform)
+    t = figures.parse_transform(e.transform)
+    unknown = list(t.unknown)
     aligned, valid = figures.align_to_train(s_items[sp], e.transform, dims)
-    undone = [w for w, on in (("flip", flip), ("shift", bool(dy or dx))) if on]
+    undone = [w for w, on in ((t.orientation, t.orientation != "none"), ("shift", t.shifted)) if on]
     s_title = "synthetic" + (f" ({' + '.join(undone)} undone)" if undone else "")
     t_row = tman.iloc[tp]
     t_title = "training" + (
@@ -402,11 +395,11 @@ def _paginate(entries: list[PairEntry], per_page: int) -> list[GalleryPage]:
 # ----------------------------------------------------------------------------------------------- text
 
 
-def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
+def _threshold_text(s: Summary) -> tuple[str, bool]:
     """The sentence about how flags are decided, and whether the threshold is calibrated."""
     thr = _num(s.get("threshold"))
     thr_text = f"{thr:.4f}" if thr is not None else "n/a"
-    n_hold = int(s.get("n_holdout") or 0)
+    n_hold = s.n_holdout
     cal = s.get("calibration") or {}
     if s.get("threshold_source") == "holdout" and n_hold:
         base = f"Flags are calibrated on {n_hold:,} held-out real images"
@@ -434,24 +427,32 @@ def _threshold_text(s: dict[str, Any]) -> tuple[str, bool]:
     ), False
 
 
-def _verdict(s: dict[str, Any]) -> str:
-    n_s = int(s.get("n_synthetic") or 0)
-    n_f = int(s.get("n_flagged") or 0)
-    tot = int(s.get("subjects_total") or 0)
-    leaked = int(s.get("subjects_leaked") or 0)
+def _verdict(s: Summary) -> str:
+    n_s = s.n_synthetic
+    n_f = s.n_flagged
+    tot = s.subjects_total
+    leaked = s.subjects_leaked
     verb_f = "is" if n_f == 1 else "are"
     verb_s = "is" if leaked == 1 else "are"
-    return (
+    text = (
         f"{n_f:,} of {n_s:,} synthetic images ({_pct(n_f, n_s)}) {verb_f} flagged as copies of training "
         f"images; {leaked:,} of {tot:,} training subjects ({_pct(leaked, tot)}) {verb_s} reproduced."
     )
+    n_u = s.n_unscored
+    if n_u:
+        plural = n_u != 1
+        text += (
+            f" {n_u:,} synthetic image{'s' if plural else ''} could not be scored and "
+            f"{'are' if plural else 'is'} NOT certified as non-copies."
+        )
+    return text
 
 
 def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple[str, str]]:
     s = result.summary
     opts = s.get("options") or {}
-    n_s, n_f = int(s.get("n_synthetic") or 0), int(s.get("n_flagged") or 0)
-    tot, leaked = int(s.get("subjects_total") or 0), int(s.get("subjects_leaked") or 0)
+    n_s, n_f = s.n_synthetic, s.n_flagged
+    tot, leaked = s.subjects_total, s.subjects_leaked
     thr = _num(s.get("threshold"))
     calibrated = s.get("threshold_source") == "holdout"
     if thr is not None:
@@ -510,7 +511,15 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     corr = pd.to_numeric(result.synthetic["max_correlation"], errors="coerce")
     if corr.notna().any():
         rows.append(("Highest / median max correlation", f"{corr.max():.4f} / {corr.median():.4f}"))
-    if s.get("n_unmatched"):
+    if s.get("n_unscored"):
+        rows.append(
+            (
+                "NOT SCORED (not certified)",
+                f"{int(s['n_unscored']):,} synthetic images could not be scored (constant or non-finite "
+                "pixels): they are not known to be non-copies",
+            )
+        )
+    elif s.get("n_unmatched"):
         rows.append(("Synthetic images without any match", f"{int(s['n_unmatched']):,}"))
     search = [
         f"top-{s.get('top_k')}",
@@ -590,16 +599,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _swap_folder(new: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) -> Path:
     """Write ``RUN/report.html`` (and its gallery pages, figures and CSV exports) for a finished scan.
 
@@ -617,9 +616,8 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     run = Path(run)
     result = load_run(run)
     s = result.summary
-    holdout, h_err = _read_optional(run / "holdout.parquet")
-    baseline, b_err = _read_optional(run / "baseline.parquet")
-    notes = [e for e in (h_err, b_err) if e]
+    holdout, baseline = result.holdout, result.baseline  # checked by load_run: same run, readable
+    notes: list[str] = []
     cal_note = (s.get("calibration") or {}).get("note")
     if cal_note:
         notes.insert(0, f"Calibration: {cal_note}")
@@ -635,9 +633,9 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     if baseline is not None:
         exports.append(("baseline.csv", baseline))
     for name, df in exports:
-        _atomic_csv(df, run / name)
+        _write_csv(df, run / name)
 
-    tmp_fig = run / f".{FIGURES_DIR}.tmp-{uuid.uuid4().hex[:6]}"
+    tmp_fig = atomic.temporary_sibling(run / FIGURES_DIR)
     (tmp_fig / PAIRS_DIR).mkdir(parents=True)
     try:
         # histogram
@@ -692,7 +690,7 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         elif entries:
             for e in entries:
                 e.note = "Images not available (see the note above)."
-        _swap_folder(tmp_fig, run / FIGURES_DIR)
+        atomic.swap_folder(tmp_fig, run / FIGURES_DIR)
     except BaseException:
         shutil.rmtree(tmp_fig, ignore_errors=True)
         raise
@@ -707,7 +705,7 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         "verdict": _verdict(s),
         "threshold_text": threshold_text,
         "calibrated": is_calibrated,
-        "any_flagged": int(s.get("n_flagged") or 0) > 0,
+        "any_flagged": s.n_flagged > 0,
         "key_numbers": _key_numbers(result, holdout),
         "has_holdout": holdout is not None and len(holdout) > 0,
         "has_baseline": baseline is not None and len(baseline) > 0,
@@ -728,13 +726,13 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
     env = _environment()
     for page in pages[1:]:
         html = env.get_template("gallery.html.j2").render(**context, page=page)
-        _atomic_write_text(run / f"gallery-{page.number}.html", html)
+        atomic.write_text(run / f"gallery-{page.number}.html", html)
     for old in run.iterdir():
         m = _GALLERY_PAGE.match(old.name)
         if m and int(m.group(1)) > len(pages):
             old.unlink()
     html = env.get_template("report.html.j2").render(**context, page=pages[0])
     out = run / REPORT_FILE
-    _atomic_write_text(out, html)
+    atomic.write_text(out, html)
     log.info("wrote %s (%d gallery page(s), %d pairs)", out, len(pages), len(entries))
     return out

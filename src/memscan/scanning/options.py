@@ -6,14 +6,21 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from memscan.core.devices import check_device
+from memscan.core.validate import check_choice, check_float, check_int
 from memscan.errors import InputError
 
-DEVICES = ("auto", "cpu", "cuda")
-#: Smallest --memory-budget: ~150 MiB of library working memory (Zarr chunk decompression, int8
+#: Smallest memory_budget: ~150 MiB of library working memory (Zarr chunk decompression, int8
 #: buffers, thread pools) come on top of the blocks, so smaller budgets could not be honoured
 #: (benchmarks/bench_memory.py).
 MIN_MEMORY_BUDGET = 256 * 2**20
+#: The engine's screen precisions (``memscan.search.engine.PRECISIONS``, not imported here: that module loads
+#: torch, and the CLI builds its help from this tuple; a test keeps the two equal), plus ``exact``
+#: (= ``float64``, the plain path for comparison).
 PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64", "exact")
+CALIBRATIONS = ("fdr", "quantile")
+#: Largest max_shift accepted before the items are seen (the items' size limits it further).
+MAX_SHIFT = 64
 _UNITS = {
     "": 1,
     "b": 1,
@@ -53,6 +60,9 @@ class ScanOptions:
             path for 8-bit data and a bf16 screen + float64 re-rank otherwise; ``exact`` (= ``float64``) is
             the plain float64 path, for comparison.
         flips: also compare each synthetic item mirrored left-right.
+        orientations: compare all eight axis-aligned orientations of each synthetic item (square 2D items):
+            identity, ``flip``, ``flipud``, ``rot90``, ``rot180``, ``rot270``, ``transpose``,
+            ``antitranspose`` (includes ``flips``).
         max_shift: translation tolerance in pixels, evaluated on the re-rank candidates.
         resize: resample SYNTHETIC (and HOLDOUT) to TRAIN's spatial size when they differ.
         mask: ``none``, ``foreground`` (derived from the training set) or a path to a mask file.
@@ -77,6 +87,7 @@ class ScanOptions:
     device: str = "auto"
     precision: str = "auto"
     flips: bool = False
+    orientations: bool = False
     max_shift: int = 0
     resize: bool = False
     mask: str = "none"
@@ -95,41 +106,37 @@ class ScanOptions:
     scheduler: str | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.device not in DEVICES:
-            raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.max_shift < 0 or self.max_shift > 64:
-            raise InputError(f"--max-shift must be between 0 and 64 pixels, got {self.max_shift}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise InputError(f"--threshold must be a correlation in [-1, 1], got {self.threshold}")
+        """Validate every option; messages name the parameter (``top_k must be >= 1``)."""
+        check_int(self.top_k, "top_k", minimum=1)
+        check_device(self.device, "device")
+        check_choice(self.precision, PRECISIONS, "precision")
+        check_int(self.max_shift, "max_shift", minimum=0, maximum=MAX_SHIFT)
+        check_float(self.threshold, "threshold", low=-1.0, high=1.0)
+        check_int(self.memory_budget, "memory_budget")
         if self.memory_budget < MIN_MEMORY_BUDGET:
             raise InputError(
-                "--memory-budget must be at least 256MiB (the scan's libraries hold ~150 MiB of working "
+                "memory_budget must be at least 256MiB (the scan's libraries hold ~150 MiB of working "
                 f"memory whatever the blocks), got {self.memory_budget / 2**20:.0f}MiB"
             )
-        if self.calibration not in ("fdr", "quantile"):
-            raise InputError(f"--calibration must be fdr or quantile, got {self.calibration!r}")
-        if not 0.0 < self.alpha < 1.0:
-            raise InputError(f"--fdr must be in (0, 1), got {self.alpha}")
-        if self.baseline_items < 0:
-            raise InputError(f"--baseline-items must be >= 0, got {self.baseline_items}")
-        if self.fail_on_leaked_subjects is not None and self.fail_on_leaked_subjects < 1:
-            raise InputError(f"--fail-on-leaked-subjects must be >= 1, got {self.fail_on_leaked_subjects}")
+        check_choice(self.calibration, CALIBRATIONS, "calibration")
+        check_float(self.alpha, "alpha", low=0.0, high=1.0, open_low=True)
+        if self.alpha >= 1.0:
+            raise InputError(f"alpha must be < 1; got {self.alpha}")
+        check_int(self.baseline_items, "baseline_items", minimum=0)
+        if self.fail_on_leaked_subjects is not None:
+            check_int(self.fail_on_leaked_subjects, "fail_on_leaked_subjects", minimum=1)
         for name in ("query_block", "train_block", "shift_candidates"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"{name} must be >= 1, got {value}")
-        if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
-            raise InputError(f"--fail-above must be a fraction in [0, 1], got {self.fail_above}")
+            if value is not None:
+                check_int(value, name, minimum=1)
+        if self.fail_above is not None:
+            check_float(self.fail_above, "fail_above", low=0.0, high=1.0)
         if self.workers is not None and self.scheduler is not None:
-            raise InputError("give either --workers or --scheduler, not both")
-        if self.workers is not None and self.workers < 1:
-            raise InputError(f"--workers must be >= 1, got {self.workers}")
+            raise InputError("give either workers or scheduler, not both")
+        if self.workers is not None:
+            check_int(self.workers, "workers", minimum=1)
         if self.scheduler is not None and not self.scheduler.strip():
-            raise InputError("--scheduler needs an address like tcp://HOST:8786")
+            raise InputError("scheduler needs an address like tcp://HOST:8786")
 
     @property
     def engine_precision(self) -> str:

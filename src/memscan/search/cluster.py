@@ -53,7 +53,7 @@ from memscan.search import engine
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from distributed import Client
 
-    from memscan.scanning.scanner import Features
+    from memscan.search.features import Features
 
 log = logging.getLogger(__name__)
 

@@ -76,6 +76,7 @@ def run_cell(
     """
     from memscan.models import sample as sample_mod
     from memscan.models import train as train_mod
+    from memscan.report.html import write_report
     from memscan.scanning.scanner import scan
 
     m = cell.model
@@ -147,10 +148,10 @@ def run_cell(
             scan_st.path,
             opts,
             holdout=holdout_path,
-            report=True,
             command=f"memscan scan {subset.path} {sample_st.path} --out {scan_st.path} "
             f"--holdout {holdout_path}",
         )
+        write_report(scan_st.path)
         synth_mean = mean_intensity(sample_st.path)
         return {"synthetic_mean": synth_mean, "holdout_mean": holdout_mean}
 

@@ -1,10 +1,11 @@
-"""Human-readable summaries (rich tables) of datasets and runs for the terminal."""
+"""Human-readable summaries (rich tables) of datasets and runs for the terminal (the CLI and the demo)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
 from memscan.dataset.store import Dataset
+from memscan.scanning.runfolder import REPORT_FILE, ScanResult
 
 
 def dataset_table(ds: Dataset) -> Table:
@@ -32,8 +33,8 @@ def dataset_table(ds: Dataset) -> Table:
     return table
 
 
-def run_table(result) -> Table:
-    """Key numbers of a scan run (``memscan.scanning.scanner.ScanResult``) and its riskiest matches."""
+def run_table(result: ScanResult) -> Table:
+    """Key numbers of a scan run and its riskiest matches."""
     s = result.summary
     table = Table(title=f"run {result.run}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
@@ -51,6 +52,12 @@ def run_table(result) -> Table:
     else:
         how = f"max correlation > {s['threshold']}: fixed threshold, NOT calibrated (use --holdout)"
     table.add_row("flagged", f"{s['n_flagged']} of {s['n_synthetic']} ({s['flagged_fraction']:.1%}), {how}")
+    if s.get("n_unscored"):
+        table.add_row(
+            "NOT SCORED",
+            f"{s['n_unscored']} synthetic item(s) could not be scored (constant or non-finite): not "
+            "certified as non-copies (column 'unscored')",
+        )
     table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']} training subjects")
     if s["precision"] == "int8":
         engine = "exact integer products (int8), nothing to re-rank"
@@ -58,8 +65,8 @@ def run_table(result) -> Table:
         engine = f"{s['precision']} screen + exact float64 re-rank of {s['n_rerank_pairs']} pairs"
     table.add_row("engine", f"{s['device']}, {engine}")
     table.add_row("time", f"{s['seconds']:.2f} s")
-    if (result.run / "report.html").exists():
-        table.add_row("report", str(result.run / "report.html"))
+    if (result.run / REPORT_FILE).exists():
+        table.add_row("report", str(result.run / REPORT_FILE))
     top = result.synthetic.sort_values("max_correlation", ascending=False, na_position="last").head(5)
     for _, row in top.iterrows():
         table.add_row(

@@ -1,0 +1,48 @@
+"""Items → feature rows: the selected channels and the pixels inside the shared mask, flattened.
+
+Shapes: items ``[n, C, *S]`` (``S`` = ``(H, W)`` or ``(X, Y, Z)``) → rows ``[n, d]``. The stored dtype is
+kept (uint8 stays uint8) so blocks stay small; the engine normalizes. This lives in ``search/`` because
+both the local scan and the Dask workers (``search/cluster.py``) turn items into rows the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from memscan.search import variants
+
+__all__ = ["Features"]
+
+
+@dataclass
+class Features:
+    """Items ``[n, C, *S]`` → feature rows ``[n, d]`` (selected channels, pixels inside the mask).
+
+    Attributes:
+        channels: channel positions to keep, or None for all.
+        mask: bool ``[C', *S]`` after channel selection, or None for every pixel.
+    """
+
+    channels: list[int] | None
+    mask: np.ndarray | None
+
+    def __call__(self, items: np.ndarray) -> np.ndarray:
+        """``[n, C, *S]`` → ``[n, d]`` in the items' dtype."""
+        if self.channels is not None:
+            items = items[:, self.channels]
+        if self.mask is not None:
+            return variants.apply_mask(items, self.mask)
+        return items.reshape(len(items), -1)
+
+    def select(self, items: np.ndarray) -> np.ndarray:
+        """``[n, C, *S]`` → ``[n, C', *S]``: the selected channels only (the shift re-rank's view)."""
+        return items if self.channels is None else items[:, self.channels]
+
+    def dim(self, item_shape: tuple[int, ...]) -> int:
+        """``d``, the length of a feature row for items of shape ``item_shape = (C, *S)``."""
+        if self.mask is not None:
+            return int(self.mask.sum())
+        c = len(self.channels) if self.channels is not None else item_shape[0]
+        return int(c * np.prod(item_shape[1:]))
