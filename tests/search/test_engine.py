@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memscan.errors import InputError
-from memscan.search import engine
+from memscan.search import engine, limits, precision
 from memscan.search.engine import (
     SearchResult,
     exact_correlation,
@@ -135,7 +135,7 @@ def test_long_rows_are_summed_in_segments_exactly(near_ties, monkeypatch) -> Non
     """Rows longer than ``_SEGMENT`` (3D volumes) take the segmented statistics and exact routine: the same
     values as the float64 reference (1e-12), constant rows excluded, and bitwise the same results for every
     block size and float precision (here with 100-value segments, so d = 1,024 has 11)."""
-    monkeypatch.setattr(engine, "_SEGMENT", 100)
+    monkeypatch.setattr(limits, "_SEGMENT", 100)
     q, t = (a.astype(np.float32) for a in near_ties)
     t = t.copy()
     t[3] = 77.0  # constant
@@ -564,7 +564,7 @@ def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str
 def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) -> None:
     """The GPU path's conversion (run here on CPU tensors) equals the host path bit for bit, also when the
     host splits long items into chunk-major tensors (reused across blocks of different sizes)."""
-    monkeypatch.setattr(engine, "INT8_CHUNK", chunk)
+    monkeypatch.setattr(limits, "INT8_CHUNK", chunk)
     rng = np.random.default_rng(9)
     raw = rng.integers(0, 256, size=(13, 301), dtype=np.uint8)
     raw[5] = 200  # constant
@@ -597,7 +597,7 @@ def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) 
 def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeypatch) -> None:
     """Near-tie float items: the bf16 screen's margin covers most of each block, so 'auto' screens in
     float32; the result is the float64 brute force's, identical to a float32 and a bf16 scan."""
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
     q, t = (a.astype(np.float32) for a in near_ties)
     res = search_topk(q, blocks_of(t, 16), 3, precision="auto")
     assert (res.switched_from, res.precision) == ("bf16", "float32")
@@ -617,7 +617,7 @@ def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeyp
 def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
     """Each query's near copy stands far above the rest: the bf16 screen leaves (almost) nothing beyond the
     top-k, so 'auto' keeps it, first block included."""
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
     rng = np.random.default_rng(5)
     t = rng.standard_normal((300, 512)).astype(np.float32)
     q = t[rng.permutation(64)[:40]] + 0.3 * rng.standard_normal((40, 512)).astype(np.float32)
