@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ class _Prepared:
     copied: torch.cuda.Event | None = None
     int_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # int8 path: Σx' and d²·variance
     chunks: list[torch.Tensor] | None = None  # int8 path on the CPU: x - 128, one tensor per reduction chunk
+    extra: Any = None  # int16 path: the block's exact statistics (screen_int16.IntStats)
 
 
 @dataclass

@@ -72,32 +72,29 @@ from memscan.search.blocks import _Groups, _Prepared, _Screened
 from memscan.search.bounds import screen_epsilon
 from memscan.search.candidates import _round_down_f32, _thresholds
 from memscan.search.exact import _exact_grouped, exact_correlation
-
-# names other modules (scanning, variants, cluster, benchmarks, tests) import from here
-from memscan.search.limits import AUTO_SWITCH_FRACTION, INT8_CHUNK, INT8_MAX_D, PRECISIONS, SCREEN_CHUNK  # noqa: F401, E402
+from memscan.search.limits import AUTO_SWITCH_FRACTION, INT8_CHUNK, INT8_MAX_D, PRECISIONS, SCREEN_CHUNK
 from memscan.search.precision import resolve_precision
-from memscan.search.screen_float import (
-    _fill_normalised,  # noqa: F401, E402
-    _Screen,
-)
-from memscan.search.screen_int import (
-    _IntScreen,
-    int8_block,  # noqa: F401, E402
-)
-from memscan.search.stats import (
-    _check_real,
-    _map_rows,  # noqa: F401, E402
-    _rows_f64,
-    _valid,
-    item_stats,
-)
+from memscan.search.screen_float import _fill_normalised, _Screen
+from memscan.search.screen_int import _IntScreen, int8_block
+from memscan.search.screen_int16 import _Int16Screen
+from memscan.search.stats import _check_real, _map_rows, _rows_f64, _valid, item_stats
 from memscan.search.topk import merge_topk as _merge
 
 logger = logging.getLogger(__name__)
 
+# the names scanning, variants, cluster, the benchmarks and the tests import from here
 __all__ = [
+    "AUTO_SWITCH_FRACTION",
+    "INT8_CHUNK",
+    "INT8_MAX_D",
     "PRECISIONS",
     "SCREEN_CHUNK",
+    "_IntScreen",
+    "_Screen",
+    "_fill_normalised",
+    "_map_rows",
+    "_valid",
+    "int8_block",
     "SearchResult",
     "exact_correlation",
     "item_stats",
@@ -176,45 +173,15 @@ def search_topk(
     if not 1 <= chunk <= 65536:
         raise InputError(f"chunk must be in 1..65536, got {chunk}")
     adaptive = precision == "auto"
-    precision = resolve_precision(precision, device, queries.dtype, queries.shape[1])
-    adaptive = adaptive and precision == "bf16"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but torch.cuda.is_available() is False")
     nq, d = queries.shape
     if d == 0:
         raise InputError("items have no values (d = 0)")
-
-    screen: _Screen | _IntScreen
-    if precision == "int8":
-        screen = _IntScreen(queries, device, k)
-        q_valid = screen.q_valid
-        q_mean = q_norm = np.zeros(0)
-        eps = 0.0
-    else:
-        q_mean, q_norm = item_stats(queries)
-        q_valid = _valid(q_mean, q_norm)
-        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k, keep_float32=adaptive)
-        eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
     if (query_groups is None) != (train_groups is None):
         raise InputError("query_groups and train_groups go together")
-    groups = None
-    if query_groups is not None and train_groups is not None:
-        if len(query_groups) != nq:
-            raise InputError(f"query_groups has {len(query_groups)} entries for {nq} queries")
-        groups = _Groups(np.asarray(query_groups, dtype=np.int64), np.asarray(train_groups, dtype=np.int64))
-        screen.groups = groups
-    started_with: str | None = None
-    logger.debug(
-        "search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e", nq, d, k, precision, device, eps
-    )
-
-    # centred float64 queries, kept when they fit in limits._QUERY_CACHE_BYTES (faster exact re-rank)
-    q_centred: np.ndarray | None = None  # (long rows are re-ranked segment by segment: no cache)
-    if not screen.exact_scores and nq * d * 8 <= limits._QUERY_CACHE_BYTES and d <= limits._SEGMENT:
-        q_centred = np.empty((nq, d), dtype=np.float64)
-        for r in range(0, nq, 1024):
-            q_centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
-            q_centred[r : r + 1024] -= q_mean[r : r + 1024, None]
+    if query_groups is not None and len(query_groups) != nq:
+        raise InputError(f"query_groups has {len(query_groups)} entries for {nq} queries")
     best_v = np.full((nq, k), -np.inf)
     best_i = np.full((nq, k), -1, dtype=np.int64)
     n_cand = 0
@@ -250,7 +217,7 @@ def search_topk(
         nonlocal best_v, best_i, n_cand, n_fallback
         prep = sc.prep
         v_k = best_v[:, -1]
-        if isinstance(screen, _IntScreen):  # a float32 ranking of exact integer products: exact candidates
+        if isinstance(screen, _IntScreen | _Int16Screen):  # integer paths: their candidates come exact
             qi, ti, vals = screen.candidates(sc, v_k)
             n_cand += len(qi)
             best_v, best_i = _merge(best_v, best_i, qi, ti + prep.start, vals)
@@ -317,11 +284,44 @@ def search_topk(
         prepared.z, prepared.raw_dev = z, raw_dev  # the block, ready for the float32 screen
         return None
 
+    it = sub_blocks()
+    cur = next(it, None)
+    # the first sub-block tells the train items' dtype: the integer paths need both sides integer
+    precision = resolve_precision(
+        precision, device, queries.dtype, d, train_dtype=cur[1].dtype if cur is not None else None
+    )
+    adaptive = adaptive and precision == "bf16"
+
+    screen: _Screen | _IntScreen | _Int16Screen
+    if precision in ("int8", "int16"):
+        screen = _IntScreen(queries, device, k) if precision == "int8" else _Int16Screen(queries, device, k)
+        q_valid = screen.q_valid
+        q_mean = q_norm = np.zeros(0)
+        eps = 0.0
+    else:
+        q_mean, q_norm = item_stats(queries)
+        q_valid = _valid(q_mean, q_norm)
+        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k, keep_float32=adaptive)
+        eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+    groups = None
+    if query_groups is not None and train_groups is not None:
+        groups = _Groups(np.asarray(query_groups, dtype=np.int64), np.asarray(train_groups, dtype=np.int64))
+        screen.groups = groups
+    started_with: str | None = None
+    logger.debug(
+        "search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e", nq, d, k, precision, device, eps
+    )
+
+    # centred float64 queries, kept when they fit in limits._QUERY_CACHE_BYTES (faster exact re-rank)
+    q_centred: np.ndarray | None = None  # (long rows are re-ranked segment by segment: no cache)
+    if not screen.exact_scores and nq * d * 8 <= limits._QUERY_CACHE_BYTES and d <= limits._SEGMENT:
+        q_centred = np.empty((nq, d), dtype=np.float64)
+        for r in range(0, nq, 1024):
+            q_centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
+            q_centred[r : r + 1024] -= q_mean[r : r + 1024, None]
     pending: _Screened | None = None
     pending_eps = eps
     done_after: int = 0
-    it = sub_blocks()
-    cur = next(it, None)
     prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
     first: _Screened | None = None
     if adaptive and prepared is not None:

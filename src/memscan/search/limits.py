@@ -4,10 +4,11 @@ One module so that a test can change a bound in one place (``monkeypatch.setattr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: Accepted values of ``precision`` ('tf32' only on CUDA).
-PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64")
+PRECISIONS = ("auto", "int8", "int16", "bf16", "fp16", "tf32", "float32", "float64")
 #: Reduction length of one screened product used by :func:`search_topk` (≤ 65,536). Smaller chunks
 #: shrink γ_m and cost nothing in the output-rounding term (the chunks' |partial sums| add up to ≤ ~1).
 SCREEN_CHUNK = 16384
@@ -47,3 +48,8 @@ _TORCH_DTYPE = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
+#: dtypes the exact 16-bit path takes (values within [-2^15, 2^16)).
+INT16_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.uint16))
+#: Largest d for the 16-bit path: integer dot products of centred values (< 2^16 in magnitude) stay exact in
+#: float64 (d 2^32 <= 2^53).
+INT16_MAX_D = 2**21

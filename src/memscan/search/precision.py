@@ -42,36 +42,54 @@ def _cpu_has_bf16() -> bool:
 
 
 def resolve_precision(
-    precision: str, device: str, dtype: np.dtype | None = None, d: int | None = None
+    precision: str,
+    device: str,
+    dtype: np.dtype | None = None,
+    d: int | None = None,
+    train_dtype: np.dtype | None = None,
 ) -> str:
-    """Resolve ``'auto'`` and validate the screen precision for a device (and the data's dtype).
+    """Resolve ``'auto'`` and validate the screen precision for a device (and the data's dtypes).
 
     Args:
-        precision: 'auto' | 'int8' | 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64'.
+        precision: 'auto' | 'int8' | 'int16' | 'bf16' | 'fp16' | 'tf32' | 'float32' | 'float64'.
         device: 'cpu' | 'cuda'.
-        dtype: the items' dtype, when known: 8-bit unsigned data takes the exact integer path.
-        d: values per item, when known (the integer path needs d ≤ 2^24).
+        dtype: the query items' dtype, when known: integer items take the exact integer paths.
+        d: values per item, when known (the 8-bit path needs d ≤ 2^24, the 16-bit path d ≤ 2^21).
+        train_dtype: the train items' dtype, when known (else taken to be ``dtype``).
 
     Returns:
-        'auto' → 'int8' for uint8 items (d ≤ 2^24); else 'bf16' on CUDA; on the CPU 'bf16' if it has
+        'auto' → 'int8' when both sides are uint8 (d ≤ 2^24); 'int16' when both sides are 8- or 16-bit
+        integers (uint8, int8, int16, uint16; d ≤ 2^21); else 'bf16' on CUDA; on the CPU 'bf16' if it has
         AMX-BF16 or AVX512-BF16, else 'float32'. Other values are returned unchanged ('tf32' is
-        CUDA-only; 'int8' needs uint8 items).
+        CUDA-only; 'int8' needs uint8 items, 'int16' 8- or 16-bit integer items).
     """
     if device not in ("cpu", "cuda"):
         raise InputError(_unknown("device", device, ("cpu", "cuda")))
     if precision not in limits.PRECISIONS:
         raise InputError(_unknown("precision", precision, limits.PRECISIONS))
-    int8_ok = dtype is not None and np.dtype(dtype) == np.uint8 and (d is None or d <= limits.INT8_MAX_D)
+    sides = [np.dtype(t) for t in (dtype, train_dtype if train_dtype is not None else dtype) if t is not None]
+    known = len(sides) == 2
+    int8_ok = known and all(t == np.uint8 for t in sides) and (d is None or d <= limits.INT8_MAX_D)
+    int16_ok = (
+        known and all(t in limits.INT16_DTYPES for t in sides) and (d is None or d <= limits.INT16_MAX_D)
+    )
     if precision == "auto":
         if int8_ok:
             return "int8"
+        if int16_ok:
+            return "int16"
         if device == "cuda":
             return "bf16"
         return "bf16" if _cpu_has_bf16() else "float32"
-    if precision == "int8" and dtype is not None and not int8_ok:
+    if precision == "int8" and known and not int8_ok:
         raise InputError(
             f"precision 'int8' is exact for uint8 items with d <= 2^24 only; these are "
-            f"{np.dtype(dtype)} with d={d} (use 'bf16' or 'float64')"
+            f"{' and '.join(sorted({str(t) for t in sides}))} with d={d} (use 'int16', 'bf16' or 'float64')"
+        )
+    if precision == "int16" and known and not int16_ok:
+        raise InputError(
+            f"precision 'int16' is exact for 8- or 16-bit integer items with d <= 2^21 only; these are "
+            f"{' and '.join(sorted({str(t) for t in sides}))} with d={d} (use 'bf16' or 'float64')"
         )
     if precision == "tf32" and device != "cuda":
         raise InputError("precision 'tf32' needs device 'cuda'; on the CPU use 'bf16' or 'float32'")

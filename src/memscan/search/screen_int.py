@@ -235,6 +235,8 @@ class _IntScreen:
         with either term alone; ``s_k`` only prunes rows without a running k-th value yet, so the top-k
         pass runs for those rows only.
         """
+        if not sc.prep.valid.any():  # a block of constant items: nothing to match (and ε would be infinite)
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), np.zeros(0)
         eps = self.epsilon(sc.prep)
         root = self.q_root
         s_k = np.full(self.nq, -np.inf)
