@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from memscan import phantoms
-from memscan.scanning import scanner as scan_module
 from memscan.dataset.planted import plant_copies
 from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.errors import GateFailed, InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+from memscan.scanning import scanner as scan_module
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.scanner import load_run
 from memscan.scanning.scanner import scan as _scan

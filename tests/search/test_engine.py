@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from memscan.errors import InputError
-from memscan.search import engine, limits, precision
+from memscan.search import engine, limits
+from memscan.search import precision as precision_module
 from memscan.search.engine import (
     SearchResult,
     exact_correlation,
@@ -597,7 +598,7 @@ def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) 
 def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeypatch) -> None:
     """Near-tie float items: the bf16 screen's margin covers most of each block, so 'auto' screens in
     float32; the result is the float64 brute force's, identical to a float32 and a bf16 scan."""
-    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "_cpu_has_bf16", lambda: True)
     q, t = (a.astype(np.float32) for a in near_ties)
     res = search_topk(q, blocks_of(t, 16), 3, precision="auto")
     assert (res.switched_from, res.precision) == ("bf16", "float32")
@@ -617,7 +618,7 @@ def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeyp
 def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
     """Each query's near copy stands far above the rest: the bf16 screen leaves (almost) nothing beyond the
     top-k, so 'auto' keeps it, first block included."""
-    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "_cpu_has_bf16", lambda: True)
     rng = np.random.default_rng(5)
     t = rng.standard_normal((300, 512)).astype(np.float32)
     q = t[rng.permutation(64)[:40]] + 0.3 * rng.standard_normal((40, 512)).astype(np.float32)

@@ -6,12 +6,11 @@ from decimal import Decimal, getcontext
 
 import numpy as np
 import pytest
+from test_engine import assert_same, blocks_of, reference_topk, smooth_field
 
 from memscan.errors import InputError
 from memscan.search.engine import resolve_precision, search_topk
 from memscan.search.screen_int16 import exact_int_correlation, quantise
-
-from test_engine import assert_same, blocks_of, reference_topk, smooth_field
 
 
 def exact_topk(q: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +71,12 @@ def test_quantise_is_exact_below_256_levels_and_bounded_above() -> None:
     q, st = quantise(wide)
     assert q.max() <= 255 and (st.delta > 0).all()
     # the bound holds: |corr(x, y) - corr(q_x, q_y)| <= δ_x + δ_y
-    z = lambda a: (a - a.mean(1, keepdims=True)) / np.linalg.norm(a - a.mean(1, keepdims=True), axis=1)[:, None]  # noqa: E731
-    zx, zq = z(wide.astype(np.float64)), z(q.astype(np.float64))
+
+    def z(a: np.ndarray) -> np.ndarray:
+        c = a.astype(np.float64) - a.mean(axis=1, keepdims=True)
+        return c / np.linalg.norm(c, axis=1)[:, None]
+
+    zx, zq = z(wide), z(q)
     err = np.abs(zx @ zx.T - zq @ zq.T)
     assert (err <= st.delta[:, None] + st.delta[None, :] + 1e-12).all()
     assert err.max() > 0  # the quantisation does lose information here

@@ -666,7 +666,7 @@ def generic_items(
             return x.astype(out_dtype)
         if recipe.dtype == "uint8":
             return np.floor(x).astype(np.uint8)
-        if out_dtype.kind in "iu":  # 'auto', resized integer source: round half to even (bilinear stays in range)
+        if out_dtype.kind in "iu":  # 'auto', resized integer source: round half to even (bilinear: in range)
             info = np.iinfo(out_dtype)
             return np.clip(np.rint(x), info.min, info.max).astype(out_dtype)
         return x.astype(np.float32)

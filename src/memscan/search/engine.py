@@ -78,7 +78,7 @@ from memscan.search.screen_float import _fill_normalised, _Screen
 from memscan.search.screen_int import _IntScreen, int8_block
 from memscan.search.screen_int16 import _Int16Screen
 from memscan.search.stats import _check_real, _map_rows, _rows_f64, _valid, item_stats
-from memscan.search.topk import merge_topk as _merge
+from memscan.search.topk import merge_running as _merge
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import torch
 
 from memscan.errors import InputError
 from memscan.search.engine import INT8_CHUNK, SearchResult
+from memscan.search.topk import select_topk
 
 _TIE_TOL = 1e-12
 
@@ -148,19 +149,9 @@ def merge_variants(
     first = np.ones(len(q), dtype=bool)
     first[1:] = (q[1:] != q[:-1]) | (t[1:] != t[:-1])
     q, v, t, w = q[first], v[first], t[first], w[first]
-    # top k per query; tie -> lower train index
-    o = np.lexsort((t, -v, q))
-    q, v, t, w = q[o], v[o], t[o], w[o]
-    starts = np.searchsorted(q, np.arange(nq))
-    rank = np.arange(len(q)) - starts[q]
-    keep = rank < k
-    values = np.full((nq, k), np.nan)
-    indices = np.full((nq, k), -1, dtype=np.int64)
-    transforms = np.full((nq, k), None, dtype=object)
+    # top k per query; tie -> lower train index (the one rule of memscan.search.topk)
     names = np.array([name for name, _ in results], dtype=object)
-    values[q[keep], rank[keep]] = v[keep]
-    indices[q[keep], rank[keep]] = t[keep]
-    transforms[q[keep], rank[keep]] = names[w[keep]]
+    values, indices, transforms = select_topk(q, v, t, nq, k, payload=names[w])
     return values, indices, transforms
 
 
