@@ -626,3 +626,38 @@ def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
     assert (res.switched_from, res.precision) == (None, "bf16")
     check_against_reference(res, q, t, 1)
     assert_same(res, search_topk(q, blocks_of(t, 64), 1, precision="bf16"))
+
+
+def test_train_set_as_array_or_plain_iterable_of_blocks(near_ties) -> None:
+    """Like faiss' knn_ground_truth: an array, or a plain iterable of blocks, give the callable's result."""
+    q, t = near_ties
+    base = search_topk(q, blocks_of(t, 16), 3)
+    assert_same(base, search_topk(q, t, 3))
+    assert_same(base, search_topk(q, (t[s : s + 7] for s in range(0, len(t), 7)), 3))
+    assert_same(base, search_topk(q, [(s, t[s : s + 9]) for s in range(0, len(t), 9)], 3))
+    with pytest.raises(InputError, match="contiguous"):
+        search_topk(q, [(0, t[:5]), (6, t[6:])], 3)
+
+
+def test_one_tie_rule_for_every_merge() -> None:
+    """The engine's running merge, the cluster's shard merge and select_topk break ties the same way."""
+    from memscan.search.topk import RunningTopK, merge_topk, select_topk
+
+    q = np.array([0, 0, 0, 0, 1, 1])
+    v = np.array([0.5, 0.9, 0.9, 0.1, 0.3, 0.3])
+    t = np.array([4, 7, 2, 9, 5, 1])
+    vals, idx, _ = select_topk(q, v, t, 2, 3)
+    assert idx.tolist() == [[2, 7, 4], [1, 5, -1]]
+    run = RunningTopK(2, 3)
+    run.add(q[:3], t[:3], v[:3])
+    run.add(q[3:], t[3:], v[3:])
+    rv, ri = run.result()
+    np.testing.assert_array_equal(ri, idx)
+    np.testing.assert_array_equal(rv, vals)
+    parts = [
+        (np.array([[0.9, 0.5], [0.3, np.nan]]), np.array([[7, 4], [5, -1]])),
+        (np.array([[0.9, 0.1], [0.3, np.nan]]), np.array([[2, 9], [1, -1]])),
+    ]
+    mv, mi = merge_topk(parts, 3)
+    np.testing.assert_array_equal(mi, idx)
+    np.testing.assert_array_equal(mv, vals)

@@ -78,7 +78,7 @@ from memscan.search.screen_float import _fill_normalised, _Screen
 from memscan.search.screen_int import _IntScreen, int8_block
 from memscan.search.screen_int16 import _Int16Screen
 from memscan.search.stats import _check_real, _map_rows, _rows_f64, _valid, item_stats
-from memscan.search.topk import merge_running as _merge
+from memscan.search.topk import RunningTopK
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +130,199 @@ class SearchResult:
     switched_from: str | None = None
 
 
+#: The forms of a training set :func:`search_topk` takes (``[n_train, d]`` in all).
+TrainBlocks = (
+    np.ndarray
+    | Callable[[], Iterable[tuple[int, np.ndarray]]]
+    | Iterable[np.ndarray | tuple[int, np.ndarray]]
+)
+
+
+def _numbered(train_blocks: TrainBlocks) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, block)`` pairs from any accepted form of the training set (see :func:`search_topk`)."""
+    if isinstance(train_blocks, np.ndarray):
+        arr = _check_real(train_blocks, "train")
+        step = max(1, limits._ROW_ELEMS // max(arr.shape[1], 1))
+        for s in range(0, len(arr), step):
+            yield s, arr[s : s + step]
+        return
+    source = train_blocks() if callable(train_blocks) else train_blocks
+    start = 0
+    for item in source:
+        if isinstance(item, tuple):
+            yield item
+            start = int(item[0]) + len(item[1])
+        else:  # a bare block, as faiss' knn_ground_truth takes them: numbered in order
+            yield start, item
+            start += len(item)
+
+
+def _sub_blocks(train_blocks: TrainBlocks, d: int, sub_rows: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Validated sub-blocks ``(start, rows [≤ sub_rows, d], n_done)``; ``n_done`` is the block's size on its
+    last sub-block (for ``progress``), else 0."""
+    expected = 0
+    for start, block in _numbered(train_blocks):
+        block = _check_real(block, "train block")
+        if block.shape[1] != d:
+            raise InputError(f"train block at {start} has d={block.shape[1]}, queries have d={d}")
+        if int(start) != expected:
+            raise InputError(
+                f"train blocks must be contiguous and increasing: expected start {expected}, got {start}"
+            )
+        n_b = block.shape[0]
+        for r in range(0, n_b, sub_rows):
+            yield int(start) + r, block[r : r + sub_rows], (n_b if r + sub_rows >= n_b else 0)
+        expected += n_b
+
+
+@dataclass
+class _FloatQueries:
+    """The queries as the float paths' exact re-rank needs them (statistics, optional centred cache)."""
+
+    raw: np.ndarray  # [nq, d]
+    mean: np.ndarray  # float64 [nq]
+    norm: np.ndarray  # float64 [nq]
+    valid: np.ndarray  # bool [nq]
+    centred: np.ndarray | None  # float64 [nq, d] when it fits limits._QUERY_CACHE_BYTES (short rows)
+
+    @classmethod
+    def of(cls, queries: np.ndarray, *, keep_centred: bool) -> _FloatQueries:
+        mean, norm = item_stats(queries)
+        nq, d = queries.shape
+        centred = None
+        if keep_centred and nq * d * 8 <= limits._QUERY_CACHE_BYTES and d <= limits._SEGMENT:
+            centred = np.empty((nq, d), dtype=np.float64)
+            for r in range(0, nq, 1024):
+                centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
+                centred[r : r + 1024] -= mean[r : r + 1024, None]
+        return cls(queries, mean, norm, _valid(mean, norm), centred)
+
+    def exact(self, qi: np.ndarray, prep: _Prepared, ti: np.ndarray) -> np.ndarray:
+        """Exact values of the pairs (query ``qi``, block row ``ti``) by THE float64 routine."""
+        if self.centred is not None:
+            return _exact_grouped(self.centred, self.norm, qi, prep.raw, prep.mean, prep.norm, ti)
+        return exact_correlation(self.raw, self.mean, self.norm, qi, prep.raw, prep.mean, prep.norm, ti)
+
+
+def _candidate_mask(sc: _Screened, v_k: np.ndarray, eps: float, q_valid: np.ndarray) -> torch.Tensor:
+    """The screened pairs of a float screen that can still enter the top-k (:func:`_thresholds`)."""
+    assert sc.s_k is not None
+    thr = _thresholds(v_k, sc.s_k.double().cpu().numpy(), eps, q_valid)
+    if sc.scores.dtype == torch.float32:
+        thr_t = torch.from_numpy(_round_down_f32(thr)).to(sc.scores.device)
+    else:
+        thr_t = torch.from_numpy(thr).to(sc.scores.device)
+    return sc.scores >= thr_t[:, None]
+
+
+def _float_candidates(
+    sc: _Screened, v_k: np.ndarray, eps: float, q_valid: np.ndarray, cap: int, groups: _Groups | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(query rows, block rows, number of queries over ``cap``) of a float screen's candidates; a query with
+    more than ``cap`` candidates takes every valid item of the block (never an excluded same-group pair)."""
+    prep = sc.prep
+    mask = _candidate_mask(sc, v_k, eps, q_valid)
+    over = mask.sum(dim=1) > cap
+    n_over = int(over.sum())
+    if n_over:
+        mask[over] = False
+    pairs = torch.nonzero(mask).cpu().numpy()
+    qi = pairs[:, 0].astype(np.intp)
+    ti = pairs[:, 1].astype(np.intp)
+    if n_over:
+        fq = torch.nonzero(over).flatten().cpu().numpy().astype(np.intp)
+        vt = np.flatnonzero(prep.valid).astype(np.intp)
+        fqi, fti = np.repeat(fq, len(vt)), np.tile(vt, len(fq))
+        if groups is not None:
+            keep = groups.query[fqi] != groups.train[fti + prep.start]
+            fqi, fti = fqi[keep], fti[keep]
+        qi = np.concatenate([qi, fqi])
+        ti = np.concatenate([ti, fti])
+    return qi, ti, n_over
+
+
+@dataclass
+class _Search:
+    """One search's state: the screen, the running top-k and the counters (the driver's loop below)."""
+
+    queries: np.ndarray
+    k: int
+    device: str
+    chunk: int
+    candidate_cap: int
+    precision: str
+    screen: _Screen | _IntScreen | _Int16Screen
+    eps: float
+    fq: _FloatQueries | None
+    q_valid: np.ndarray
+    groups: _Groups | None
+    top: RunningTopK
+    n_fallback: int = 0
+    switched_from: str | None = None
+
+    def finish(self, sc: _Screened, eps: float) -> None:
+        """Exact values of a screened block's candidates, merged into the running top-k."""
+        prep = sc.prep
+        v_k = self.top.kth()
+        if isinstance(self.screen, _IntScreen | _Int16Screen):  # integer paths: candidates come exact
+            qi, ti, vals = self.screen.candidates(sc, v_k)
+            self.top.add(qi, ti + prep.start, vals)
+            return
+        assert self.fq is not None
+        qi, ti, n_over = _float_candidates(sc, v_k, eps, self.q_valid, self.candidate_cap, self.groups)
+        self.n_fallback += n_over
+        del sc.scores
+        self.top.add(qi, ti.astype(np.int64) + prep.start, self.fq.exact(qi, prep, ti))
+
+    def probe_bf16(self, prepared: _Prepared) -> _Screened | None:
+        """'auto' on float data: screen the first block in bf16 and count the pairs it leaves for the exact
+        re-rank beyond each query's top-k. Above :data:`AUTO_SWITCH_FRACTION` of the block (an exact pair
+        costs ~100-1,000 screened ones), the search screens in float32 instead and this block is screened
+        again; the results cannot change (every screen is followed by the same exact re-rank). Returns the
+        block's bf16 screen when it is kept."""
+        screen = self.screen
+        assert isinstance(screen, _Screen) and self.fq is not None
+        z, raw_dev = prepared.z, prepared.raw_dev  # screen() lets go of them; a float32 screen needs them
+        sc = screen.screen(prepared)
+        n_pairs = int(sc.scores.shape[0] * sc.scores.shape[1])
+        # beyond the k per query that any screen leaves in a first block
+        n_extra = int(_candidate_mask(sc, self.top.kth(), self.eps, self.q_valid).sum())
+        n_extra -= self.k * int(self.q_valid.sum())
+        zq32, screen.zq32 = screen.zq32, None
+        if n_extra <= limits.AUTO_SWITCH_FRACTION * n_pairs:
+            return sc
+        logger.info(
+            "the bf16 screen leaves %d pairs beyond the top-%d of the first block's %d for the exact re-rank "
+            "(> %.1f%%): screening in float32",
+            n_extra,
+            self.k,
+            n_pairs,
+            100 * limits.AUTO_SWITCH_FRACTION,
+        )
+        self.switched_from, self.precision = self.precision, "float32"
+        screen.zq = []  # free the bf16 queries before the float32 copy is made
+        del sc
+        fq = self.fq
+        self.screen = _Screen(
+            self.queries if zq32 is None else zq32,
+            fq.mean,
+            fq.norm,
+            fq.valid,
+            self.precision,
+            self.device,
+            self.chunk,
+            self.k,
+        )
+        self.screen.groups = self.groups
+        d = self.queries.shape[1]
+        self.eps = screen_epsilon(self.precision, d, self.chunk, rounded_output=self.screen.rounded_output)
+        prepared.z, prepared.raw_dev = z, raw_dev  # the block, ready for the float32 screen
+        return None
+
+
 def search_topk(
     queries: np.ndarray,
-    train_blocks: Callable[[], Iterable[tuple[int, np.ndarray]]],
+    train_blocks: TrainBlocks,
     k: int,
     *,
     precision: str = "auto",
@@ -146,15 +336,18 @@ def search_topk(
     """Exact top-k Pearson correlation of every query against a streamed training set.
 
     Args:
-        queries: ``[nq, d]`` raw items (uint8/uint16/float32/float64 ...), not normalised.
-        train_blocks: called once; yields ``(start_index, block [n_b, d])`` in increasing, contiguous
-            start order covering ``0 .. n_train - 1``.
+        queries: ``[nq, d]`` raw items (uint8/int16/uint16/float32/float64 ...), not normalised.
+        train_blocks: the training items, ``[n_train, d]`` in one of three forms: an array; a callable
+            returning an iterable of ``(start_index, block [n_b, d])`` in increasing, contiguous start order
+            covering ``0 .. n_train - 1`` (called once); or a plain iterable of blocks ``[n_b, d]`` (or of
+            such pairs), numbered in order, as faiss' ``knn_ground_truth`` takes them.
         k: number of neighbours per query (≥ 1).
-        precision: screen precision, 'auto' | 'bf16' | 'fp16' | 'tf32' (CUDA) | 'float32' | 'float64'.
-            Results do not depend on it (only the number of re-ranked candidates does).
+        precision: screen precision, 'auto' | 'int8' | 'int16' | 'bf16' | 'fp16' | 'tf32' (CUDA) |
+            'float32' | 'float64'. Results do not depend on it (only the number of re-ranked candidates
+            does).
         device: 'cpu' | 'cuda' (screen on the GPU; the exact re-rank always runs on the CPU).
         candidate_cap: above this many candidates in a sub-block, a query is evaluated exactly against
-            the whole sub-block.
+            the whole sub-block (float paths).
         progress: called with the number of train items finished after each block.
         chunk: maximal reduction length of one screened product (1 … 65,536).
         query_groups: optional int ``[nq]`` group ids; with ``train_groups`` (int ``[n_train]``), a query
@@ -172,7 +365,6 @@ def search_topk(
         raise InputError(f"candidate_cap must be >= 1, got {candidate_cap}")
     if not 1 <= chunk <= 65536:
         raise InputError(f"chunk must be in 1..65536, got {chunk}")
-    adaptive = precision == "auto"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but torch.cuda.is_available() is False")
     nq, d = queries.shape
@@ -182,150 +374,54 @@ def search_topk(
         raise InputError("query_groups and train_groups go together")
     if query_groups is not None and len(query_groups) != nq:
         raise InputError(f"query_groups has {len(query_groups)} entries for {nq} queries")
-    best_v = np.full((nq, k), -np.inf)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
-    n_cand = 0
-    n_fallback = 0
     sub_rows = max(1, min(limits._SCORE_ELEMS // max(nq, 1), limits._ROW_ELEMS // d))
-
-    def sub_blocks() -> Iterator[tuple[int, np.ndarray, int]]:
-        expected = 0
-        for start, block in train_blocks():
-            block = _check_real(block, "train block")
-            if block.shape[1] != d:
-                raise InputError(f"train block at {start} has d={block.shape[1]}, queries have d={d}")
-            if int(start) != expected:
-                raise InputError(
-                    f"train blocks must be contiguous and increasing: expected start {expected}, got {start}"
-                )
-            n_b = block.shape[0]
-            for r in range(0, n_b, sub_rows):
-                yield int(start) + r, block[r : r + sub_rows], (n_b if r + sub_rows >= n_b else 0)
-            expected += n_b
-
-    def candidate_mask(sc: _Screened, v_k: np.ndarray, eps: float) -> torch.Tensor:
-        """The screened pairs of a float screen that can still enter the top-k (:func:`_thresholds`)."""
-        assert sc.s_k is not None
-        thr = _thresholds(v_k, sc.s_k.double().cpu().numpy(), eps, q_valid)
-        if sc.scores.dtype == torch.float32:
-            thr_t = torch.from_numpy(_round_down_f32(thr)).to(sc.scores.device)
-        else:
-            thr_t = torch.from_numpy(thr).to(sc.scores.device)
-        return sc.scores >= thr_t[:, None]
-
-    def finish(sc: _Screened, eps: float) -> None:
-        nonlocal best_v, best_i, n_cand, n_fallback
-        prep = sc.prep
-        v_k = best_v[:, -1]
-        if isinstance(screen, _IntScreen | _Int16Screen):  # integer paths: their candidates come exact
-            qi, ti, vals = screen.candidates(sc, v_k)
-            n_cand += len(qi)
-            best_v, best_i = _merge(best_v, best_i, qi, ti + prep.start, vals)
-            return
-        mask = candidate_mask(sc, v_k, eps)
-        counts = mask.sum(dim=1)
-        over = counts > candidate_cap
-        n_over = int(over.sum())
-        if n_over:
-            mask[over] = False
-        pairs = torch.nonzero(mask).cpu().numpy()
-        qi = pairs[:, 0].astype(np.intp)
-        ti = pairs[:, 1].astype(np.intp)
-        if n_over:
-            fq = torch.nonzero(over).flatten().cpu().numpy().astype(np.intp)
-            vt = np.flatnonzero(prep.valid).astype(np.intp)
-            fqi, fti = np.repeat(fq, len(vt)), np.tile(vt, len(fq))
-            if screen.groups is not None:  # never the excluded same-group pairs
-                keep = screen.groups.query[fqi] != screen.groups.train[fti + prep.start]
-                fqi, fti = fqi[keep], fti[keep]
-            qi = np.concatenate([qi, fqi])
-            ti = np.concatenate([ti, fti])
-            n_fallback += n_over
-        del mask, sc.scores
-        if q_centred is not None:
-            vals = _exact_grouped(q_centred, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
-        else:
-            vals = exact_correlation(queries, q_mean, q_norm, qi, prep.raw, prep.mean, prep.norm, ti)
-        n_cand += len(qi)
-        best_v, best_i = _merge(best_v, best_i, qi, ti.astype(np.int64) + prep.start, vals)
-
-    def probe_bf16(prepared: _Prepared) -> _Screened | None:
-        """'auto' on float data: screen the first block in bf16 and count the pairs it leaves for the exact
-        re-rank beyond each query's top-k. Above :data:`AUTO_SWITCH_FRACTION` of the block (an exact pair
-        costs ~100-1,000 screened ones), the scan screens in float32 instead and this block is screened
-        again; the results cannot change (every screen is followed by the same exact re-rank). Returns the
-        block's bf16 screen when it is kept."""
-        nonlocal screen, eps, precision, started_with
-        assert isinstance(screen, _Screen)
-        z, raw_dev = prepared.z, prepared.raw_dev  # screen() lets go of them; a float32 screen needs them
-        sc = screen.screen(prepared)
-        n_pairs = int(sc.scores.shape[0] * sc.scores.shape[1])
-        # beyond the k per query that any screen leaves in a first block
-        n_extra = int(candidate_mask(sc, best_v[:, -1], eps).sum()) - k * int(q_valid.sum())
-        zq32, screen.zq32 = screen.zq32, None
-        if n_extra <= limits.AUTO_SWITCH_FRACTION * n_pairs:
-            return sc
-        logger.info(
-            "the bf16 screen leaves %d pairs beyond the top-%d of the first block's %d for the exact re-rank "
-            "(> %.1f%%): screening in float32",
-            n_extra,
-            k,
-            n_pairs,
-            100 * limits.AUTO_SWITCH_FRACTION,
-        )
-        started_with, precision = precision, "float32"
-        screen.zq = []  # free the bf16 queries before the float32 copy is made
-        del sc
-        screen = _Screen(
-            queries if zq32 is None else zq32, q_mean, q_norm, q_valid, precision, device, chunk, k
-        )
-        screen.groups = groups
-        eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
-        prepared.z, prepared.raw_dev = z, raw_dev  # the block, ready for the float32 screen
-        return None
-
-    it = sub_blocks()
+    it = _sub_blocks(train_blocks, d, sub_rows)
     cur = next(it, None)
     # the first sub-block tells the train items' dtype: the integer paths need both sides integer
-    precision = resolve_precision(
+    resolved = resolve_precision(
         precision, device, queries.dtype, d, train_dtype=cur[1].dtype if cur is not None else None
     )
-    adaptive = adaptive and precision == "bf16"
-
+    adaptive = precision == "auto" and resolved == "bf16"
     screen: _Screen | _IntScreen | _Int16Screen
-    if precision in ("int8", "int16"):
-        screen = _IntScreen(queries, device, k) if precision == "int8" else _Int16Screen(queries, device, k)
-        q_valid = screen.q_valid
-        q_mean = q_norm = np.zeros(0)
-        eps = 0.0
+    fq = None
+    if resolved in ("int8", "int16"):
+        screen = _IntScreen(queries, device, k) if resolved == "int8" else _Int16Screen(queries, device, k)
+        q_valid, eps = screen.q_valid, 0.0
     else:
-        q_mean, q_norm = item_stats(queries)
-        q_valid = _valid(q_mean, q_norm)
-        screen = _Screen(queries, q_mean, q_norm, q_valid, precision, device, chunk, k, keep_float32=adaptive)
-        eps = screen_epsilon(precision, d, chunk, rounded_output=screen.rounded_output)
+        fq = _FloatQueries.of(queries, keep_centred=True)
+        q_valid = fq.valid
+        screen = _Screen(
+            queries, fq.mean, fq.norm, q_valid, resolved, device, chunk, k, keep_float32=adaptive
+        )
+        eps = screen_epsilon(resolved, d, chunk, rounded_output=screen.rounded_output)
     groups = None
     if query_groups is not None and train_groups is not None:
         groups = _Groups(np.asarray(query_groups, dtype=np.int64), np.asarray(train_groups, dtype=np.int64))
         screen.groups = groups
-    started_with: str | None = None
     logger.debug(
-        "search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e", nq, d, k, precision, device, eps
+        "search_topk: nq=%d d=%d k=%d precision=%s device=%s eps=%.3e", nq, d, k, resolved, device, eps
+    )
+    state = _Search(
+        queries,
+        k,
+        device,
+        chunk,
+        candidate_cap,
+        resolved,
+        screen,
+        eps,
+        fq,
+        q_valid,
+        groups,
+        RunningTopK(nq, k),
     )
 
-    # centred float64 queries, kept when they fit in limits._QUERY_CACHE_BYTES (faster exact re-rank)
-    q_centred: np.ndarray | None = None  # (long rows are re-ranked segment by segment: no cache)
-    if not screen.exact_scores and nq * d * 8 <= limits._QUERY_CACHE_BYTES and d <= limits._SEGMENT:
-        q_centred = np.empty((nq, d), dtype=np.float64)
-        for r in range(0, nq, 1024):
-            q_centred[r : r + 1024] = _rows_f64(queries, r, min(nq, r + 1024))
-            q_centred[r : r + 1024] -= q_mean[r : r + 1024, None]
+    # Block i is screened while block i+1 is prepared and block i-1's candidates are finished (on CUDA the
+    # next block's copy and statistics overlap this block's product).
     pending: _Screened | None = None
-    pending_eps = eps
-    done_after: int = 0
-    prepared = screen.prepare(cur[0], cur[1]) if cur is not None else None
-    first: _Screened | None = None
-    if adaptive and prepared is not None:
-        first = probe_bf16(prepared)
+    pending_eps, done_after = state.eps, 0
+    prepared = state.screen.prepare(cur[0], cur[1]) if cur is not None else None
+    first = state.probe_bf16(prepared) if adaptive and prepared is not None else None
     while prepared is not None and cur is not None:
         # Taking the next sub-block first starts the stream's read-ahead of the block after it now, so
         # that the read overlaps this product (long, on all cores) rather than the next block's
@@ -333,28 +429,27 @@ def search_topk(
         # block in a background thread during the product was measured too: no faster on 2 cores
         # (2.51 vs 2.38 s, five alternating runs), so it stays sequential.
         nxt = next(it, None)
-        screened = first if first is not None else screen.screen(prepared)
-        screened_eps, first = eps, None
-        # the next block's statistics (and on CUDA its copy) overlap this block's product on the GPU
-        prepared = screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
+        screened = first if first is not None else state.screen.screen(prepared)
+        screened_eps, first = state.eps, None
+        prepared = state.screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
         if pending is not None:
-            finish(pending, pending_eps)
+            state.finish(pending, pending_eps)
             if progress is not None and done_after:
                 progress(done_after)
         pending, pending_eps, done_after = screened, screened_eps, cur[2]
         cur = nxt
     if pending is not None:
-        finish(pending, pending_eps)
+        state.finish(pending, pending_eps)
         if progress is not None and done_after:
             progress(done_after)
 
-    values = np.where(best_i >= 0, best_v, np.nan)
+    values, indices = state.top.result()
     return SearchResult(
         values=values,
-        indices=best_i,
-        n_candidates=n_cand,
-        n_fallback=n_fallback,
-        precision=precision,
-        epsilon=eps,
-        switched_from=started_with,
+        indices=indices,
+        n_candidates=state.top.n_pairs,
+        n_fallback=state.n_fallback,
+        precision=state.precision,
+        epsilon=state.eps,
+        switched_from=state.switched_from,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["merge_running", "merge_topk", "select_topk"]
+__all__ = ["RunningTopK", "merge_running", "merge_topk", "select_topk"]
 
 
 def select_topk(
@@ -103,3 +103,31 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     q, col = np.nonzero(indices >= 0)
     top_v, top_i, _ = select_topk(q, values[q, col], indices[q, col], values.shape[0], k)
     return top_v, top_i
+
+
+class RunningTopK:
+    """The running exact top-k of ``nq`` queries over a streamed training set (one accumulator, one rule).
+
+    Attributes:
+        values: float64 ``[nq, k]``, ``-inf`` where no item is known yet.
+        indices: int64 ``[nq, k]``, ``-1`` where no item is known yet.
+        n_pairs: exact pairs added so far.
+    """
+
+    def __init__(self, nq: int, k: int) -> None:
+        self.values = np.full((nq, k), -np.inf)
+        self.indices = np.full((nq, k), -1, dtype=np.int64)
+        self.n_pairs = 0
+
+    def kth(self) -> np.ndarray:
+        """Each query's running k-th exact value ``[nq]`` (``-inf`` while fewer than k are known)."""
+        return self.values[:, -1]
+
+    def add(self, qi: np.ndarray, ti: np.ndarray, vals: np.ndarray) -> None:
+        """Add exact pairs (query row, global train index, value), none already present."""
+        self.n_pairs += len(qi)
+        self.values, self.indices = merge_running(self.values, self.indices, qi, ti, vals)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values [nq, k] with NaN where no match, indices [nq, k] with -1)``."""
+        return np.where(self.indices >= 0, self.values, np.nan), self.indices
