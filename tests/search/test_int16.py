@@ -6,6 +6,7 @@ from decimal import Decimal, getcontext
 
 import numpy as np
 import pytest
+import torch
 from test_engine import assert_same, blocks_of, reference_topk, smooth_field
 
 from memscan.errors import InputError
@@ -161,3 +162,11 @@ def test_float_and_int16_paths_agree(mr_like) -> None:
     b = search_topk(q, blocks_of(t, 16), 3, precision="float64")
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.values, b.values, atol=1e-13, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")
+def test_cuda_int16_identical_to_cpu(mr_like) -> None:
+    q, t = mr_like
+    cpu = search_topk(q, blocks_of(t, 16), 4, precision="int16")
+    assert_same(cpu, search_topk(q, blocks_of(t, 16), 4, precision="int16", device="cuda"))
