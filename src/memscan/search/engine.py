@@ -54,6 +54,17 @@ rounds the *output* to bf16. That final rounding is therefore part of ε on the 
 ``u_out (1 + γ_m) P`` below, ≈ 3.9e-3 for bf16). On CUDA the engine uses ``out_dtype=float32`` when
 the build supports it (and disables cuBLAS reduced-precision reductions), which removes that term.
 
+**Exact 16-bit path** (``precision='int16'``, the default when both sides are 8- or 16-bit integers and
+not both uint8): an int8 screen of each item's top 8 bits under a proven bound, then an exact integer
+re-rank of the pairs it cannot rule out (:mod:`memscan.search.screen_int16`).
+
+Where each piece lives (one concept per module): :mod:`~memscan.search.limits` (constants),
+:mod:`~memscan.search.bounds` (ε), :mod:`~memscan.search.precision` (resolving ``auto``),
+:mod:`~memscan.search.stats` (row statistics, normalisation), :mod:`~memscan.search.exact` (the float64
+routine), :mod:`~memscan.search.candidates` (the candidate line), :mod:`~memscan.search.blocks` (a block
+as the screens see it), :mod:`~memscan.search.topk` (the one top-k rule), :mod:`~memscan.search.screen_float`,
+:mod:`~memscan.search.screen_int`, :mod:`~memscan.search.screen_int16`; this module is the driver.
+
 Shapes: queries ``[nq, d]``, train blocks ``[n_b, d]`` (items flattened; any real dtype, raw values).
 """
 
