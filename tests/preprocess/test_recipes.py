@@ -480,8 +480,11 @@ def test_cxr_rejects_bad_shapes() -> None:
 def test_generic_2d_no_resize_keeps_values() -> None:
     img = np.arange(12, dtype=np.uint16).reshape(1, 3, 4)
     ((index, item),) = generic_items(img, 2, GenericRecipe())
-    assert index is None and item.dtype == np.float32
+    assert index is None and item.dtype == np.uint16  # integer sources stay integer ('auto')
     np.testing.assert_array_equal(item, img)
+    ((_, item32),) = generic_items(img, 2, GenericRecipe(dtype="float32"))
+    assert item32.dtype == np.float32
+    np.testing.assert_array_equal(item32, img)
 
 
 def test_generic_2d_resize_per_channel() -> None:

@@ -415,9 +415,9 @@ def test_option_validation():
 def test_auto_switch_to_float32_is_kept_for_later_query_blocks(monkeypatch):
     """Once 'auto' finds its bf16 screen too loose for the data, later searches of the scan start in
     float32 instead of probing bf16 again."""
-    from memscan.search import engine
+    from memscan.search import precision
 
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
     base = np.linspace(0.0, 1.0, 400, dtype=np.float32)
     t = np.stack([base + 1e-3 * np.sin(i + np.arange(400, dtype=np.float32)) for i in range(64)])
     q = t[:8] + 1e-4

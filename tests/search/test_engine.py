@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from memscan.errors import InputError
-from memscan.search import engine
+from memscan.search import engine, limits
+from memscan.search import precision as precision_module
 from memscan.search.engine import (
     SearchResult,
     exact_correlation,
@@ -135,7 +136,7 @@ def test_long_rows_are_summed_in_segments_exactly(near_ties, monkeypatch) -> Non
     """Rows longer than ``_SEGMENT`` (3D volumes) take the segmented statistics and exact routine: the same
     values as the float64 reference (1e-12), constant rows excluded, and bitwise the same results for every
     block size and float precision (here with 100-value segments, so d = 1,024 has 11)."""
-    monkeypatch.setattr(engine, "_SEGMENT", 100)
+    monkeypatch.setattr(limits, "_SEGMENT", 100)
     q, t = (a.astype(np.float32) for a in near_ties)
     t = t.copy()
     t[3] = 77.0  # constant
@@ -564,7 +565,7 @@ def test_exclusion_groups_for_train_vs_train_baselines(near_ties, precision: str
 def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) -> None:
     """The GPU path's conversion (run here on CPU tensors) equals the host path bit for bit, also when the
     host splits long items into chunk-major tensors (reused across blocks of different sizes)."""
-    monkeypatch.setattr(engine, "INT8_CHUNK", chunk)
+    monkeypatch.setattr(limits, "INT8_CHUNK", chunk)
     rng = np.random.default_rng(9)
     raw = rng.integers(0, 256, size=(13, 301), dtype=np.uint8)
     raw[5] = 200  # constant
@@ -597,7 +598,7 @@ def test_device_int8_block_matches_the_host_statistics(chunk: int, monkeypatch) 
 def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeypatch) -> None:
     """Near-tie float items: the bf16 screen's margin covers most of each block, so 'auto' screens in
     float32; the result is the float64 brute force's, identical to a float32 and a bf16 scan."""
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "_cpu_has_bf16", lambda: True)
     q, t = (a.astype(np.float32) for a in near_ties)
     res = search_topk(q, blocks_of(t, 16), 3, precision="auto")
     assert (res.switched_from, res.precision) == ("bf16", "float32")
@@ -617,7 +618,7 @@ def test_auto_switches_to_float32_when_bf16_leaves_many_pairs(near_ties, monkeyp
 def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
     """Each query's near copy stands far above the rest: the bf16 screen leaves (almost) nothing beyond the
     top-k, so 'auto' keeps it, first block included."""
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "_cpu_has_bf16", lambda: True)
     rng = np.random.default_rng(5)
     t = rng.standard_normal((300, 512)).astype(np.float32)
     q = t[rng.permutation(64)[:40]] + 0.3 * rng.standard_normal((40, 512)).astype(np.float32)
@@ -625,3 +626,38 @@ def test_auto_keeps_bf16_when_it_prunes(monkeypatch) -> None:
     assert (res.switched_from, res.precision) == (None, "bf16")
     check_against_reference(res, q, t, 1)
     assert_same(res, search_topk(q, blocks_of(t, 64), 1, precision="bf16"))
+
+
+def test_train_set_as_array_or_plain_iterable_of_blocks(near_ties) -> None:
+    """Like faiss' knn_ground_truth: an array, or a plain iterable of blocks, give the callable's result."""
+    q, t = near_ties
+    base = search_topk(q, blocks_of(t, 16), 3)
+    assert_same(base, search_topk(q, t, 3))
+    assert_same(base, search_topk(q, (t[s : s + 7] for s in range(0, len(t), 7)), 3))
+    assert_same(base, search_topk(q, [(s, t[s : s + 9]) for s in range(0, len(t), 9)], 3))
+    with pytest.raises(InputError, match="contiguous"):
+        search_topk(q, [(0, t[:5]), (6, t[6:])], 3)
+
+
+def test_one_tie_rule_for_every_merge() -> None:
+    """The engine's running merge, the cluster's shard merge and select_topk break ties the same way."""
+    from memscan.search.topk import RunningTopK, merge_topk, select_topk
+
+    q = np.array([0, 0, 0, 0, 1, 1])
+    v = np.array([0.5, 0.9, 0.9, 0.1, 0.3, 0.3])
+    t = np.array([4, 7, 2, 9, 5, 1])
+    vals, idx, _ = select_topk(q, v, t, 2, 3)
+    assert idx.tolist() == [[2, 7, 4], [1, 5, -1]]
+    run = RunningTopK(2, 3)
+    run.add(q[:3], t[:3], v[:3])
+    run.add(q[3:], t[3:], v[3:])
+    rv, ri = run.result()
+    np.testing.assert_array_equal(ri, idx)
+    np.testing.assert_array_equal(rv, vals)
+    parts = [
+        (np.array([[0.9, 0.5], [0.3, np.nan]]), np.array([[7, 4], [5, -1]])),
+        (np.array([[0.9, 0.1], [0.3, np.nan]]), np.array([[2, 9], [1, -1]])),
+    ]
+    mv, mi = merge_topk(parts, 3)
+    np.testing.assert_array_equal(mi, idx)
+    np.testing.assert_array_equal(mv, vals)

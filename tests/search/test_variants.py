@@ -184,3 +184,37 @@ def test_shift_rerank_validation() -> None:
         shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 9)), 1)
     with pytest.raises(InputError):
         shift_rerank(np.zeros((1, 8, 8)), np.zeros((2, 1, 8, 8)), 7)
+
+
+def test_check_max_shift_requires_half_of_each_axis() -> None:
+    from memscan.errors import InputError
+    from memscan.search.variants import MIN_OVERLAP_FRACTION, check_max_shift
+
+    assert MIN_OVERLAP_FRACTION == 0.5
+    check_max_shift(0, (16, 16))
+    check_max_shift(8, (16, 16))  # 8 of 16 rows still overlap
+    check_max_shift(8, (17, 40))
+    for bad in (9, 15, 16, 40):
+        with pytest.raises(InputError, match=r"max_shift \d+ is too large for 16x16 images.*at most 8"):
+            check_max_shift(bad, (16, 16))
+    with pytest.raises(InputError, match="--max-shift 20 is too large for 40x33"):
+        check_max_shift(20, (40, 33), name="--max-shift")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="integer >= 0"):
+            check_max_shift(bad, (16, 16))
+    with pytest.raises(InputError, match="2D images only"):
+        check_max_shift(1, (8, 8, 8))
+
+
+def test_large_shifts_no_longer_make_noise_a_copy() -> None:
+    """Pure 16x16 noise scored r = 1.0 at a shift of 15 (a 1-pixel overlap); such shifts are refused, and
+    within the allowed range unrelated noise stays far from a copy."""
+    from memscan.errors import InputError
+
+    rng = np.random.default_rng(3)
+    query = rng.random((1, 16, 16))
+    items = rng.random((20, 1, 16, 16))
+    with pytest.raises(InputError, match="too large"):
+        shift_rerank(query, items, max_shift=15)
+    best, _ = shift_rerank(query, items, max_shift=8)
+    assert best.max() < 0.8

@@ -133,6 +133,12 @@ class _LazyWriter:
             )
             for item_id, reason in self.pending_excluded:
                 self.writer.exclude(item_id, reason, logged=True)  # reported by warn_excluded
+        elif not np.can_cast(item.dtype, self.writer.dtype, casting="safe"):  # never a lossy cast
+            raise InputError(
+                f"holds {item.dtype} values but this dataset stores {self.writer.dtype} (its first item's); "
+                "prepare images of one bit depth together",
+                source_path,
+            )
         self.writer.add(item, row, source_path=source_path)
 
     def exclude(self, item_id: str, reason: str) -> None:

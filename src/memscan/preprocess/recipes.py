@@ -9,7 +9,8 @@ Three recipes, registered in :data:`RECIPES` and built by :func:`get_recipe`:
   T1, T2, T1ce, FLAIR, segmentation (labels 0/1/2/4 × 255/5); stored as 8-bit; whole-subject split.
 - ``cxr`` (:class:`CxrRecipe`): the study's chest x-ray recipe (Kermany et al. 2018 paediatric
   pneumonia JPEGs): grayscale, resized to 256×256.
-- ``generic`` (:class:`GenericRecipe`): any 2D image or 3D volume, float32, optionally resized.
+- ``generic`` (:class:`GenericRecipe`): any 2D image or 3D volume, optionally resized; integer sources stay
+  integer (8-bit as uint8, 16-bit as int16/uint16), everything else float32.
 
 Shapes: 2D items are ``[C, H, W]``; volumes are ``[C, X, Y, Z]``; BraTS modality inputs are ``[X, Y, Z]``.
 """
@@ -543,7 +544,7 @@ def cxr_item(image: np.ndarray, recipe: CxrRecipe) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GenericRecipe:
-    """Any 2D image or 3D volume as float32, optionally resized (frozen; validated).
+    """Any 2D image or 3D volume, optionally resized (frozen; validated).
 
     Attributes:
         size: resize 2D images / the two in-plane axes of slices to ``size × size`` (Pillow bilinear per
@@ -552,8 +553,12 @@ class GenericRecipe:
         volumes: keep 3D volumes whole instead of slicing them.
         slice_range: optional ``(start, stop)`` along ``axis`` (stop exclusive) for 3D volumes.
         name: label stored with the dataset.
-        dtype: ``'float32'`` (values unchanged), or ``'uint8'`` for images already on 0–255 (values must lie
-            in [0, 255]; resized values are truncated toward zero).
+        dtype: ``'auto'`` (default): integer sources stay integer, see :func:`generic_output_dtype`
+            (8-bit PNG/JPEG/TIFF/DICOM → ``uint8``; 16-bit NIfTI/DICOM/PNG → ``int16``/``uint16``; resized
+            values are rounded to the nearest integer, as the cxr recipe's 8-bit resize does), so the scan
+            takes its exact integer paths; anything else ``float32``. ``'float32'``: always float32 (values
+            unchanged unless resized). ``'uint8'``: images already on 0–255 (values must lie in [0, 255];
+            resized values are truncated toward zero).
 
     ``axis``, ``volumes`` and ``slice_range`` only apply to 3D inputs; 2D inputs ignore them, so one
     recipe can serve a folder holding both.
@@ -566,7 +571,7 @@ class GenericRecipe:
     volumes: bool = False
     slice_range: tuple[int, int] | None = None
     name: str = "generic"
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         _check_size(self.size, optional=True)
@@ -574,17 +579,49 @@ class GenericRecipe:
         _check_bool(self.volumes, "volumes")
         _normalize_slice_range(self)
         _check_name(self.name)
-        _check_dtype(self.dtype, ("float32", "uint8"))
+        _check_dtype(self.dtype, ("auto", "float32", "uint8"))
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready values (tuples as lists) plus ``'kind'``."""
         return _to_dict(self)
 
 
+def generic_output_dtype(source: np.dtype, recipe_dtype: str = "auto") -> np.dtype:
+    """The dtype the generic recipe stores for a source of dtype ``source``.
+
+    With ``'auto'``: ``bool``/``uint8`` → ``uint8``; ``int8``/``int16`` → ``int16``; ``uint16`` →
+    ``uint16``; every other dtype (wider integers, floats) → ``float32``. The integer choices hold every
+    source value exactly, and the scan's exact integer paths need them (Pearson correlation is invariant
+    to a per-item affine intensity map, so a modality's slope/intercept need not be applied to be exact).
+
+    Args:
+        source: the source array's dtype.
+        recipe_dtype: :attr:`GenericRecipe.dtype`.
+
+    Returns:
+        The stored dtype.
+    """
+    if recipe_dtype != "auto":
+        return np.dtype(recipe_dtype)
+    src = np.dtype(source)
+    if src in (np.dtype(bool), np.dtype(np.uint8)):
+        return np.dtype(np.uint8)
+    if src in (np.dtype(np.int8), np.dtype(np.int16)):
+        return np.dtype(np.int16)
+    if src == np.dtype(np.uint16):
+        return np.dtype(np.uint16)
+    return np.dtype(np.float32)
+
+
 def _resize_channels(image: np.ndarray, size: int | None) -> np.ndarray:
-    """``[C, H, W]`` → ``[C, size, size]`` float32, Pillow bilinear per channel (as is when size is None)."""
+    """``[C, H, W]`` → ``[C, size, size]`` float32, Pillow bilinear per channel (as is, in its own dtype,
+    when size is None).
+
+    Values of 16-bit sources are exact in float32 (integers below 2^24), so resizing an integer image and
+    rounding gives the nearest integer to Pillow's bilinear value.
+    """
     if size is None:
-        return image.astype(np.float32)
+        return image
     return np.stack([_resize_plane(ch, size) for ch in image], axis=0)
 
 
@@ -604,7 +641,9 @@ def generic_items(
         increasing index (``A = B = size`` when set).
         3D volume (``recipe.volumes``): ``[(None, [C, X, Y, Z])]`` restricted to ``slice_range`` along
         ``axis``, each slice resized in-plane when ``size`` is set.
-        Values are float32 (unchanged unless resized), or uint8 with ``dtype='uint8'``.
+        Values are in :func:`generic_output_dtype` of the source (``'auto'``: integer sources equal to the
+        source when not resized, else rounded to the nearest integer), float32, or uint8 with
+        ``dtype='uint8'``.
 
     Raises:
         InputError: ``spatial_dims`` not 2 or 3, shape not matching it, non-numeric dtype, NaN/inf values,
@@ -624,8 +663,17 @@ def generic_items(
             f"dtype='uint8' needs values in [0, 255], got range [{a.min()}, {a.max()}] (use dtype='float32')"
         )
 
+    out_dtype = generic_output_dtype(a.dtype, recipe.dtype)
+
     def finish(x: np.ndarray) -> np.ndarray:
-        return np.floor(x).astype(np.uint8) if recipe.dtype == "uint8" else x.astype(np.float32, copy=False)
+        if x.dtype.kind in "biu" and out_dtype.kind in "iu":  # not resized: the source values, exactly
+            return x.astype(out_dtype)
+        if recipe.dtype == "uint8":
+            return np.floor(x).astype(np.uint8)
+        if out_dtype.kind in "iu":  # 'auto', resized integer source: round half to even (bilinear: in range)
+            info = np.iinfo(out_dtype)
+            return np.clip(np.rint(x), info.min, info.max).astype(out_dtype)
+        return x.astype(np.float32)
 
     if spatial_dims == 2:
         return [(None, finish(_resize_channels(a, recipe.size)))]

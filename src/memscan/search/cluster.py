@@ -49,6 +49,7 @@ import numpy as np
 from memscan.core.progress import console, is_quiet, progress
 from memscan.errors import InputError
 from memscan.search import engine
+from memscan.search.topk import merge_topk
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from distributed import Client
@@ -365,32 +366,6 @@ def search_shard(
         "epsilon": float(res.epsilon),
         "cache_hit": cached is not None,
     }
-
-
-def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Global top-k from per-shard top-k lists: values descending, ties to the lower index.
-
-    Args:
-        parts: ``(values [nq, k_i], indices [nq, k_i])`` per shard; index ``-1`` / value ``NaN`` = none.
-        k: neighbours kept.
-
-    Returns:
-        ``(values [nq, k] float64, indices [nq, k] int64)``, ``NaN`` / ``-1`` where fewer than k exist.
-    """
-    values = np.concatenate([np.asarray(v, dtype=np.float64) for v, _ in parts], axis=1)
-    indices = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in parts], axis=1)
-    missing = indices < 0
-    sort_v = np.where(missing, -np.inf, values)
-    sort_i = np.where(missing, np.iinfo(np.int64).max, indices)
-    order = np.lexsort((sort_i, -sort_v), axis=-1)[:, :k]
-    top_i = np.take_along_axis(indices, order, axis=1)
-    top_v = np.take_along_axis(values, order, axis=1)
-    if top_i.shape[1] < k:  # fewer candidates than k in all shards together
-        pad = k - top_i.shape[1]
-        top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
-        top_v = np.pad(top_v, ((0, 0), (0, pad)), constant_values=np.nan)
-    top_v = np.where(top_i >= 0, top_v, np.nan)
-    return top_v, top_i
 
 
 @dataclass

@@ -20,10 +20,55 @@ import torch
 
 from memscan.errors import InputError
 from memscan.search.engine import INT8_CHUNK, SearchResult
+from memscan.search.topk import select_topk
 
 _TIE_TOL = 1e-12
 
-__all__ = ["apply_mask", "flip_lr", "foreground_mask", "merge_variants", "shift_label", "shift_rerank"]
+__all__ = [
+    "MIN_OVERLAP_FRACTION",
+    "apply_mask",
+    "check_max_shift",
+    "flip_lr",
+    "foreground_mask",
+    "merge_variants",
+    "shift_label",
+    "shift_rerank",
+]
+
+#: Smallest overlap a shift may leave, as a fraction of the item along EACH axis: ``|dy| <= H/2`` and
+#: ``|dx| <= W/2``, so the compared region always holds at least a quarter of the item. Why: the correlation
+#: of a crop of n pixels of unrelated content spreads like 1/√n, so tiny overlaps score as copies (at 16×16,
+#: a shift of 15 compares 1-pixel-wide strips and pure noise reaches r = 1.0); and an image moved by more
+#: than half its size has lost most of its content, which is no longer "the same image". Half per axis is
+#: the usual bound in registration-based copy detection (the overlap must hold the image's centre).
+MIN_OVERLAP_FRACTION = 0.5
+
+
+def check_max_shift(max_shift: int, spatial_shape: tuple[int, ...], *, name: str = "max_shift") -> None:
+    """Raise :class:`InputError` unless every shift up to ``max_shift`` keeps the minimum overlap.
+
+    Args:
+        max_shift: largest |dy|, |dx| in pixels.
+        spatial_shape: the items' ``(H, W)``.
+        name: how the caller spells the parameter (the CLI passes ``--max-shift``).
+
+    Raises:
+        InputError: ``max_shift`` not an integer ≥ 0, or above ``floor(min(H, W) · (1 -``
+            :data:`MIN_OVERLAP_FRACTION` ``))``.
+    """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int | np.integer) or max_shift < 0:
+        raise InputError(f"{name} must be an integer >= 0, got {max_shift!r}")
+    if len(spatial_shape) != 2:
+        raise InputError(
+            f"{name} works on 2D images only; these items have spatial shape {tuple(spatial_shape)}"
+        )
+    limit = int(min(spatial_shape) * (1.0 - MIN_OVERLAP_FRACTION))
+    if max_shift > limit:
+        h, w = spatial_shape
+        raise InputError(
+            f"{name} {max_shift} is too large for {h}x{w} images: a shift must keep at least half of each "
+            f"axis overlapping (at most {limit})"
+        )
 
 
 def flip_lr(items: np.ndarray) -> np.ndarray:
@@ -149,19 +194,9 @@ def merge_variants(
     first = np.ones(len(q), dtype=bool)
     first[1:] = (q[1:] != q[:-1]) | (t[1:] != t[:-1])
     q, v, t, w = q[first], v[first], t[first], w[first]
-    # top k per query; tie -> lower train index
-    o = np.lexsort((t, -v, q))
-    q, v, t, w = q[o], v[o], t[o], w[o]
-    starts = np.searchsorted(q, np.arange(nq))
-    rank = np.arange(len(q)) - starts[q]
-    keep = rank < k
-    values = np.full((nq, k), np.nan)
-    indices = np.full((nq, k), -1, dtype=np.int64)
-    transforms = np.full((nq, k), None, dtype=object)
+    # top k per query; tie -> lower train index (the one rule of memscan.search.topk)
     names = np.array([name for name, _ in results], dtype=object)
-    values[q[keep], rank[keep]] = v[keep]
-    indices[q[keep], rank[keep]] = t[keep]
-    transforms[q[keep], rank[keep]] = names[w[keep]]
+    values, indices, transforms = select_topk(q, v, t, nq, k, payload=names[w])
     return values, indices, transforms
 
 
@@ -200,7 +235,7 @@ def shift_rerank(
     Args:
         query: ``[C, H, W]``.
         train_items: ``[m, C, H, W]`` candidates for this query.
-        max_shift: largest |dy|, |dx| in pixels (0 … min(H, W) - 2).
+        max_shift: largest |dy|, |dx| in pixels (0 … min(H, W) // 2, :func:`check_max_shift`).
 
     Returns:
         ``(best float64 [m] (NaN if constant on every overlap), shifts [(dy, dx)] * m)``.
@@ -214,8 +249,7 @@ def shift_rerank(
             f"{train_items.shape}"
         )
     c, h, w = query.shape
-    if not isinstance(max_shift, int | np.integer) or max_shift < 0 or max_shift > min(h, w) - 2:
-        raise InputError(f"max_shift must be an integer in 0..{min(h, w) - 2}, got {max_shift!r}")
+    check_max_shift(max_shift, (h, w))
     s = int(max_shift)
     m = train_items.shape[0]
     if m == 0:
@@ -248,6 +282,7 @@ class ShiftCandidates:
         from scipy import fft as sfft
 
         self.m, self.c, self.h, self.w = train_items.shape
+        check_max_shift(max_shift, (self.h, self.w))
         self.s = int(max_shift)
         self.integer = integer
         # 8-bit items: the cross sums on the int8 matrix unit, exactly, at the (2s+1)² lags needed only

@@ -1,0 +1,307 @@
+"""The exact path for 16-bit integer items (MR and CT from NIfTI/DICOM, 16-bit PNG): an int8 screen of each
+item's top 8 bits under a proven bound, then an exact integer re-rank of the pairs it cannot rule out.
+
+Why not byte-split products for every pair: ``x = 2^8 h + l`` makes the exact product four int8 products
+(``h·h``, ``h·l``, ``l·h``, ``l·l``), four times the 8-bit path's work on the matrix unit for every pair,
+while a screen of the top 8 bits alone leaves only a few pairs per query to finish exactly.
+
+**Quantisation** (per item, exact integer arithmetic): with ``m = min x`` and the smallest ``s >= 0`` such
+that ``(max x - m) >> s <= 255``, ``x - m = 2^s q + e`` with ``q = (x - m) >> s`` in ``0..255`` (uint8) and
+``e`` in ``[0, 2^s)``. Items whose range is below 256 have ``s = 0``, ``e = 0``: their screen is exact.
+
+**Bound.** Pearson correlation is the dot product of the centred, unit-normalised items: with ``P`` the
+centring projection, ``u = Px = 2^s Pq + Pe`` and ``w = 2^s Pq``. Every point of the ball of radius
+``||Pe||`` around ``w`` makes an angle ``θ <= arcsin ρ`` with ``w``, ``ρ = ||Pe|| / (2^s ||Pq||)`` (ρ < 1), so
+the unit vectors differ by ``||û - ŵ|| = 2 sin(θ/2) <= δ := ρ sqrt(2 / (1 + sqrt(1 - ρ²)))`` (``δ = 2`` when
+ρ >= 1). With ``â = û_x``, ``b̂ = û_y``: ``â·b̂ - ŵ_x·ŵ_y = (â - ŵ_x)·b̂ + ŵ_x·(b̂ - ŵ_y)``, so
+``|corr(x, y) - corr(q_x, q_y)| <= δ_x + δ_y`` (Cauchy–Schwarz, unit vectors). ``corr(q_x, q_y)`` is what
+the 8-bit path ranks (its float32 ranking G = corr_q · √V_q within its own proven ``ε_G``,
+:meth:`~memscan.search.screen_int._IntScreen.epsilon`). This screen ranks ``T = G + √V_q δ_t``, so with
+``ε_q = ε_G + √V_q (δ_q + 2^-20)`` (the 2^-20 covers the float32 roundings of the added term; |T| < 4 √V_q)
+every exact value ``r`` obeys ``T - 2√V_q δ_t - ε_q <= r √V_q <= T + ε_q``: the candidate line of
+:func:`~memscan.search.candidates._thresholds` holds with ``ε_q``, where the k-th value of a block is taken
+over the lower bounds ``L = T - 2√V_q δ_t``.
+
+**Exact values** (:func:`exact_int_correlation`), one routine for every pair: with ``c`` the item's mean
+rounded to an integer, ``x' = x - c`` (``|Σx'| <= d/2``), ``A = Σx'y'`` is a float64 dot product of
+integers below 2^16 in magnitude: every partial sum is an integer below ``d 2^32 <= 2^53``
+(d <= ``limits.INT16_MAX_D`` = 2^21), so it is exact in any summation order (BLAS included, any thread
+count). Then ``r = (A - B C / d) / sqrt((S_x - B²/d)(S_y - C²/d))`` with ``B = Σx'``, ``C = Σy'``,
+``S = Σx'²`` exact int64 and ``B C = d Q + R`` split exactly (int64 ``divmod``): ``A - Q`` is exact and the
+only roundings are ``- R/d``, the product, the root and the division, in the same order for every pair, so
+values are bitwise reproducible across block sizes, devices and thread counts and within a few ulp of the
+exact rational value.
+
+Shapes: queries ``[nq, d]``, blocks ``[nb, d]``; dtypes uint8, int8, int16, uint16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from threadpoolctl import ThreadpoolController
+
+from memscan.errors import InputError
+from memscan.search import limits
+from memscan.search.blocks import _Groups, _kth, _Prepared, _Screened
+from memscan.search.candidates import _round_down_f32, _thresholds
+from memscan.search.screen_int import _IntScreen
+from memscan.search.stats import _executor
+
+# rows quantised per task (bounded int32/float64 temporaries)
+_QUANT_ELEMS = 2**20
+# columns per exact int32 partial sum of 8-bit values (255² · 2^15 < 2^31)
+_SEG = 2**15
+# margin for the float32 roundings of T = G + √V_q δ_t (module doc)
+_ADD_MARGIN = 2.0**-20
+
+
+def int16_ok(dtype: np.dtype | None) -> bool:
+    """Whether items of ``dtype`` take the 16-bit integer path."""
+    return dtype is not None and np.dtype(dtype) in limits.INT16_DTYPES
+
+
+@dataclass
+class IntStats:
+    """Per-item exact statistics of the 16-bit path (all ``[n]``).
+
+    Attributes:
+        centre: int64 ``c`` = the item's mean rounded to an integer.
+        sum_c: int64 ``B = Σ(x - c)`` (``|B| <= d/2``).
+        sq_c: int64 ``S = Σ(x - c)²``.
+        var_d: float64 ``S - B²/d`` (= d · variance), rounded once after the exact integer part.
+        delta: float64 ``δ``: the quantised screen's error bound on the unit vector (module doc).
+        valid: bool, not constant.
+    """
+
+    centre: np.ndarray
+    sum_c: np.ndarray
+    sq_c: np.ndarray
+    var_d: np.ndarray
+    delta: np.ndarray
+    valid: np.ndarray
+
+
+def _over_d(p: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``p = d Q + R`` exactly (int64 floor division, ``0 <= R < d``)."""
+    q, r = np.divmod(p, np.int64(d))
+    return q, r
+
+
+def _row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Exact per-row ``Σ a`` (``b`` None) or ``Σ a b`` of int32 arrays with values in 0..255, in int64:
+    int32 sums over column segments of 2^15 (below 255² · 2^15 < 2^31), segments added in int64."""
+    out = np.zeros(a.shape[0], dtype=np.int64)
+    for c in range(0, a.shape[1], _SEG):
+        if b is None:
+            out += np.einsum("ij->i", a[:, c : c + _SEG])
+        else:
+            out += np.einsum("ij,ij->i", a[:, c : c + _SEG], b[:, c : c + _SEG])
+    return out
+
+
+def _quantise_rows(raw: np.ndarray, out_q: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray, ...]:
+    """Quantise rows ``r0:r1`` into ``out_q`` (uint8) and return their exact statistics."""
+    d = raw.shape[1]
+    y = raw[r0:r1].astype(np.int32)
+    lo = y.min(axis=1)
+    rng = y.max(axis=1) - lo
+    s = np.zeros(len(y), dtype=np.int32)
+    while True:  # smallest s with rng >> s <= 255 (at most 8 steps for 16-bit values)
+        over = (rng >> s) > 255
+        if not over.any():
+            break
+        s += over
+    y -= lo[:, None]  # y = x - m in 0 .. 2^16 - 1
+    q = y >> s[:, None]
+    out_q[r0:r1] = q
+    e = np.bitwise_and(y, ((1 << s) - 1)[:, None], out=y)  # the low s bits: y = 2^s q + e
+    sum_q, sum_e = _row_sums(q), _row_sums(e)
+    sq_q, sq_e, qe = _row_sums(q, q), _row_sums(e, e), _row_sums(q, e)
+    s64 = s.astype(np.int64)
+    sum_y = (sum_q << s64) + sum_e
+    sq_y = (sq_q << (2 * s64)) + (qe << (s64 + 1)) + sq_e
+    # centring by c = m + round(Σy / d): B = Σy - d r, S = Σy² - 2 r Σy + d r² (exact int64)
+    r = (2 * sum_y + d) // (2 * d)
+    centre = lo.astype(np.int64) + r
+    sum_c = sum_y - d * r
+    sq_c = sq_y - 2 * r * sum_y + d * r * r
+    qq, rr = _over_d(sum_c * sum_c, d)
+    var_d = (sq_c - qq).astype(np.float64) - rr / d
+    valid = rng > 0
+    # ρ = ||Pe|| / (2^s ||Pq||) from the exact sums (float64; rounded up by 2^-30 relative)
+    ve = np.maximum(sq_e.astype(np.float64) - sum_e.astype(np.float64) ** 2 / d, 0.0)
+    vq = sq_q.astype(np.float64) - sum_q.astype(np.float64) ** 2 / d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.sqrt(ve) / (np.ldexp(1.0, s) * np.sqrt(vq)) * (1.0 + 2.0**-30)
+        delta = np.where(
+            rho < 1.0, rho * np.sqrt(2.0 / (1.0 + np.sqrt(np.maximum(1.0 - rho * rho, 0.0)))), 2.0
+        )
+    delta = np.where(s == 0, 0.0, delta)
+    delta = np.where(valid, delta, 0.0)
+    return centre, sum_c, sq_c, var_d, delta, valid
+
+
+def quantise(raw: np.ndarray) -> tuple[np.ndarray, IntStats]:
+    """16-bit integer items → (their top 8 bits as uint8 ``[n, d]``, :class:`IntStats`).
+
+    Args:
+        raw: ``[n, d]`` uint8/int8/int16/uint16.
+
+    Returns:
+        ``(q, stats)``.
+    """
+    n, d = raw.shape
+    q = np.empty((n, d), dtype=np.uint8)
+    step = max(1, _QUANT_ELEMS // max(d, 1))
+    ranges = [(r, min(n, r + step)) for r in range(0, n, step)]
+    if len(ranges) <= 1:
+        parts = [_quantise_rows(raw, q, r0, r1) for r0, r1 in ranges]
+    else:
+        parts = list(_executor().map(lambda rr: _quantise_rows(raw, q, rr[0], rr[1]), ranges))
+    if not parts:
+        z = np.zeros(0, dtype=np.int64)
+        return q, IntStats(z, z, z, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+    return q, IntStats(*cols)
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS thread pools (found once; threadpoolctl)."""
+    return ThreadpoolController()
+
+
+def exact_int_correlation(
+    qraw: np.ndarray, qs: IntStats, qi: np.ndarray, traw: np.ndarray, ts: IntStats, ti: np.ndarray
+) -> np.ndarray:
+    """THE exact routine of the 16-bit path: correlations of the pairs ``(qi[p], ti[p])`` (module doc).
+
+    Pairs are grouped by train row; each train row is centred once (float64, exact) and multiplied with its
+    queries' raw rows (an exact integer dot product in float64: one read of each query row, no centred
+    copy), on the thread pool; the queries' centring is then applied exactly in int64.
+
+    Args:
+        qraw: ``[nq, d]`` query items; qs: their :class:`IntStats`.
+        qi: int ``[p]`` query rows.
+        traw: ``[nt, d]`` train items; ts: their :class:`IntStats`.
+        ti: int ``[p]`` train rows.
+
+    Returns:
+        float64 ``[p]``.
+    """
+    p = len(qi)
+    d = qraw.shape[1]
+    dots = np.empty(p, dtype=np.float64)
+    if p == 0:
+        return dots
+    order = np.argsort(ti, kind="stable")
+    uniq, starts = np.unique(ti[order], return_index=True)
+    ends = np.append(starts[1:], p)
+    rows_per_task = max(1, limits._STATS_ELEMS // max(d, 1))
+
+    def run(u0: int) -> None:
+        u1 = min(len(uniq), u0 + rows_per_task)
+        tc = traw[uniq[u0:u1]].astype(np.float64)
+        tc -= ts.centre[uniq[u0:u1], None].astype(np.float64)
+        for j in range(u0, u1):
+            pos = order[starts[j] : ends[j]]
+            # Σ x_q (y - c_y): integers below d 2^32 <= 2^53, exact in any order (BLAS on float64 rows)
+            dots[pos] = qraw[qi[pos]].astype(np.float64) @ tc[j - u0]
+
+    # One BLAS thread per pool worker: BLAS's own threads, spinning beside the pool's, made each small
+    # product ~40x slower on this project's 2-core CPU (900 vs 16-21 us per pair of 16,384 values).
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        list(_executor().map(run, range(0, len(uniq), rows_per_task)))
+    # A = Σ (x - c_x)(y - c_y) = Σ x (y - c_y) - c_x Σ (y - c_y), exact in int64
+    a_int = dots.astype(np.int64) - qs.centre[qi] * ts.sum_c[ti]
+    bq, rq = _over_d(qs.sum_c[qi] * ts.sum_c[ti], d)
+    num = (a_int - bq).astype(np.float64) - rq / d
+    return num / np.sqrt(qs.var_d[qi] * ts.var_d[ti])
+
+
+class _Int16Screen:
+    """The 16-bit integer path: the 8-bit screen of the quantised items, widened by ``δ``, then exact."""
+
+    exact_scores = True
+    precision = "int16"
+    rounded_output = False
+
+    def __init__(self, queries: np.ndarray, device: str, k: int) -> None:
+        if not int16_ok(queries.dtype):
+            raise InputError(f"precision 'int16' needs 8- or 16-bit integer items, got {queries.dtype}")
+        self.nq, self.d = queries.shape
+        if self.d > limits.INT16_MAX_D:
+            raise InputError(f"precision 'int16' supports d <= 2^21, got d={self.d}")
+        self.k = k
+        self.queries = queries
+        qq, self.qs = quantise(queries)
+        self.inner = _IntScreen(qq, device, k)
+        self.device = self.inner.device
+        self.q_valid = self.inner.q_valid  # q is constant exactly when x is (module doc)
+        self.q_root = self.inner.q_root
+        self.q_root_f32 = torch.from_numpy(self.q_root.astype(np.float32)).to(self.device)
+        self._groups: _Groups | None = None
+
+    @property
+    def groups(self) -> _Groups | None:
+        return self._groups
+
+    @groups.setter
+    def groups(self, value: _Groups | None) -> None:
+        self._groups = value
+        self.inner.groups = value
+
+    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
+        if not int16_ok(raw.dtype):
+            raise InputError(
+                f"precision 'int16' needs 8- or 16-bit integer items, got a block of {raw.dtype}"
+            )
+        qb, st = quantise(raw)
+        prep = self.inner.prepare(start, qb)
+        prep.raw = raw
+        prep.extra = st
+        return prep
+
+    def screen(self, prep: _Prepared) -> _Screened:
+        sc = self.inner.screen(prep)
+        delta_t = torch.from_numpy(prep.extra.delta.astype(np.float32)).to(self.device)
+        sc.scores.addr_(self.q_root_f32, delta_t)  # T = G + √V_q δ_t (-inf stays -inf)
+        sc.acc = None  # the quantised products are not the exact ones
+        return sc
+
+    def candidates(self, sc: _Screened, v_k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The block's pairs that can still enter the top-k and their exact values (query, block-local
+        train index, value); ``v_k``: each query's running exact k-th value (``-inf`` while unknown)."""
+        prep = sc.prep
+        st: IntStats = prep.extra
+        if not prep.valid.any():  # a block of constant items: nothing to match (and ε would be infinite)
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), np.zeros(0)
+        root = self.q_root
+        eps = self.inner.epsilon(prep) + root * (self.qs.delta + _ADD_MARGIN)
+        s_k = np.full(self.nq, -np.inf)
+        fresh = np.flatnonzero(self.q_valid & ~np.isfinite(v_k))
+        if len(fresh):  # k-th largest lower bound L = T - 2 √V_q δ_t of the rows without a running k-th
+            rows = torch.from_numpy(fresh).to(self.device)
+            low = sc.scores[rows].double()
+            low -= (
+                2.0
+                * torch.from_numpy(root[fresh]).to(self.device)[:, None]
+                * torch.from_numpy(st.delta).to(self.device)[None, :]
+            )
+            s_k[fresh] = _kth(low, self.k).cpu().numpy()
+        with np.errstate(invalid="ignore"):
+            thr = _thresholds(v_k * root, s_k, eps, self.q_valid, floor=-2.0 * root - 2.0 * eps)
+        mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(self.device)[:, None]
+        if mask.is_cuda:
+            pairs = torch.nonzero(mask).cpu().numpy()
+            qi, ti = pairs[:, 0].astype(np.intp), pairs[:, 1].astype(np.intp)
+        else:
+            flat = np.flatnonzero(mask.numpy())
+            qi, ti = (flat // mask.shape[1]).astype(np.intp), (flat % mask.shape[1]).astype(np.intp)
+        del mask
+        vals = exact_int_correlation(self.queries, self.qs, qi, prep.raw, st, ti)
+        return qi, ti.astype(np.int64), vals
