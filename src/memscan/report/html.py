@@ -40,6 +40,7 @@ from PIL import Image
 from memscan.core import atomic
 from memscan.dataset.store import Dataset
 from memscan.report import figures
+from memscan.report.terminal import engine_text
 from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, Summary, load_run
 
 log = logging.getLogger(__name__)
@@ -529,13 +530,7 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
         f"channel {opts.get('channel') or 'all'}",
     ]
     rows.append(("Search", ", ".join(search)))
-    if s.get("precision") == "int8":
-        engine = "exact integer products (8-bit data): every correlation exact, nothing to re-rank"
-    else:
-        engine = (
-            f"{s.get('precision')} screen + exact float64 re-rank of {s.get('n_rerank_pairs', '?')} pairs"
-        )
-    rows.append(("Engine", f"{s.get('device')}, {engine}"))
+    rows.append(("Engine", f"{s.get('device')}, {engine_text(s.get('precision'), s.get('n_rerank_pairs'))}"))
     if _num(s.get("seconds")) is not None:
         rows.append(("Scan time", f"{float(s['seconds']):.2f} s"))
     return rows

@@ -8,6 +8,16 @@ from memscan.dataset.store import Dataset
 from memscan.scanning.runfolder import REPORT_FILE, ScanResult
 
 
+def engine_text(precision: str | None, n_rerank_pairs: int | None) -> str:
+    """How the scan's correlations were computed, in words (the terminal table and the HTML report)."""
+    if precision == "int8":
+        return "exact integer products (8-bit data): every correlation exact, nothing to re-rank"
+    pairs = "?" if n_rerank_pairs is None else n_rerank_pairs
+    if precision == "int16":
+        return f"int8 screen of the top 8 bits + exact integer re-rank of {pairs} pairs (16-bit data)"
+    return f"{precision} screen + exact float64 re-rank of {pairs} pairs"
+
+
 def dataset_table(ds: Dataset) -> Table:
     """Key facts of a dataset folder: items, shape, dtype, subjects, splits, recipe, exclusions."""
     info = ds.info
@@ -59,11 +69,7 @@ def run_table(result: ScanResult) -> Table:
             "certified as non-copies (column 'unscored')",
         )
     table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']} training subjects")
-    if s["precision"] == "int8":
-        engine = "exact integer products (int8), nothing to re-rank"
-    else:
-        engine = f"{s['precision']} screen + exact float64 re-rank of {s['n_rerank_pairs']} pairs"
-    table.add_row("engine", f"{s['device']}, {engine}")
+    table.add_row("engine", f"{s['device']}, {engine_text(s['precision'], s['n_rerank_pairs'])}")
     table.add_row("time", f"{s['seconds']:.2f} s")
     if (result.run / REPORT_FILE).exists():
         table.add_row("report", str(result.run / REPORT_FILE))

@@ -89,7 +89,7 @@ def check_options_fit(opts: ScanOptions, train: Dataset) -> None:
     if opts.max_shift and opts.mask != "none":
         raise InputError("max_shift cannot be combined with mask (the overlap would leave the mask)")
     if opts.max_shift:
-        check_max_shift(opts.max_shift, train.item_shape[1:])
+        variants.check_max_shift(opts.max_shift, tuple(train.item_shape[1:]))
     if opts.orientations:
         if train.spatial_dims != 2:
             raise InputError("orientations works on 2D images only; these items are 3D volumes (use flips)")
@@ -102,21 +102,6 @@ def check_options_fit(opts: ScanOptions, train: Dataset) -> None:
             )
         if opts.mask != "none":
             raise InputError("orientations cannot be combined with mask (a rotated item leaves the mask)")
-
-
-def check_max_shift(max_shift: int, spatial_shape: tuple[int, ...]) -> None:
-    """The shift re-rank needs an overlap of at least two pixels per axis (``max_shift <= min(H, W) - 2``)."""
-    try:  # the search package's rule (with a minimum overlap), where it exists
-        from memscan.search.variants import check_max_shift as _check
-    except ImportError:
-        limit = min(spatial_shape) - 2
-        if max_shift > limit:
-            raise InputError(
-                f"max_shift {max_shift} is too large for {'x'.join(map(str, spatial_shape))} images "
-                f"(at most {limit})"
-            ) from None
-        return
-    _check(max_shift, tuple(spatial_shape))
 
 
 def channel_indices(train: Dataset, channel: str | None) -> list[int] | None:

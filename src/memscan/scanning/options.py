@@ -17,7 +17,7 @@ MIN_MEMORY_BUDGET = 256 * 2**20
 #: The engine's screen precisions (``memscan.search.engine.PRECISIONS``, not imported here: that module loads
 #: torch, and the CLI builds its help from this tuple; a test keeps the two equal), plus ``exact``
 #: (= ``float64``, the plain path for comparison).
-PRECISIONS = ("auto", "int8", "bf16", "fp16", "tf32", "float32", "float64", "exact")
+PRECISIONS = ("auto", "int8", "int16", "bf16", "fp16", "tf32", "float32", "float64", "exact")
 CALIBRATIONS = ("fdr", "quantile")
 #: Largest max_shift accepted before the items are seen (the items' size limits it further).
 MAX_SHIFT = 64
