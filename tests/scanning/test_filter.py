@@ -16,6 +16,7 @@ from memscan.errors import InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.scanning.filter import filter_run, removed_path_for
 from memscan.scanning.options import ScanOptions
+from memscan.scanning.runfolder import load_run, write_table
 from memscan.scanning.scanner import scan
 
 
@@ -88,7 +89,7 @@ def test_also_subjects_drops_every_item_matched_to_a_leaked_subject(scanned, tmp
     shutil.copytree(run.run, edited)
     subject = syn.loc[~syn["flagged"], "nearest_subject"].iloc[0]
     subjects = run.subjects.assign(leaked=run.subjects["subject"] == subject)
-    subjects.to_parquet(edited / "subjects.parquet", index=False)
+    write_table(subjects, edited / "subjects.parquet", run.run_id)  # an edited table of the same run
     res = filter_run(edited, tmp_path / "clean", also_subjects=True)
     matched = syn["nearest_subject"] == subject
     assert list(res.dataset.ids) == list(syn.loc[~syn["flagged"] & ~matched, "synthetic_id"])
@@ -105,7 +106,7 @@ def test_an_unscored_item_is_never_kept(scanned, tmp_path):
     syn.loc[syn["synthetic_id"] == a, "max_correlation"] = np.nan
     syn.loc[syn["synthetic_id"] == b, "p_value"] = pd.NA
     syn = syn[syn["synthetic_id"] != c]  # no row at all
-    syn.to_parquet(run / "synthetic.parquet", index=False)
+    write_table(syn, run / "synthetic.parquet", scanned["run"].run_id)
     res = filter_run(run, tmp_path / "clean")
     assert not {a, b, c} & set(res.dataset.ids)
     reasons = res.removed.set_index("synthetic_id")["reason"]
@@ -172,7 +173,7 @@ def test_bad_inputs_and_overwrite(scanned, tmp_path):
     shutil.copytree(run, moved)
     syn = pd.read_parquet(moved / "synthetic.parquet")
     syn["flagged"] = True
-    syn.to_parquet(moved / "synthetic.parquet", index=False)
+    write_table(syn, moved / "synthetic.parquet", load_run(run).run_id)
     with pytest.raises(InputError, match="would be removed"):
         filter_run(moved, tmp_path / "none")
     assert not (tmp_path / "none").exists() and not removed_path_for(tmp_path / "none").exists()

@@ -58,5 +58,5 @@ def test_orient_refusals():
         T.orient(np.zeros((1, 1, 4, 4, 4)), "rot90", spatial_dims=3)
     np.testing.assert_array_equal(
         T.orient(np.arange(8).reshape(1, 1, 2, 2, 2), "flip", spatial_dims=3),
-        np.flip(np.arange(8).reshape(1, 1, 2, 2, 2), axis=2),
+        np.flip(np.arange(8).reshape(1, 1, 2, 2, 2), axis=3),  # Y: the patient's right-left in PLS
     )

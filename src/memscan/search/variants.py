@@ -86,13 +86,9 @@ def flip_lr(items: np.ndarray) -> np.ndarray:
         A C-contiguous mirrored copy of the same shape and dtype.
     """
     items = np.asarray(items)
-    if items.ndim == 4:
-        axis = 3
-    elif items.ndim == 5:
-        axis = 3
-    else:
+    if items.ndim not in (4, 5):
         raise InputError(f"flip_lr expects items [n, C, H, W] or [n, C, X, Y, Z], got shape {items.shape}")
-    return np.ascontiguousarray(np.flip(items, axis=axis))
+    return np.ascontiguousarray(np.flip(items, axis=3))  # W of 2D items, Y of 3D volumes
 
 
 def apply_mask(items: np.ndarray, mask: np.ndarray) -> np.ndarray:
