@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from memscan.core.validate import check_float, check_int
 from memscan.embed.augment import similarity_theta
 
-# parameter units of the optimiser: angle 10°, log-scale 0.1, shift 1/16 of the size, log-gamma 0.3
-_UNITS = (10.0, 0.1, 1.0 / 16.0, 1.0 / 16.0, 0.3)
+# parameter units of the optimiser: angle 10°, log-scale 0.1, shift 1/16 of the size, log-gamma 0.8
+_UNITS = (10.0, 0.1, 1.0 / 16.0, 1.0 / 16.0, 0.8)
 
 
 @dataclass(frozen=True)
