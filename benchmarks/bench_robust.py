@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,9 @@ from scipy import ndimage
 from memscan import phantoms
 from memscan.core.progress import set_quiet
 from memscan.dataset.store import Dataset, DatasetWriter
+from memscan.embed import EncoderConfig
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
-from memscan.robust import RobustOptions, combined_verdict, robust_scan
+from memscan.robust import RegisterConfig, RobustOptions, combined_verdict, robust_scan
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.scanner import scan
 
@@ -150,6 +152,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoder", type=json.loads, default={}, help="EncoderConfig overrides, JSON")
+    ap.add_argument("--register", type=json.loads, default={}, help="RegisterConfig overrides, JSON")
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--refine-k", type=int, default=3)
     args = ap.parse_args()
     set_quiet(True)
     if args.quick:
@@ -167,6 +173,7 @@ def main() -> None:
     )
 
     run = root / "run-plain"
+    shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     res = scan(
         train.path,
@@ -179,12 +186,22 @@ def main() -> None:
     t_plain = time.perf_counter() - t0
     plain = res.synthetic.set_index("synthetic_id").loc[man["id"]]
 
-    opts = RobustOptions(cache_dir=root / "cache", device=args.device)
+    opts = RobustOptions(
+        cache_dir=root / "cache",
+        device=args.device,
+        top_k=args.top_k,
+        refine_k=args.refine_k,
+        encoder=EncoderConfig(**args.encoder),
+        register=RegisterConfig(**args.register),
+    )
     cached = any((root / "cache").glob("encoder-*/model.safetensors"))
     t0 = time.perf_counter()
     rob = robust_scan(train, syn, hold, options=opts).set_index("synthetic_id").loc[man["id"]]
     t_rob = time.perf_counter() - t0
     secs = rob.attrs.get("seconds", {})
+    rob.assign(kind=man["kind"].to_numpy(), truth_subject=man["truth_subject"].to_numpy()).to_parquet(
+        root / "robust.parquet"
+    )
 
     p_comb, flagged, _ = combined_verdict(plain["p_value"].to_numpy(), rob["robust_p_value"].to_numpy(), 0.05)
     kinds = man["kind"].to_numpy()

@@ -66,10 +66,10 @@ class EncoderConfig:
         augment: the perturbations (:class:`~memscan.embed.augment.AugmentConfig`).
     """
 
-    input_size: int = 64
-    width: int = 32
-    steps: int = 400
-    batch: int = 128
+    input_size: int = 48
+    width: int = 16
+    steps: int = 300
+    batch: int = 64
     lr: float = 2e-3
     temperature: float = 0.2
     seed: int = 0
