@@ -108,21 +108,27 @@ def build(root: Path, n_train: int, n_hold: int, n_fresh: int, per_group: int, n
         prepare_dataset(root / "raw_fresh", root / "fresh", PrepareOptions(layout="brats", size=128))
     train, hold = Dataset.open(root / "cohort" / "train"), Dataset.open(root / "cohort" / "test")
     fresh = Dataset.open(root / "fresh")
-    syn_path = root / f"synthetic-{per_group}-{n_novel}"
+    syn_path = root / f"synthetic-v2-{per_group}-{n_novel}"
     if not syn_path.exists():
         rng = np.random.default_rng(seed)
         items, rows = [], []
         for kind in KINDS:
             for strength in (1, 2):
-                picks = rng.choice(train.n_items, size=per_group, replace=False)
-                for pos, item in zip(picks, train.take(np.sort(picks)), strict=True):
+                picks = np.sort(rng.choice(train.n_items, size=per_group, replace=False))
+                for pos, item in zip(picks, train.take(picks), strict=True):
                     items.append(perturb(item, kind, strength, rng))
-                    rows.append({"kind": f"{kind}{strength}", "truth_subject": str(train.subjects[pos])})
+                    rows.append(
+                        {
+                            "kind": f"{kind}{strength}",
+                            "truth_subject": str(train.subjects[pos]),
+                            "truth_train_id": str(train.ids[pos]),
+                        }
+                    )
         for item in fresh.take(
             np.sort(rng.choice(fresh.n_items, size=min(n_novel, fresh.n_items), replace=False))
         ):
             items.append(item)
-            rows.append({"kind": "novel", "truth_subject": None})
+            rows.append({"kind": "novel", "truth_subject": None, "truth_train_id": None})
         order = rng.permutation(len(items))
         with DatasetWriter(
             syn_path,
@@ -199,7 +205,7 @@ def main() -> None:
     rob = robust_scan(train, syn, hold, options=opts).set_index("synthetic_id").loc[man["id"]]
     t_rob = time.perf_counter() - t0
     secs = rob.attrs.get("seconds", {})
-    rob.assign(kind=man["kind"].to_numpy(), truth_subject=man["truth_subject"].to_numpy()).to_parquet(
+    rob.assign(kind=man["kind"].to_numpy(), truth_train_id=man["truth_train_id"].to_numpy()).to_parquet(
         root / "robust.parquet"
     )
 
@@ -215,6 +221,9 @@ def main() -> None:
                 "n": int(m.sum()),
                 "plain recall": float(plain["flagged"].to_numpy()[m].mean()),
                 "robust recall": float(flagged[m].mean()),
+                "robust source found": float(
+                    (rob["robust_train_id"].to_numpy()[m] == man["truth_train_id"].to_numpy()[m]).mean()
+                ),
                 "robust subject correct": float(
                     (rob["robust_subject"].to_numpy()[m] == man["truth_subject"].to_numpy()[m]).mean()
                 ),

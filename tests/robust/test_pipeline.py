@@ -42,7 +42,7 @@ def cohort(tmp_path_factory):
         refine_k=2,
         query_block=16,
         encoder=EncoderConfig(input_size=32, width=8, steps=30, batch=16),
-        register=RegisterConfig(fine_size=32, fine_steps=25, full_steps=2),
+        register=RegisterConfig(fine_size=32, fine_steps=25, final_steps=2),
     )
     return train, hold, syn, opts, str(train.subjects[pos]), source
 

@@ -117,7 +117,7 @@ def test_results_do_not_depend_on_the_batch():
     ys = [_scipy_similarity(x, a, s) for a, s in ((10.0, 1.0), (-8.0, 1.1), (0.0, 0.9))]
     s = torch.from_numpy(np.stack(ys))
     t = torch.from_numpy(np.stack([x] * 3))
-    cfg = RegisterConfig(fine_steps=10, full_steps=2)
+    cfg = RegisterConfig(fine_steps=10, final_steps=2)
     together = register_pairs(s, t, cfg)
     alone = [register_pairs(s[i : i + 1], t[i : i + 1], cfg) for i in range(3)]
     for i in range(3):

@@ -111,16 +111,15 @@ def _register_block(
     pos = np.searchsorted(uniq, np.where(valid, cand, uniq[0] if uniq.size else 0))
     qi = torch.arange(b, device=device).repeat_interleave(k)
     ti = torch.as_tensor(pos.ravel(), device=device)
-    coarse, angle, scale = coarse_search(q[qi], t_items[ti], opts.register)
+    coarse, angle, scale, shift = coarse_search(q[qi], t_items[ti], opts.register)
     coarse = coarse.view(b, k).cpu()
     coarse[torch.from_numpy(~valid)] = -np.inf
     r = min(opts.refine_k, k)
     # best refine_k by coarse score; ties to the better embedding rank (stable sort on rank order)
     order = torch.from_numpy(np.argsort(-coarse.numpy(), axis=1, kind="stable")[:, :r].copy())
     flat = (torch.arange(b)[:, None] * k + order).ravel()
-    reg = refine(
-        q[qi[flat]], t_items[ti[flat]], angle[flat.to(device)], scale[flat.to(device)], opts.register
-    )
+    fd = flat.to(device)
+    reg = refine(q[qi[fd]], t_items[ti[fd]], angle[fd], scale[fd], shift[fd], opts.register)
     score = reg.score.reshape(b, r)
     score[~np.take_along_axis(valid, order.numpy(), axis=1)] = -np.inf
     best = np.argmax(score, axis=1)  # first maximum: ties to the better coarse rank

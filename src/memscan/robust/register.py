@@ -16,8 +16,9 @@ Search, coarse to fine (the objective is multi-modal in the angle, smooth near t
 1. **grid** at ``coarse_size`` pixels, channel mean, γ = 1, no shift: every angle of ``angles`` ×
    every scale of ``scales``; the best grid point starts
 2. **a local optimiser** (Adam on the five parameters, rescaled to comparable units, with box bounds) at
-   ``fine_size`` on all channels, then a few steps at the full size; the final value is evaluated at
-   full size.
+   ``fine_size`` on all channels, then a few steps at ``score_size``, where the value is evaluated.
+   Each grid point's shift makes the intensity centroids meet (moment matching), so crops with an
+   off-centre window start near their translation.
 
 Adam is element-wise and the pairs' objectives are summed, so each pair's optimisation is independent of
 the batch it is in. Everything is float32 on the CPU (or the GPU) with a fixed number of steps: the result
@@ -60,7 +61,10 @@ class RegisterConfig:
         gamma_range: (low, high) bounds of γ.
         min_overlap: least fraction of the synthetic item covered by the warped training item.
         coarse_size, fine_size: image sizes of the grid and of the local optimisation.
-        fine_steps, full_steps: Adam steps at ``fine_size`` and at full size.
+        score_size: image size of the last optimisation steps and of the score (None: full size).
+            Scoring at a reduced size averages out pixel noise and small local warps, which a copy and
+            a held-out item share alike (the null goes through the same search).
+        fine_steps, final_steps: Adam steps at ``fine_size`` and at ``score_size``.
         lr: Adam step size in the rescaled units.
     """
 
@@ -73,8 +77,9 @@ class RegisterConfig:
     min_overlap: float = 0.5
     coarse_size: int = 32
     fine_size: int = 64
+    score_size: int | None = 64
     fine_steps: int = 40
-    full_steps: int = 8
+    final_steps: int = 8
     lr: float = 0.05
 
     def __post_init__(self) -> None:
@@ -94,7 +99,9 @@ class RegisterConfig:
         check_int(self.coarse_size, "coarse_size", minimum=8)
         check_int(self.fine_size, "fine_size", minimum=8)
         check_int(self.fine_steps, "fine_steps", minimum=0)
-        check_int(self.full_steps, "full_steps", minimum=0)
+        check_int(self.final_steps, "final_steps", minimum=0)
+        if self.score_size is not None:
+            check_int(self.score_size, "score_size", minimum=8)
         check_float(self.lr, "lr", low=0.0, open_low=True)
 
     def to_dict(self) -> dict:
@@ -212,15 +219,55 @@ def _chunks(n: int, size: int):
         yield slice(s, min(n, s + size))
 
 
+def centroids(x: torch.Tensor) -> torch.Tensor:
+    """Intensity centroids ``[B, 2]`` (x, y) of the channel mean of ``x [B, C, H, W]``, in pixels from the
+    image centre (y down); the centre for an all-zero image."""
+    m = x.mean(dim=1)  # [B, H, W]
+    h, w = m.shape[-2:]
+    ys = torch.arange(h, dtype=m.dtype, device=m.device) + 0.5 - h / 2.0
+    xs = torch.arange(w, dtype=m.dtype, device=m.device) + 0.5 - w / 2.0
+    total = m.sum(dim=(1, 2)).clamp_min(1e-12)
+    cx = (m.sum(dim=1) * xs).sum(dim=1) / total
+    cy = (m.sum(dim=2) * ys).sum(dim=1) / total
+    return torch.stack([cx, cy], dim=1)
+
+
+def centroid_shift(
+    c_syn: torch.Tensor,
+    c_train: torch.Tensor,
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    h: int,
+    w: int,
+    max_shift: float,
+) -> torch.Tensor:
+    """The shift that maps the training item's centroid onto the synthetic item's under (angle, scale).
+
+    ``T p = scale · R p + t`` with ``T c_train = c_syn`` gives ``t = c_syn - scale · R c_train`` (moment
+    matching, the classic initialisation of image registration). Returns ``[B, 2]`` (dy, dx) as fractions
+    of (H, W), clamped to ``±max_shift``.
+    """
+    a = torch.deg2rad(angle)
+    cos, sin = torch.cos(a), torch.sin(a)
+    x, y = c_train[:, 0], c_train[:, 1]
+    # R (counter-clockwise on screen, y down): (x, y) -> (x cos + y sin, -x sin + y cos)
+    tx = c_syn[:, 0] - scale * (x * cos + y * sin)
+    ty = c_syn[:, 1] - scale * (-x * sin + y * cos)
+    return torch.stack([ty / h, tx / w], dim=1).clamp(-max_shift, max_shift)
+
+
 @torch.no_grad()
 def coarse_search(
     synthetic: torch.Tensor, train: torch.Tensor, cfg: RegisterConfig, *, batch_elems: int = 2**24
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grid search at ``coarse_size`` on the channel mean: ``(best score [B], angle [B], scale [B])``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grid search at ``coarse_size`` on the channel mean, each grid point shifted so the centroids meet.
 
-    Ties go to the first grid point (smallest angle, then scale, in grid order), so the result is
-    deterministic.
+    Returns:
+        ``(best score [B], angle [B], scale [B], shift [B, 2])`` (shift as fractions of (H, W)). Ties go
+        to the first grid point (grid order), so the result is deterministic.
     """
+    h, w = synthetic.shape[-2:]
+    c_syn, c_train = centroids(synthetic), centroids(train)
     s = resize(synthetic.mean(dim=1, keepdim=True), cfg.coarse_size)
     t = resize(train.mean(dim=1, keepdim=True), cfg.coarse_size)
     angles, scales = (torch.as_tensor(v, dtype=torch.float32, device=s.device) for v in cfg.grid())
@@ -229,21 +276,29 @@ def coarse_search(
     best = torch.full((b,), -math.inf, device=s.device)
     best_a = torch.zeros(b, device=s.device)
     best_s = torch.ones(b, device=s.device)
+    best_t = torch.zeros(b, 2, device=s.device)
     per = max(1, batch_elems // (g * s[0].numel()))
     for sl in _chunks(b, per):
         m = sl.stop - sl.start
-        ss = s[sl].repeat_interleave(g, 0)
-        tt = t[sl].repeat_interleave(g, 0)
         a = angles.repeat(m)
-        sc = torch.log(scales).repeat(m)
-        zero = torch.zeros(m * g, device=s.device)
+        sc = scales.repeat(m)
+        shift = centroid_shift(
+            c_syn[sl].repeat_interleave(g, 0), c_train[sl].repeat_interleave(g, 0), a, sc, h, w, cfg.max_shift
+        )
         corr, _ = registered_correlation(
-            ss, tt, a, sc, torch.zeros(m * g, 2, device=s.device), zero, cfg.min_overlap
+            s[sl].repeat_interleave(g, 0),
+            t[sl].repeat_interleave(g, 0),
+            a,
+            torch.log(sc),
+            shift,
+            torch.zeros(m * g, device=s.device),
+            cfg.min_overlap,
         )
         corr = torch.nan_to_num(corr, nan=-math.inf).view(m, g)
         v, i = corr.max(dim=1)  # first maximum: deterministic ties
         best[sl], best_a[sl], best_s[sl] = v, angles[i], scales[i]
-    return best, best_a, best_s
+        best_t[sl] = shift.view(m, g, 2)[torch.arange(m, device=s.device), i]
+    return best, best_a, best_s, best_t
 
 
 def _bounds(cfg: RegisterConfig, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,11 +351,12 @@ def refine(
     train: torch.Tensor,
     angle: torch.Tensor,
     scale: torch.Tensor,
+    shift: torch.Tensor,
     cfg: RegisterConfig,
     *,
     batch: int = 256,
 ) -> Registration:
-    """Local optimisation from ``(angle, scale)`` (shift 0, γ 1), then the value at full size."""
+    """Local optimisation from ``(angle, scale, shift)`` (γ 1), then the value at ``score_size``."""
     b = synthetic.shape[0]
     res = {k: np.empty(b) for k in ("score", "angle", "scale", "gamma", "overlap")}
     res["shift"] = np.empty((b, 2))
@@ -310,16 +366,19 @@ def refine(
         u = torch.zeros(m, 5, device=synthetic.device)
         u[:, 0] = angle[sl] / units[0]
         u[:, 1] = torch.log(scale[sl]) / units[1]
+        u[:, 2:4] = shift[sl] / units[2:4]
         if cfg.fine_steps:
             u = _optimise(
                 resize(synthetic[sl], cfg.fine_size), resize(train[sl], cfg.fine_size), u, cfg, cfg.fine_steps
             )
-        if cfg.full_steps:
-            u = _optimise(synthetic[sl], train[sl], u, cfg, cfg.full_steps)
+        s_final = synthetic[sl] if cfg.score_size is None else resize(synthetic[sl], cfg.score_size)
+        t_final = train[sl] if cfg.score_size is None else resize(train[sl], cfg.score_size)
+        if cfg.final_steps:
+            u = _optimise(s_final, t_final, u, cfg, cfg.final_steps)
         with torch.no_grad():
             p = u * units
             corr, overlap = registered_correlation(
-                synthetic[sl], train[sl], p[:, 0], p[:, 1], p[:, 2:4], p[:, 4], cfg.min_overlap
+                s_final, t_final, p[:, 0], p[:, 1], p[:, 2:4], p[:, 4], cfg.min_overlap
             )
         h, w = synthetic.shape[-2:]
         res["score"][sl] = torch.nan_to_num(corr, nan=-math.inf).double().cpu().numpy()
@@ -346,5 +405,5 @@ def register_pairs(synthetic: torch.Tensor, train: torch.Tensor, cfg: RegisterCo
             f"register_pairs needs two [B, C, H, W] tensors of one shape; got "
             f"{tuple(synthetic.shape)} and {tuple(train.shape)}"
         )
-    _, a, s = coarse_search(synthetic, train, cfg)
-    return refine(synthetic, train, a, s, cfg)
+    _, a, s, t = coarse_search(synthetic, train, cfg)
+    return refine(synthetic, train, a, s, t, cfg)
