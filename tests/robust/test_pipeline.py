@@ -14,6 +14,7 @@ from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.robust import COLUMNS, RegisterConfig, RobustOptions, combined_verdict, robust_scan
 
 ANGLE = 12.0
+pytestmark = pytest.mark.slow  # ~1 min: phantom files, prepare, a small encoder, two robust scans
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,12 @@ def cohort(tmp_path_factory):
         encoder=EncoderConfig(input_size=32, width=8, steps=30, batch=16),
         register=RegisterConfig(fine_size=32, fine_steps=25, final_steps=2),
     )
-    return train, hold, syn, opts, str(train.subjects[pos]), source
+    df = robust_scan(train, syn, hold, options=opts)
+    return train, hold, syn, opts, str(train.subjects[pos]), df
 
 
 def test_robust_scan_finds_the_rotated_copy(cohort):
-    train, hold, syn, opts, subject, source = cohort
-    df = robust_scan(train, syn, hold, options=opts)
+    train, hold, syn, opts, subject, df = cohort
     assert list(df.columns) == list(COLUMNS) and len(df) == syn.n_items
     copy = df.set_index("synthetic_id").loc["copy"]
     null = np.asarray(df.attrs["null_scores"])
@@ -70,10 +71,9 @@ def test_robust_scan_finds_the_rotated_copy(cohort):
 
 
 def test_robust_scan_is_deterministic_and_reuses_the_encoder(cohort):
-    train, hold, syn, opts, _, _ = cohort
-    a = robust_scan(train, syn, hold, options=opts)
-    b = robust_scan(train, syn, hold, options=opts)
-    assert a.equals(b)
+    train, hold, syn, opts, _, first = cohort
+    again = robust_scan(train, syn, hold, options=opts)
+    assert again.equals(first)
     assert len(list(opts.cache_dir.glob("encoder-*"))) == 1
 
 
