@@ -17,6 +17,7 @@ novel items' score) for pixel correlation, embedding cosine alone, and the regis
 encoder training, the robust stage, the plain scan.
 
     python benchmarks/bench_robust.py --quick          # a few minutes on 2 cores
+    python benchmarks/bench_robust.py --medium         # 8 held-out people
     python benchmarks/bench_robust.py                  # the recorded configuration
 """
 
@@ -155,6 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/memscan-bench-robust"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--medium", action="store_true", help="more held-out people than --quick")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--seed", type=int, default=0)
@@ -166,9 +168,11 @@ def main() -> None:
     set_quiet(True)
     if args.quick:
         n_train, n_hold, n_fresh, per_group, n_novel = 6, 4, 3, 5, 40
+    elif args.medium:
+        n_train, n_hold, n_fresh, per_group, n_novel = 8, 8, 4, 5, 60
     else:
         n_train, n_hold, n_fresh, per_group, n_novel = 16, 8, 6, 20, 200
-    root = args.root / ("quick" if args.quick else "full")
+    root = args.root / ("quick" if args.quick else "medium" if args.medium else "full")
     root.mkdir(parents=True, exist_ok=True)
     train, hold, syn = build(root, n_train, n_hold, n_fresh, per_group, n_novel, args.seed)
     man = syn.manifest
