@@ -48,11 +48,13 @@ def test_combined_pvalue_is_valid_under_the_null():
     assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
 
 
-def test_robust_pvalues_treat_unregistered_as_no_evidence():
+def test_robust_pvalues_leave_unscored_items_unscored():
     null = np.array([0.5, 0.6, -np.inf, 0.7])
     p = robust_pvalues(null, np.array([0.9, 0.65, -np.inf, np.nan]))
-    np.testing.assert_allclose(p[:3], [1 / 5, 2 / 5, 1.0])
-    assert np.isnan(p[3])
+    np.testing.assert_allclose(p[:2], [1 / 4, 2 / 4])  # the unscored held-out item is not in the null
+    assert np.isnan(p[2]) and np.isnan(p[3])
+    with pytest.raises(InputError):
+        robust_pvalues(np.array([-np.inf]), np.array([0.5]))
 
 
 def test_cosine_topk_matches_a_naive_float64_reference():

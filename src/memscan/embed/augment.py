@@ -132,7 +132,7 @@ def similarity_theta(
     t_pix = torch.stack([shift_yx[:, 1], shift_yx[:, 0]], -1)  # (dx, dy)
     off = -(inv @ t_pix[:, :, None])[:, :, 0]  # T^-1 p = inv (p - t)
     # normalised coords: x_n = x / (w/2), y_n = y / (h/2)
-    d = torch.tensor([w / 2.0, h / 2.0], dtype=inv.dtype)
+    d = torch.tensor([w / 2.0, h / 2.0], dtype=inv.dtype, device=inv.device)
     inv_n = inv * d[None, None, :] / d[None, :, None]
     off_n = off / d[None, :]
     return torch.cat([inv_n, off_n[:, :, None]], dim=2)

@@ -34,14 +34,13 @@ __all__ = ["combined_pvalues", "combined_verdict", "robust_pvalues"]
 def robust_pvalues(null_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Empirical p-values of robust ``scores [n]`` against the held-out ``null_scores [m]``.
 
-    ``-inf`` (no candidate could be registered with enough overlap) is treated as "no evidence": p = 1
-    when the score is -inf; NaN stays NaN.
+    ``-inf`` means "could not be scored" (no candidate registered with enough overlap, or a constant
+    item). Such a held-out item is left out of the null and such a synthetic item gets NaN — never a
+    p-value that would call it "not a copy"; the combined verdict then rests on its pixel p-value alone.
     """
     null = np.asarray(null_scores, dtype=np.float64)
-    null = np.where(np.isneginf(null), -1.0, null)  # a held-out item that registered nowhere scores low
     s = np.asarray(scores, dtype=np.float64)
-    p = empirical_pvalues(null, np.where(np.isneginf(s), -1.0, s))
-    p[np.isneginf(s)] = 1.0
+    p = empirical_pvalues(null[np.isfinite(null)], np.where(np.isfinite(s), s, np.nan))
     return p
 
 

@@ -56,7 +56,8 @@ class RobustOptions:
         cache_dir: where trained encoders are cached (one sub-folder per training set and config).
         top_k: candidates per query from the embedding search.
         refine_k: of those, how many (best on the coarse grid) get the local optimiser.
-        query_block: queries registered per batch (never changes results).
+        query_block: queries registered per batch (changes results by float32 rounding at most: each
+            pair's search is independent of its batch).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the registration and the search.
         encoder: how the encoder is trained; register: the registration search.
     """
@@ -64,7 +65,7 @@ class RobustOptions:
     cache_dir: str | Path = ".memscan-cache"
     top_k: int = 10
     refine_k: int = 3
-    query_block: int = 64
+    query_block: int = 32
     device: str = "cpu"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
@@ -187,9 +188,10 @@ def robust_scan(
         encoder: an already trained encoder (else trained or loaded from ``options.cache_dir``).
 
     Returns:
-        DataFrame with :data:`COLUMNS` in synthetic order. ``robust_score`` is ``-inf`` and
-        ``robust_train_id`` null where no candidate registered with enough overlap (p = 1 then: no
-        evidence of copying, and the transform is ``none``); NaN p-values never occur for scored items.
+        DataFrame with :data:`COLUMNS` in synthetic order. Where no candidate registered with enough
+        overlap (or the item is constant) the item is *unscored*: ``robust_score`` ``-inf``,
+        ``robust_train_id`` null, transform ``none`` and ``robust_p_value`` NaN (never a p-value that
+        would call it "not a copy"; the combined verdict then rests on the pixel test).
         ``df.attrs`` holds ``null_scores`` (held-out robust scores), ``encoder`` (its description),
         ``options`` and ``seconds`` per stage.
     """
