@@ -79,6 +79,9 @@ def test_robust_scan_does_not_depend_on_the_query_block_and_reuses_the_encoder(c
     np.testing.assert_allclose(again["robust_score"], first["robust_score"], atol=1e-5)
     np.testing.assert_allclose(again["robust_p_value"], first["robust_p_value"], atol=0.05)
     assert len(list(opts.cache_dir.glob("encoder-*"))) == 1
+    assert len(list(opts.cache_dir.glob("encoder-*/null-*.parquet"))) == 1
+    assert again.attrs["seconds"]["register_holdout"] == 0.0  # the held-out null was reused
+    np.testing.assert_array_equal(again.attrs["null_scores"], first.attrs["null_scores"])
 
 
 def test_robust_scan_refuses_other_item_shapes(cohort, tmp_path):

@@ -5,8 +5,8 @@ the training, synthetic and held-out items; (3) per query, the top ``top_k`` tra
 (:mod:`memscan.robust.candidates`, the exact engine); (4) register every candidate pair on a coarse
 grid, refine the best ``refine_k`` pairs per query with the local optimiser
 (:mod:`memscan.robust.register`); the best registered correlation is the robust score; (5) the
-held-out items go through steps 3-4 identically: their scores are the null; robust p-values
-(:mod:`memscan.robust.calibrate`).
+held-out items go through steps 3-4 identically: their scores are the null (cached beside the encoder,
+see :func:`_null_scores`); robust p-values (:mod:`memscan.robust.calibrate`).
 
 Shapes: datasets of 2D items ``[C, H, W]`` with the same item shape.
 """
@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from memscan.core.atomic import write_with
 from memscan.core.devices import check_device, resolve_device
+from memscan.core.fingerprint import fingerprint
 from memscan.core.progress import progress
 from memscan.core.validate import check_int
 from memscan.dataset.store import Dataset
-from memscan.embed.train import EncoderConfig, TrainedEncoder, scale_items, train_encoder
+from memscan.embed.train import EncoderConfig, TrainedEncoder, dataset_identity, scale_items, train_encoder
 from memscan.errors import InputError
 from memscan.robust.calibrate import robust_pvalues
 from memscan.robust.candidates import cosine_topk, embed_dataset
@@ -58,7 +60,8 @@ class RobustOptions:
         refine_k: of those, how many (best on the coarse grid) get the local optimiser.
         query_block: queries registered per batch (changes results by float32 rounding at most: each
             pair's search is independent of its batch).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the registration and the search.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the registration (the embedding search is
+            small and runs on the CPU; the encoder trains on the CPU).
         encoder: how the encoder is trained; register: the registration search.
     """
 
@@ -162,6 +165,53 @@ def score_queries(
     return QueryResult(score, tidx, labels, found.values[:, 0].copy(), overlap, time.perf_counter() - t0)
 
 
+NULL_COLUMNS = ("score", "train_index", "transform", "cosine", "overlap")
+
+
+def _null_scores(
+    enc: TrainedEncoder,
+    holdout: Dataset,
+    train: Dataset,
+    e_train: np.ndarray,
+    opts: RobustOptions,
+    device: str,
+) -> QueryResult:
+    """The held-out items' robust results, cached beside the encoder.
+
+    The null is a fixed cost per (training set, held-out set): scans of several synthetic sets against
+    the same data reuse it. The cache key covers the encoder (whose key covers the training set), the
+    held-out set's identity, ``top_k``, ``refine_k`` and the registration config; ``query_block`` and the
+    device are left out (they change nothing beyond float32 rounding).
+    """
+    key = fingerprint(
+        "memscan-robust-null-v1",
+        enc.description.get("key"),
+        dataset_identity(holdout),
+        opts.top_k,
+        opts.refine_k,
+        opts.register.to_dict(),
+    )
+    path = enc.path / f"null-{key}.parquet" if enc.path is not None else None
+    if path is not None and path.is_file():
+        df = pd.read_parquet(path)
+        if len(df) == holdout.n_items:
+            return QueryResult(
+                df["score"].to_numpy(),
+                df["train_index"].to_numpy(),
+                df["transform"].to_numpy(dtype=object),
+                df["cosine"].to_numpy(),
+                df["overlap"].to_numpy(),
+                0.0,
+            )
+    e_hold = embed_dataset(enc, holdout)
+    res = score_queries(holdout, e_hold, train, e_train, opts, device, "held-out")
+    if path is not None:
+        table = pd.DataFrame({c: getattr(res, c) for c in NULL_COLUMNS})
+        table["transform"] = table["transform"].astype(str)
+        write_with(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return res
+
+
 def _check(train: Dataset, other: Dataset, name: str) -> None:
     if other.item_shape != train.item_shape:
         raise InputError(
@@ -208,10 +258,9 @@ def robust_scan(
     t1 = time.perf_counter()
     e_train = embed_dataset(enc, train_ds)
     e_syn = embed_dataset(enc, synthetic_ds)
-    e_hold = embed_dataset(enc, holdout_ds)
     t2 = time.perf_counter()
     syn = score_queries(synthetic_ds, e_syn, train_ds, e_train, opts, device, "synthetic")
-    hold = score_queries(holdout_ds, e_hold, train_ds, e_train, opts, device, "held-out")
+    hold = _null_scores(enc, holdout_ds, train_ds, e_train, opts, device)
     p = robust_pvalues(hold.score, syn.score)
     ids = train_ds.ids
     subjects = train_ds.subjects
