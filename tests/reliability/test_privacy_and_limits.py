@@ -101,9 +101,10 @@ def test_pseudonymize_hides_every_name_in_dataset_and_run_and_lines_up_subjects(
     ds = Dataset.open(tmp_path / "train")
     man = pd.read_parquet(tmp_path / "train" / "manifest.parquet")
     mapping = json.loads(map_file.read_text())
-    assert mapping["key_id"] == json.loads((tmp_path / "train" / "dataset.json").read_text())["pseudonyms"][
-        "key_id"
-    ]
+    assert (
+        mapping["key_id"]
+        == json.loads((tmp_path / "train" / "dataset.json").read_text())["pseudonyms"]["key_id"]
+    )
     # every id is its source's pseudonym plus the slice suffix; the map gives the original back
     nifti = man[man["slice_index"].notna()]
     assert len(nifti) == 6 and nifti["id"].str.fullmatch(r"F-[0-9a-f]{16}#z00[0-2]").all()
@@ -122,8 +123,17 @@ def test_pseudonymize_hides_every_name_in_dataset_and_run_and_lines_up_subjects(
     assert set(syn_man["id"]) <= set(man["id"])  # same files → same pseudonyms
 
     # a scan of the two: copies found, and nothing identifying in any table, summary or report
-    code, err, _ = invoke("scan", tmp_path / "train", tmp_path / "syn", "--out", tmp_path / "run",
-                          "--baseline-items", "0", "--top-k", "1")
+    code, err, _ = invoke(
+        "scan",
+        tmp_path / "train",
+        tmp_path / "syn",
+        "--out",
+        tmp_path / "run",
+        "--baseline-items",
+        "0",
+        "--top-k",
+        "1",
+    )
     assert code == 0, err
     syn = pd.read_parquet(tmp_path / "run" / "synthetic.parquet")
     assert syn["flagged"].all()
@@ -141,7 +151,10 @@ def test_a_new_key_is_written_beside_the_dataset_and_warned_about(tmp_path, capl
 
 def test_key_or_map_inside_the_dataset_and_a_bad_key_are_refused(tmp_path):
     raw = _raw_tree(tmp_path)
-    for flag, path in (("--pseudonym-key", tmp_path / "ds" / "k"), ("--pseudonym-map", tmp_path / "ds" / "m")):
+    for flag, path in (
+        ("--pseudonym-key", tmp_path / "ds" / "k"),
+        ("--pseudonym-map", tmp_path / "ds" / "m"),
+    ):
         code, err, _ = invoke("prepare", raw, "--out", tmp_path / "ds", "--pseudonymize", flag, path)
         assert code == 2 and "kept apart from the dataset" in err, err
     bad = tmp_path / "bad.key"
@@ -216,7 +229,7 @@ def _liar_header(shape=(1000, 1000, 1000)) -> bytes:
 @pytest.mark.parametrize("padding", [0, 8 << 20])
 def test_a_lying_nii_gz_header_fails_before_allocating(tmp_path, padding):
     path = tmp_path / "liar.nii.gz"
-    with gzip.open(path, "wb") as fh:  # claims 4 GB; holds 352 bytes (+ 8 MiB of zeros: within deflate's bound)
+    with gzip.open(path, "wb") as fh:  # claims 4 GB; holds 352 bytes (+ 8 MiB of zeros)
         fh.write(_liar_header() + b"\0" * padding)
     tracemalloc.start()
     try:
@@ -266,8 +279,9 @@ def test_a_non_finite_training_item_is_an_error_naming_it(tmp_path, bad):
         w.commit()
     with pytest.raises(InputError, match="training item 't4' holds NaN or infinite values"):
         scan(tmp_path / "train", tmp_path / "syn", tmp_path / "run", ScanOptions(top_k=1, baseline_items=0))
-    code, err, _ = invoke("scan", tmp_path / "train", tmp_path / "syn", "--out", tmp_path / "run2",
-                          "--baseline-items", "0")
+    code, err, _ = invoke(
+        "scan", tmp_path / "train", tmp_path / "syn", "--out", tmp_path / "run2", "--baseline-items", "0"
+    )
     assert code == 2 and "'t4'" in err and "Traceback" not in err
     assert not (tmp_path / "run2" / "synthetic.parquet").exists()
 
@@ -313,7 +327,9 @@ def test_unreadable_inputs_and_read_only_outputs_as_a_non_root_user():
         rng = np.random.default_rng(0)
         for subj in ("a", "b"):
             (root / "raw" / subj).mkdir(parents=True)
-            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "raw" / subj / "x.png")
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(
+                root / "raw" / subj / "x.png"
+            )
         for p in [root / "raw", *(root / "raw").iterdir()]:
             os.chmod(p, 0o755)
             for f in p.iterdir():
