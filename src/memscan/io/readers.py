@@ -1088,7 +1088,7 @@ def _read_nibabel(path: Path, spatial_dims: int | None) -> ImageData:
         raise _corrupt(kind, path, exc) from exc
     if type(img).__name__.startswith("Cifti2"):
         raise NoImageData("CIFTI-2 file (grayordinate matrix over surfaces, not an image volume)", path)
-    _check_claimed_size(img, path)
+    _check_claimed_size(img, path, kind)
     try:
         with _quiet(path):
             arr = np.asarray(np.asanyarray(img.dataobj))
@@ -1139,24 +1139,32 @@ _COUNT_CHUNK = 1 << 20
 
 
 def _gzip_holds(path: Path, need: int) -> int:
-    """Decompressed bytes of the gzip file ``path``, counted up to ``need`` in 1 MiB pieces (never held).
+    """Decompressed bytes of the gzip file ``path``, counted up to ``need`` (nothing is kept).
 
-    Returns ``need`` as soon as that many bytes are seen, else the (smaller) total. Memory use is one
-    piece, so a lying header is refused without allocating what it claims.
+    The stream is fed to :func:`zlib.decompressobj` 64 KiB at a time with at most 1 MiB of output per
+    call, so memory stays at one piece; concatenated gzip members are followed. Returns ``need`` as soon
+    as that many bytes are seen, else the smaller total up to the end of the stream or its first damage.
     """
-    if need > DEFLATE_MAX_RATIO * path.stat().st_size:
-        return DEFLATE_MAX_RATIO * path.stat().st_size  # cannot hold it, by deflate's bound: no reading
+    bound = DEFLATE_MAX_RATIO * path.stat().st_size
+    if need > bound:
+        return bound  # cannot hold it, by deflate's bound: nothing to read
     seen = 0
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        with gzip.open(path, "rb") as fh:
+        with open(path, "rb") as fh:
+            pending = b""
             while seen < need:
-                piece = fh.read(min(_COUNT_CHUNK, need - seen))
-                if not piece:
-                    break
-                seen += len(piece)
-    except (OSError, EOFError, zlib.error):
-        return seen  # a damaged stream holds what was read before the damage
-    return seen
+                if not pending:
+                    pending = fh.read(1 << 16)
+                    if not pending:
+                        break
+                seen += len(inflate.decompress(pending, _COUNT_CHUNK))
+                pending = inflate.unconsumed_tail
+                if inflate.eof:  # the next gzip member, if any
+                    pending, inflate = inflate.unused_data, zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    except zlib.error:
+        pass  # damaged: it holds what was inflated before the damage
+    return min(seen, need)
 
 
 def _data_file(img: Any, path: Path) -> Path:
@@ -1169,7 +1177,7 @@ def _data_file(img: Any, path: Path) -> Path:
     return Path(name) if name else path
 
 
-def _check_claimed_size(img: Any, path: Path) -> None:
+def _check_claimed_size(img: Any, path: Path, kind: str = "image") -> None:
     """Refuse a header whose claimed voxel count the file cannot hold, before any array is allocated.
 
     Uncompressed data: the file size minus the data offset must cover the claim. Gzip-compressed data
@@ -1200,7 +1208,9 @@ def _check_claimed_size(img: Any, path: Path) -> None:
         held = _gzip_holds(data, need)
         if held < need:
             raise InputError(
-                f"header claims {shape} voxels ({claimed} bytes) but the compressed stream holds at most "
+                f"cannot read {kind} file: header claims {shape} "
+                f"voxels ({claimed} bytes) but the compressed stream holds "
+                f"{'at most' if held == DEFLATE_MAX_RATIO * data.stat().st_size else 'only'} "
                 f"{max(0, held - (need - claimed))} bytes of data (truncated or a lying header)",
                 path,
             )
@@ -1208,7 +1218,7 @@ def _check_claimed_size(img: Any, path: Path) -> None:
     size = data.stat().st_size
     if size < need:
         raise InputError(
-            f"header claims {shape} voxels ({claimed} bytes) but the file holds "
+            f"cannot read {kind} file: header claims {shape} voxels ({claimed} bytes) but the file holds "
             f"{max(0, size - (need - claimed))} bytes of data (truncated or a lying header)",
             path,
         )
