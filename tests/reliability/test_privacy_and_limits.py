@@ -358,3 +358,64 @@ def test_unreadable_inputs_and_read_only_outputs_as_a_non_root_user():
             if p.is_dir():
                 os.chmod(p, 0o755)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- prepare: kills, one writer
+
+
+def _png_tree(root: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        d = root / "raw" / f"s{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(d / f"x{i}.png")
+    return root / "raw"
+
+
+def test_kill_9_mid_prepare_leaves_no_dataset_and_the_next_run_cleans_up(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    raw = _png_tree(tmp_path)
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from memscan.dataset import store
+        from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
+        add, n = store.DatasetWriter.add, [0]
+        def dying_add(self, *a, **k):
+            n[0] += 1
+            if n[0] == 4:
+                self._flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return add(self, *a, **k)
+        store.DatasetWriter.add = dying_add
+        prepare_dataset({str(raw)!r}, {str(tmp_path / "ds")!r}, PrepareOptions(layout="folder"))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(src)})
+    assert r.returncode == -9
+    assert not (tmp_path / "ds").exists()
+    assert len(list(tmp_path.glob(".ds.tmp-*"))) == 1  # the killed run's leftover
+    (tmp_path / ".ds.tmp-mine").mkdir()
+    (tmp_path / ".ds.tmp-mine" / "notes.txt").write_text("a user's")  # not ours: must survive
+    ds = prepare_dataset(raw, tmp_path / "ds", PrepareOptions(layout="folder"))
+    assert ds.n_items == 6
+    assert [p.name for p in tmp_path.glob(".ds.tmp-*")] == [".ds.tmp-mine"]
+    assert (tmp_path / ".ds.tmp-mine" / "notes.txt").read_text() == "a user's"
+
+
+def test_a_second_prepare_into_the_same_dataset_refuses(tmp_path):
+    import fcntl
+
+    raw = _png_tree(tmp_path)
+    fd = os.open(tmp_path / ".ds.prepare-lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another prepare holds it
+        with pytest.raises(InputError, match="another memscan prepare is writing this dataset"):
+            prepare_dataset(raw, tmp_path / "ds", PrepareOptions(layout="folder"))
+    finally:
+        os.close(fd)
+    assert prepare_dataset(raw, tmp_path / "ds", PrepareOptions(layout="folder")).n_items == 6

@@ -22,9 +22,14 @@ What is read and what is skipped (recorded in ``dataset.json``):
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from memscan.core.progress import progress
-from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
+from memscan.dataset.store import (
+    ARRAY_DIR,
+    INFO_FILE,
+    MANIFEST_FILE,
+    Dataset,
+    DatasetWriter,
+    check_output_folder,
+)
 from memscan.errors import InputError
 from memscan.io import layouts, orientation
 from memscan.io.readers import NAN_POLICIES, ImageData, NoImageData, read_image
@@ -306,6 +318,46 @@ def _pseudonymizer(
     return pseudonyms.Pseudonymizer(key), map_file
 
 
+_OUR_FILES = {ARRAY_DIR, MANIFEST_FILE, INFO_FILE}
+
+
+@contextlib.contextmanager
+def _one_writer(out: Path) -> Iterator[None]:
+    """Hold ``.OUT.prepare-lock`` (``flock``) beside ``out`` while preparing; remove stale leftovers.
+
+    A second ``prepare`` into the same ``out`` refuses at once (it would race for the final rename).
+    Holding the lock, any ``.OUT.tmp-*`` / ``.OUT.old-*`` folder beside ``out`` is a leftover of a killed
+    run; it is removed only if it holds nothing but a dataset's own files, so a user's folder that
+    happens to match the pattern is never touched.
+    """
+    lock = out.parent / f".{out.name}.prepare-lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write beside the dataset folder ({exc.strerror})", out.parent) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InputError(
+                    "another memscan prepare is writing this dataset now; wait for it or choose another out",
+                    out,
+                ) from None
+            raise
+        n = 0
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+            for p in out.parent.glob(pattern):
+                if p.is_dir() and not p.is_symlink() and {c.name for c in p.iterdir()} <= _OUR_FILES:
+                    shutil.rmtree(p, ignore_errors=True)
+                    n += 1
+        if n:
+            log.info("removed %d leftover temporary folder(s) of interrupted runs beside %s", n, out)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def prepare_dataset(
     src: str | Path,
     out: str | Path,
@@ -335,6 +387,20 @@ def prepare_dataset(
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InputError("does not exist", src)
+    if not out.parent.is_dir():
+        raise InputError("the folder to write the dataset into does not exist", out.parent)
+    with _one_writer(out):
+        return _prepare_locked(src, out, options, overwrite, pseudonym_key, pseudonym_map)
+
+
+def _prepare_locked(
+    src: Path,
+    out: Path,
+    options: PrepareOptions,
+    overwrite: bool,
+    pseudonym_key: str | Path | None,
+    pseudonym_map: str | Path | None,
+) -> Dataset:
     if src.is_dir() and not any(src.iterdir()):
         raise InputError("folder is empty", src)
     if (pseudonym_key is not None or pseudonym_map is not None) and not options.pseudonymize:
