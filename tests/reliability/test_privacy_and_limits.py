@@ -419,3 +419,52 @@ def test_a_second_prepare_into_the_same_dataset_refuses(tmp_path):
     finally:
         os.close(fd)
     assert prepare_dataset(raw, tmp_path / "ds", PrepareOptions(layout="folder")).n_items == 6
+
+
+def test_a_full_disk_under_prepare_overwrite_keeps_the_old_dataset(tmp_path):
+    """A real EFBIG (``RLIMIT_FSIZE``: writes past 4 KiB fail, as on a full disk) in a subprocess."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    small = _png_tree(tmp_path / "a", n=4)
+    big = tmp_path / "b" / "raw"
+    rng = np.random.default_rng(9)
+    for i in range(40):
+        (big / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(big / f"s{i % 2}" / f"{i}.png")
+    prepare_dataset(small, tmp_path / "ds", PrepareOptions(layout="folder"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()}
+    src = Path(__file__).resolve().parents[2] / "src"
+    r = subprocess.run(
+        [sys.executable, "-m", "memscan", "--quiet", "prepare", big, "--out", tmp_path / "ds", "--overwrite"],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(tmp_path / "ds") in lines[0] and "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()} == before
+    assert not list(tmp_path.glob(".ds.tmp-*"))
+
+
+def test_a_png_header_claiming_144_megapixels_is_one_error_and_no_warning(tmp_path, recwarn):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "huge.png"
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="144 megapixels exceeds"):
+        readers.read_image(path)
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]

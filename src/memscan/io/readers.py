@@ -446,7 +446,12 @@ def _read_pillow(path: Path) -> ImageData:
         Image.DecompressionBombError,
     )
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above its own 89-megapixel bound when opening; memscan's limit (below) refuses
+            # such images with one error line instead, so the warning would only be noise on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             width, height = img.size
             if width * height > MAX_PIXELS_2D:
                 raise InputError(

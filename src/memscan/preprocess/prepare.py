@@ -476,6 +476,11 @@ def _write_units(
             writer.pseudo.write_map(writer.map_file, dataset=writer.out.name)
             log.info("pseudonym map written to %s (keep it apart from the dataset)", writer.map_file)
         return writer.commit()
+    except OSError as exc:
+        writer.abort()
+        if exc.filename is not None:
+            raise  # names its own path (the CLI boundary says it in one line)
+        raise InputError(f"cannot write the dataset ({exc.strerror or exc})", writer.out) from exc
     except BaseException:
         writer.abort()
         raise
