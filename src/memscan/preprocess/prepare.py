@@ -199,7 +199,7 @@ class _LazyWriter:
         if self.pseudo is None:
             log.warning(
                 "%s file/folder name part(s) look like identifiers: %s; they become ids and subjects in "
-                "every table and report: consider --pseudonymize",
+                "every table and report: consider memscan prepare --pseudonymize",
                 pseudonyms.count_flagged(self.names),
                 pseudonyms.describe_hints(hits),
             )
