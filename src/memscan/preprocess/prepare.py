@@ -17,7 +17,9 @@ What is read and what is skipped (recorded in ``dataset.json``):
 - file and folder names that look like identifiers (dates, long digit runs, ``LAST_FIRST``;
   :func:`memscan.preprocess.pseudonyms.identifier_hints`) are counted in one warning; with
   ``pseudonymize`` every id, subject and source (in the manifest and in ``dataset.json``) is a keyed
-  pseudonym and the map is written outside the dataset folder (:mod:`memscan.preprocess.pseudonyms`).
+  pseudonym and the map is written outside the dataset folder (:mod:`memscan.preprocess.pseudonyms`);
+- one ``prepare`` writes a dataset at a time (``flock`` on ``.OUT.prepare-lock`` beside it); leftovers of
+  killed runs (``.OUT.tmp-*`` holding only a dataset's own files) are removed by the next run.
 """
 
 from __future__ import annotations
