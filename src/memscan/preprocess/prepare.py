@@ -18,7 +18,8 @@ What is read and what is skipped (recorded in ``dataset.json``):
   :func:`memscan.preprocess.pseudonyms.identifier_hints`) are counted in one warning; with
   ``pseudonymize`` every id, subject and source (in the manifest and in ``dataset.json``) is a keyed
   pseudonym and the map is written outside the dataset folder (:mod:`memscan.preprocess.pseudonyms`);
-- one ``prepare`` writes a dataset at a time (``flock`` on ``.OUT.prepare-lock`` beside it); leftovers of
+- one ``prepare`` writes a dataset at a time (``flock`` on ``.OUT.prepare-lock`` beside it, removed at the
+  end); leftovers of
   killed runs (``.OUT.tmp-*`` holding only a dataset's own files) are removed by the next run.
 """
 
@@ -333,20 +334,8 @@ def _one_writer(out: Path) -> Iterator[None]:
     happens to match the pattern is never touched.
     """
     lock = out.parent / f".{out.name}.prepare-lock"
+    fd = _take_lock(lock, out)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise InputError(f"cannot write beside the dataset folder ({exc.strerror})", out.parent) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(
-                    "another memscan prepare is writing this dataset now; wait for it or choose another out",
-                    out,
-                ) from None
-            raise
         n = 0
         for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
             for p in out.parent.glob(pattern):
@@ -357,7 +346,40 @@ def _one_writer(out: Path) -> Iterator[None]:
             log.info("removed %d leftover temporary folder(s) of interrupted runs beside %s", n, out)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: a process that opened it before sees a stale inode (below)
         os.close(fd)  # releases the lock
+
+
+def _take_lock(lock: Path, out: Path) -> int:
+    """An fd holding ``flock`` on ``lock`` (created if missing); InputError if another process holds it.
+
+    The lock file is removed when the holder finishes, so after locking, the fd must still be the file
+    at ``lock`` (else another process removed it in between and a third may lock a new one): retry then.
+    """
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot write beside the dataset folder ({exc.strerror})", out.parent) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InputError(
+                    "another memscan prepare is writing this dataset now; wait for it or choose another out",
+                    out,
+                ) from None
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise InputError("cannot take the dataset's lock (it keeps changing)", lock)
 
 
 def prepare_dataset(
