@@ -468,3 +468,29 @@ def test_a_png_header_claiming_144_megapixels_is_one_error_and_no_warning(tmp_pa
     with pytest.raises(InputError, match="144 megapixels exceeds"):
         readers.read_image(path)
     assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def test_pseudonymized_brats_keeps_split_and_slice_suffixes(tmp_path):
+    from memscan import phantoms
+
+    names = phantoms.write_brats_tree(tmp_path / "raw", 3, shape=(24, 24, 12))
+    plain = prepare_dataset(
+        tmp_path / "raw", tmp_path / "plain", PrepareOptions(layout="brats", size=16, test_subjects=1)
+    )
+    ds = prepare_dataset(
+        tmp_path / "raw",
+        tmp_path / "ds",
+        PrepareOptions(layout="brats", size=16, test_subjects=1, pseudonymize=True),
+        pseudonym_key=tmp_path / "k",
+    )
+    a = pd.read_parquet(tmp_path / "plain" / "manifest.parquet")
+    b = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
+    assert ds.n_items == plain.n_items and list(a["split"]) == list(b["split"])  # same split, same order
+    assert list(a["id"].str.extract(r"(#z\d{3})$")[0]) == list(b["id"].str.extract(r"(#z\d{3})$")[0])
+    assert b["id"].str.fullmatch(r"F-[0-9a-f]{16}#z\d{3}").all()
+    assert (
+        a.groupby("subject").size().sort_values().values == b.groupby("subject").size().sort_values().values
+    ).all()
+    blob = _all_bytes(tmp_path / "ds")
+    assert not any(n.encode() in blob for n in names) and b"BraTS" not in blob
+    assert np.array_equal(ds.read(0, ds.n_items), plain.read(0, plain.n_items))  # pixels untouched
