@@ -19,6 +19,7 @@ import numpy as np
 
 from memscan.core.progress import progress
 from memscan.dataset.store import Dataset
+from memscan.errors import InputError
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.state import Checkpoints
 from memscan.search import engine, transforms, variants
@@ -35,12 +36,39 @@ def variant_names(opts: ScanOptions) -> tuple[str, ...]:
     return transforms.MIRROR if opts.flips else ("none",)
 
 
+def check_finite_train(train: Dataset, start: int, rows: np.ndarray) -> np.ndarray:
+    """Refuse training feature rows ``[n, d]`` (items ``start..start+n``) holding NaN or ±Inf.
+
+    The engine gives such an item no correlation, so it would be silently never matched: a copy of it
+    would go unflagged. Integer rows cannot hold them and are not scanned (no cost for 8/16-bit data).
+
+    Raises:
+        InputError: naming the first such item and the count in this block.
+    """
+    if rows.dtype.kind != "f":
+        return rows
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(
+            f"training item {str(train.ids[start + int(bad[0])])!r} holds NaN or infinite values "
+            f"({len(bad)} such item(s) in items {start}..{start + len(rows) - 1}): it could never be "
+            "matched; re-prepare the training set (prepare refuses such values; --nan zero reads NaN as 0)",
+            train.path,
+        )
+    return rows
+
+
 def train_stream(train: Dataset, feats: Features, block: int, cache: list | None) -> Callable[[], Iterator]:
     """Callable returning a fresh iterator of ``(start, features [n, d])`` training blocks.
 
     Block ``i + 1`` is read (and decompressed) in a background thread while block ``i`` is compared. With
-    ``cache`` (a list), the first pass fills it and later passes replay it from memory.
+    ``cache`` (a list), the first pass fills it and later passes replay it from memory. Every block is
+    checked once for non-finite values (:func:`check_finite_train`).
     """
+
+    def read(s: int) -> np.ndarray:
+        return check_finite_train(train, s, feats(train.read(s, s + block)))
 
     def stream() -> Iterator[tuple[int, np.ndarray]]:
         if cache is not None and cache:
@@ -48,11 +76,11 @@ def train_stream(train: Dataset, feats: Features, block: int, cache: list | None
             return
         starts = list(range(0, train.n_items, block))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-read") as pool:
-            ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[0]) if starts else None
+            ahead = pool.submit(read, starts[0]) if starts else None
             for i, start in enumerate(starts):
                 rows = ahead.result()
                 if i + 1 < len(starts):
-                    ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[i + 1])
+                    ahead = pool.submit(read, starts[i + 1])
                 if cache is not None:
                     cache.append((start, rows))
                 yield start, rows
