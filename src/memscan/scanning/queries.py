@@ -19,11 +19,10 @@ import numpy as np
 
 from memscan.core.progress import progress
 from memscan.dataset.store import Dataset
-from memscan.errors import InputError
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.state import Checkpoints
 from memscan.search import engine, transforms, variants
-from memscan.search.features import Features
+from memscan.search.features import Features, check_finite_train
 
 #: The shift re-rank's candidate banks get 1/SHIFT_BANK_SHARE of the memory budget (groups of >= 16).
 SHIFT_BANK_SHARE = 8
@@ -34,29 +33,6 @@ def variant_names(opts: ScanOptions) -> tuple[str, ...]:
     if opts.orientations:
         return transforms.ORIENTATIONS
     return transforms.MIRROR if opts.flips else ("none",)
-
-
-def check_finite_train(train: Dataset, start: int, rows: np.ndarray) -> np.ndarray:
-    """Refuse training feature rows ``[n, d]`` (items ``start..start+n``) holding NaN or ±Inf.
-
-    The engine gives such an item no correlation, so it would be silently never matched: a copy of it
-    would go unflagged. Integer rows cannot hold them and are not scanned (no cost for 8/16-bit data).
-
-    Raises:
-        InputError: naming the first such item and the count in this block.
-    """
-    if rows.dtype.kind != "f":
-        return rows
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise InputError(
-            f"training item {str(train.ids[start + int(bad[0])])!r} holds NaN or infinite values "
-            f"({len(bad)} such item(s) in items {start}..{start + len(rows) - 1}): it could never be "
-            "matched; re-prepare the training set (prepare refuses such values; --nan zero reads NaN as 0)",
-            train.path,
-        )
-    return rows
 
 
 def train_stream(train: Dataset, feats: Features, block: int, cache: list | None) -> Callable[[], Iterator]:
