@@ -133,7 +133,8 @@ def test_ct_folder_prepared_as_int16_and_scanned_exactly(tmp_path: Path) -> None
     tr = prepare_dataset(train, tmp_path / "tr_ds")
     sy = prepare_dataset(syn, tmp_path / "sy_ds")
     assert tr.dtype == np.int16 and sy.dtype == np.int16
-    res = scan(tmp_path / "tr_ds", tmp_path / "sy_ds", tmp_path / "run", ScanOptions(top_k=4, baseline_items=0))
+    opts = ScanOptions(top_k=4, baseline_items=0)
+    res = scan(tmp_path / "tr_ds", tmp_path / "sy_ds", tmp_path / "run", opts)
     assert res.summary["precision"] == "int16"
     best = res.matches.sort_values("rank").iloc[0]
     assert best["train_id"] == tr.ids[2] and best["correlation"] == pytest.approx(1.0, abs=1e-12)
