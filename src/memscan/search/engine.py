@@ -55,7 +55,7 @@ rounds the *output* to bf16. That final rounding is therefore part of ε on the 
 the build supports it (and disables cuBLAS reduced-precision reductions), which removes that term.
 
 **Exact 16-bit path** (``precision='int16'``, the default when both sides are 8- or 16-bit integers and
-not both uint8): an int8 screen of each item's top 8 bits under a proven bound, then an exact integer
+not both uint8): an int8 screen of each item quantised to 8 bits under a proven bound, then an exact integer
 re-rank of the pairs it cannot rule out (:mod:`memscan.search.screen_int16`).
 
 Where each piece lives (one concept per module): :mod:`~memscan.search.limits` (constants),
