@@ -207,9 +207,10 @@ def exact_int_correlation(
         tc = traw[uniq[u0:u1]].astype(np.float64)
         tc -= ts.centre[uniq[u0:u1], None].astype(np.float64)
         for j in range(u0, u1):
-            pos = order[starts[j] : ends[j]]
-            # Σ x_q (y - c_y): integers below d 2^32 <= 2^53, exact in any order (BLAS on float64 rows)
-            dots[pos] = qraw[qi[pos]].astype(np.float64) @ tc[j - u0]
+            for p0 in range(starts[j], ends[j], rows_per_task):  # bounded float64 copies of query rows
+                pos = order[p0 : min(ends[j], p0 + rows_per_task)]
+                # Σ x_q (y - c_y): integers below d 2^32 <= 2^53, exact in any order (BLAS on float64 rows)
+                dots[pos] = qraw[qi[pos]].astype(np.float64) @ tc[j - u0]
 
     # One BLAS thread per pool worker: BLAS's own threads, spinning beside the pool's, made each small
     # product ~40x slower on this project's 2-core CPU (900 vs 16-21 us per pair of 16,384 values).
@@ -284,14 +285,15 @@ class _Int16Screen:
         s_k = np.full(self.nq, -np.inf)
         fresh = np.flatnonzero(self.q_valid & ~np.isfinite(v_k))
         if len(fresh):  # k-th largest lower bound L = T - 2 √V_q δ_t of the rows without a running k-th
-            rows = torch.from_numpy(fresh).to(self.device)
-            low = sc.scores[rows].double()
-            low -= (
-                2.0
-                * torch.from_numpy(root[fresh]).to(self.device)[:, None]
-                * torch.from_numpy(st.delta).to(self.device)[None, :]
-            )
-            s_k[fresh] = _kth(low, self.k).cpu().numpy()
+            # in row chunks: a float64 copy of the whole score block would double the budget's score share
+            two_delta = 2.0 * torch.from_numpy(st.delta).to(self.device)[None, :]
+            step = max(1, limits._EXACT_ELEMS // max(1, sc.scores.shape[1]))
+            for c in range(0, len(fresh), step):
+                part = fresh[c : c + step]
+                low = sc.scores[torch.from_numpy(part).to(self.device)].double()
+                low.sub_(torch.from_numpy(root[part]).to(self.device)[:, None] * two_delta)
+                s_k[part] = _kth(low, self.k).cpu().numpy()
+                del low
         with np.errstate(invalid="ignore"):
             thr = _thresholds(v_k * root, s_k, eps, self.q_valid, floor=-2.0 * root - 2.0 * eps)
         mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(self.device)[:, None]
