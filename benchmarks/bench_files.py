@@ -14,7 +14,9 @@ Inputs (every third synthetic image is a noisy copy of a training image):
 
 * ``png``: 8-bit grayscale PNG files (smooth random fields, as in ``bench_scan.py``), one folder per set;
 * ``nifti``: int16 NIfTI volumes of 125 slices (a smooth random 3D field per volume on an MR-like
-  0–3,000 scale; neighbouring slices correlate above 0.99, the hard case for a screen), sliced along z.
+  0–3,000 scale; neighbouring slices correlate above 0.99, the hard case for a screen), sliced along z;
+* ``dicom``: the same volumes as CT DICOM series folders (one file per slice, int16 stored values with
+  Rescale Slope 1 / Intercept -1024, which prepare keeps as stored integers), sliced along z.
 
 It checks memscan's top-k against a float64 brute force for a sample of queries (ids where the gap to the
 next value exceeds 1e-12; correlations within 1e-9). ``--profile`` also runs each scan under cProfile and
@@ -87,6 +89,39 @@ def write_niftis(folder: Path, vols: np.ndarray, prefix: str) -> None:
         nib.save(img, str(folder / f"{prefix}_{i:04d}.nii.gz"))
 
 
+def write_dicom_series(folder: Path, vols: np.ndarray, prefix: str) -> None:
+    """One folder per volume, one CT slice file per z (int16 stored values, Rescale Slope 1 and Intercept
+    -1024 as CT scanners write them, axial geometry), written with pydicom."""
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    for v, vol in enumerate(vols):
+        series = folder / f"{prefix}_{v:04d}"
+        series.mkdir(parents=True, exist_ok=True)
+        uid = generate_uid()
+        for z in range(vol.shape[-1]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = DicomDataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.SeriesInstanceUID, ds.Modality = uid, "CT"
+            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+            ds.InstanceNumber = z + 1
+            ds.PixelSpacing = [1.0, 1.0]
+            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+            plane = np.ascontiguousarray(vol[..., z])
+            ds.Rows, ds.Columns = plane.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.PixelData = plane.astype("<i2").tobytes()
+            ds.save_as(series / f"{z:04d}.dcm", enforce_file_format=True)
+
+
 def prepare(src: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "memscan", "prepare", str(src), "--out", str(out), "--overwrite"]
@@ -99,7 +134,7 @@ def make_png_inputs(work: Path, nq: int, nt: int, side: int) -> None:
     write_pngs(work / "png_syn_src", queries, side, "sample")
 
 
-def make_nifti_inputs(work: Path, nq: int, nt: int, side: int) -> None:
+def make_nifti_inputs(work: Path, nq: int, nt: int, side: int, kind: str = "nifti") -> None:
     rng = np.random.default_rng(0)
     n_tv, n_qv = -(-nt // SLICES), -(-nq // SLICES)
     train = mr_volumes(n_tv, side, rng)
@@ -110,8 +145,16 @@ def make_nifti_inputs(work: Path, nq: int, nt: int, side: int) -> None:
     noisy = flat_t[src].astype(np.int32) + rng.integers(-20, 21, size=flat_s[::3].shape)
     flat_s[::3] = np.clip(noisy, 0, 3000).astype(np.int16)
     syn = flat_s.reshape(n_qv, SLICES, side, side).transpose(0, 2, 3, 1)
+    if kind == "dicom":
+        write_dicom_series(work / "dicom_train_src", train, "train")
+        write_dicom_series(work / "dicom_syn_src", syn, "sample")
+        return
     write_niftis(work / "nifti_train_src", train, "train")
     write_niftis(work / "nifti_syn_src", syn, "sample")
+
+
+def make_dicom_inputs(work: Path, nq: int, nt: int, side: int) -> None:
+    make_nifti_inputs(work, nq, nt, side, kind="dicom")
 
 
 def check_reference(
@@ -218,7 +261,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=128)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="500 x 5,000 x 64²")
-    ap.add_argument("--inputs", default="png,nifti")
+    ap.add_argument("--inputs", default="png,nifti,dicom")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--memory-budget", default="4GiB")
     ap.add_argument("--json", type=Path, default=None)
@@ -240,7 +283,7 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    makers = {"png": make_png_inputs, "nifti": make_nifti_inputs}
+    makers = {"png": make_png_inputs, "nifti": make_nifti_inputs, "dicom": make_dicom_inputs}
     for kind in args.inputs.split(","):
         if not (work / f"{kind}_train_src").exists():
             print(f"# writing {kind} files in {work}", flush=True)

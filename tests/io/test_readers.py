@@ -132,15 +132,17 @@ def test_real_mr_small_matches_pydicom() -> None:
     assert data.spacing == pytest.approx((0.3125, 0.3125))
 
 
-def test_real_ct_small_applies_rescale() -> None:
+def test_real_ct_small_records_rescale() -> None:
     path = Path(get_testdata_file("CT_small.dcm"))
     ref = pydicom.dcmread(path)
     assert "RescaleSlope" in ref
     data = read_image(path, spatial_dims=2)
-    assert data.array.dtype == np.float32
+    assert data.array.dtype == np.int16  # stored integers kept, rescale recorded (test_dicom_rescale.py)
     assert data.array.shape == (1, 128, 128)
-    np.testing.assert_allclose(data.array[0], apply_modality_lut(ref.pixel_array, ref), rtol=0, atol=1e-3)
-    assert float(data.array.min()) < 0  # Hounsfield units, intercept -1024
+    np.testing.assert_allclose(
+        data.modality_values()[0], apply_modality_lut(ref.pixel_array, ref), rtol=0, atol=1e-3
+    )
+    assert float(data.modality_values().min()) < 0  # Hounsfield units, intercept -1024
 
 
 def test_real_truncated_dicom_is_input_error() -> None:
@@ -503,11 +505,12 @@ def test_dicom_roundtrip_int16(tmp_path: Path) -> None:
     assert data.spacing == (0.5, 0.75)
 
 
-def test_dicom_rescale_gives_float32(tmp_path: Path) -> None:
+def test_dicom_rescale_is_recorded(tmp_path: Path) -> None:
     arr = np.arange(12, dtype=np.uint16).reshape(3, 4)
     data = read_image(write_dicom(tmp_path / "a.dcm", arr, slope=2.0, intercept=-10.0))
-    assert data.array.dtype == np.float32
-    np.testing.assert_array_equal(data.array[0], arr * 2.0 - 10.0)
+    assert data.array.dtype == np.uint16 and data.rescale == (2.0, -10.0)
+    np.testing.assert_array_equal(data.array[0], arr)
+    np.testing.assert_array_equal(data.modality_values()[0], arr * 2.0 - 10.0)
 
 
 def test_dicom_monochrome1_inverted(tmp_path: Path) -> None:
@@ -569,6 +572,7 @@ def test_dicom_private_tags_never_returned(tmp_path: Path) -> None:
         "source_frame",
         "n_nan",
         "stack",
+        "rescale",  # two numbers (slope, intercept), nothing identifying
     }
     parsed = _dcmread(path)  # the whitelist parse never even holds them
     assert not any(k in parsed for k in secrets)

@@ -170,3 +170,26 @@ def test_cuda_int16_identical_to_cpu(mr_like) -> None:
     q, t = mr_like
     cpu = search_topk(q, blocks_of(t, 16), 4, precision="int16")
     assert_same(cpu, search_topk(q, blocks_of(t, 16), 4, precision="int16", device="cuda"))
+
+
+@pytest.mark.parametrize("hi", [256, 3001, 40000, 65536])
+def test_quantise_integer_step_stats_exact_and_bound_holds(hi: int) -> None:
+    """The integer step ``t = ceil(range / 255)`` (up to 257 for full-range uint16, so ``e`` reaches 256):
+    statistics equal a direct int64 computation, more than half the 8-bit range is used, the bound holds."""
+    rng = np.random.default_rng(hi)
+    x = rng.integers(0, hi, size=(6, 5000)).astype(np.uint16 if hi > 32768 else np.int16)
+    x[:, 0], x[:, 1] = 0, hi - 1  # the full range
+    q, st = quantise(x)
+    assert q.max() <= 255 and (q.max(axis=1) >= 128).all()
+    x64 = x.astype(np.int64)
+    np.testing.assert_array_equal(st.sum_c, (x64 - st.centre[:, None]).sum(axis=1))
+    np.testing.assert_array_equal(st.sq_c, ((x64 - st.centre[:, None]) ** 2).sum(axis=1))
+    t = np.maximum(1, -(-(x64.max(axis=1) - x64.min(axis=1)) // 255))
+    np.testing.assert_array_equal(q, (x64 - x64.min(axis=1, keepdims=True)) // t[:, None])
+
+    def z(a: np.ndarray) -> np.ndarray:
+        c = a.astype(np.float64) - a.mean(axis=1, keepdims=True)
+        return c / np.linalg.norm(c, axis=1)[:, None]
+
+    err = np.abs(z(x) @ z(x).T - z(q) @ z(q).T)
+    assert (err <= st.delta[:, None] + st.delta[None, :] + 1e-12).all()

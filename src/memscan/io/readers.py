@@ -9,8 +9,12 @@ subclass :class:`NoImageData`, which ``prepare`` counts and skips.
 Decisions worth knowing:
 
 - **Dtypes** are kept where no value transform applies (uint8 PNG stays uint8, int16 NIfTI stays int16).
-  Any value transform (NIfTI ``scl_slope``/``scl_inter``, DICOM Rescale Slope/Intercept or Modality LUT)
-  gives ``float32``; a NIfTI holding float64 is also returned as ``float32``.
+  A DICOM Rescale Slope/Intercept (all CT) that is ONE linear map for the whole image keeps the stored
+  integers and is recorded in ``ImageData.rescale`` (Pearson correlation is invariant to a per-item affine
+  map with positive slope; a negative slope is turned positive by storing ``~x = -x - 1``), so 16-bit CT
+  takes the exact 16-bit search path. Any other value transform (NIfTI ``scl_slope``/``scl_inter``, a
+  DICOM Modality LUT, rescales that differ between frames or slices) gives ``float32``; a NIfTI holding
+  float64 is also returned as ``float32``.
 - **DICOM privacy**: only the pixel, geometry and value-transform elements are parsed
   (``dcmread(specific_tags=...)``); patient-identifying elements are never read into memory, and
   :class:`ImageData` carries pixels, path and spacing only.
@@ -188,6 +192,8 @@ class ImageData:
         source_frame: the file's own axis codes (e.g. ``'LPS'``), when known.
         n_nan: NaN values replaced by 0 (``nan='zero'``).
         stack: ``array`` is ``[N, C, *S]``, N items from one array file (see :func:`read_array_stack`).
+        rescale: ``(slope, intercept)`` with ``slope > 0`` when ``array`` holds DICOM stored integers whose
+            modality values are ``slope · array + intercept`` (not applied: see the module notes), else None.
     """
 
     array: np.ndarray
@@ -198,6 +204,15 @@ class ImageData:
     source_frame: str | None = None
     n_nan: int = 0
     stack: bool = False
+    rescale: tuple[float, float] | None = None
+
+    def modality_values(self) -> np.ndarray:
+        """The modality values (e.g. Hounsfield units): ``slope · array + intercept`` (float64) when
+        ``rescale`` is set, else ``array`` itself."""
+        if self.rescale is None:
+            return self.array
+        slope, intercept = self.rescale
+        return self.array.astype(np.float64) * slope + intercept
 
 
 @contextlib.contextmanager
@@ -624,21 +639,11 @@ def _functional(ds: Any, group: str, seq: str, index: int = 0) -> Any:
     return inner[0] if inner else None
 
 
-def _modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """Apply Modality LUT / Rescale Slope & Intercept (top level, or per frame for enhanced objects).
-
-    Args:
-        arr: stored values, ``[rows, cols]`` or ``[frames, rows, cols]`` (grayscale only).
-        ds: the dataset.
-
-    Returns:
-        float32 values if any transform applies, else ``arr`` unchanged.
-    """
-    from pydicom.pixels import apply_modality_lut
-
-    if ds.get("ModalityLUTSequence") or ("RescaleSlope" in ds and "RescaleIntercept" in ds):
-        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-    n_frames = int(ds.get("NumberOfFrames") or 1)
+def _linear_rescales(ds: Any, n_frames: int) -> list[tuple[float, float]] | None:
+    """Each frame's Rescale ``(slope, intercept)`` (``(1, 0)`` for a frame without one), top level or per
+    frame for enhanced objects; None when the object has no rescale at all."""
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        return [(float(ds.RescaleSlope), float(ds.RescaleIntercept))] * n_frames
     per_frame = [
         _functional(ds, "PerFrameFunctionalGroupsSequence", "PixelValueTransformationSequence", i)
         for i in range(n_frames)
@@ -646,13 +651,63 @@ def _modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
     shared = _functional(ds, "SharedFunctionalGroupsSequence", "PixelValueTransformationSequence")
     transforms = [p if p is not None else shared for p in per_frame]
     if all(t is None or "RescaleSlope" not in t for t in transforms):
-        return arr
-    frames = arr.reshape(n_frames, *arr.shape[-2:]).astype(np.float32)
-    for i, t in enumerate(transforms):
-        if t is not None and "RescaleSlope" in t:
-            slope, intercept = float(t.RescaleSlope), float(t.get("RescaleIntercept", 0.0))
-            frames[i] = (frames[i].astype(np.float64) * slope + intercept).astype(np.float32)
-    return frames.reshape(arr.shape)
+        return None
+    return [
+        (float(t.RescaleSlope), float(t.get("RescaleIntercept", 0.0)))
+        if t is not None and "RescaleSlope" in t
+        else (1.0, 0.0)
+        for t in transforms
+    ]
+
+
+def _apply_rescales(arr: np.ndarray, rescales: Sequence[tuple[float, float]]) -> np.ndarray:
+    """``slope · x + intercept`` per frame (float64 arithmetic, float32 result); ``arr`` is ``[rows, cols]``
+    (one rescale) or ``[frames, rows, cols]``."""
+    frames = arr.reshape(len(rescales), *arr.shape[-2:]).astype(np.float64)
+    for i, (slope, intercept) in enumerate(rescales):
+        frames[i] = frames[i] * slope + intercept
+    return frames.astype(np.float32).reshape(arr.shape)
+
+
+def _modality_lut(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Stored values → values to keep, and the rescale they did not apply (see the module notes).
+
+    Integer stored values with ONE Rescale Slope/Intercept for every frame stay integers: Pearson
+    correlation is invariant to a per-item affine map ``a x + b`` with ``a > 0``, so the search ranks the
+    stored values exactly as the Hounsfield units (and the exact integer path applies). A negative slope
+    would reverse the sign of every correlation, so the values are replaced by ``~x = -x - 1`` (same dtype,
+    no overflow: a bijection of every integer dtype) and the recorded map becomes ``(-a, b - a)``. A Modality
+    LUT Sequence (not linear), a zero or non-finite slope, float pixel data or rescales that differ between
+    frames are applied as before (float32).
+
+    Args:
+        arr: stored values, ``[rows, cols]`` or ``[frames, rows, cols]`` (grayscale only).
+        ds: the dataset.
+
+    Returns:
+        ``(values, rescale)``: ``rescale = (slope > 0, intercept)`` maps ``values`` to the modality values,
+        or None when ``values`` are already those (no transform, or applied as float32).
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32), None
+    n_frames = int(ds.get("NumberOfFrames") or 1) if arr.ndim == 3 else 1
+    rescales = _linear_rescales(ds, n_frames)
+    if rescales is None:
+        return arr, None
+    slope, intercept = rescales[0]
+    if (
+        np.issubdtype(arr.dtype, np.integer)
+        and len(set(rescales)) == 1
+        and np.isfinite(slope)
+        and np.isfinite(intercept)
+        and slope != 0.0
+    ):
+        if slope > 0:
+            return arr, (slope, intercept)
+        return np.invert(arr), (-slope, intercept - slope)  # a(-v - 1) + b = (-a) v + (b - a)
+    return _apply_rescales(arr, rescales), None
 
 
 def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
@@ -795,8 +850,16 @@ def _to_canonical(
 
 
 def _read_dicom_file(path: Path) -> ImageData:
-    """One DICOM file: single frame → image ``[C, rows, cols]``; multi-frame → ``[C, rows, cols, frames]``."""
+    """One DICOM file: single frame → image ``[C, rows, cols]``; multi-frame → ``[C, rows, cols, frames]``;
+    ``rescale`` set when the stored integers were kept (:func:`_modality_lut`)."""
     ds = _dcmread(path)
+    rescale: list[tuple[float, float] | None] = [None]
+    data = _read_dicom_pixels(ds, path, rescale)
+    return dataclasses.replace(data, rescale=rescale[0]) if rescale[0] is not None else data
+
+
+def _read_dicom_pixels(ds: Any, path: Path, rescale: list[tuple[float, float] | None]) -> ImageData:
+    """:func:`_read_dicom_file`'s body; ``rescale[0]`` receives the rescale the values did not apply."""
     arr = _pixels(ds, path)
     samples = int(ds.get("SamplesPerPixel") or 1)
     n_frames = int(ds.get("NumberOfFrames") or 1)
@@ -808,7 +871,7 @@ def _read_dicom_file(path: Path) -> ImageData:
             arr = np.asarray(apply_color_lut(arr, ds))[..., :3]
             samples = 3
         elif samples == 1:
-            arr = _modality_lut(arr, ds)
+            arr, rescale[0] = _modality_lut(arr, ds)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise _corrupt("DICOM", path, exc) from exc
     if samples == 1 and photometric == "MONOCHROME1" and arr.size:
@@ -965,8 +1028,9 @@ def read_dicom_series(folder: Path) -> ImageData:
     """Read a folder holding one DICOM series as a volume ``[1, rows, cols, n_slices]``.
 
     Slices are sorted along the slice normal using ``ImagePositionPatient · normal`` (normal = row × column
-    direction of ImageOrientationPatient), falling back to InstanceNumber. Rescale slope/intercept is
-    applied per slice (float32 if any slice has one); MONOCHROME1 is inverted with the volume's range.
+    direction of ImageOrientationPatient), falling back to InstanceNumber. One Rescale Slope/Intercept shared
+    by every slice keeps the stored integers (recorded in ``rescale``, see :func:`_modality_lut`); rescales
+    that differ are applied per slice (float32); MONOCHROME1 is inverted with the volume's range.
 
     Args:
         folder: the series folder.
@@ -989,18 +1053,35 @@ def read_dicom_series(folder: Path) -> ImageData:
     if len(uids) > 1:
         raise InputError(f"folder mixes {len(uids)} DICOM series; put each series in its own folder", folder)
     slices: list[np.ndarray] = []
+    rescales: list[tuple[float, float] | None] = []
     for f, ds in zip(files, datasets, strict=True):
         if int(ds.get("SamplesPerPixel") or 1) != 1 or int(ds.get("NumberOfFrames") or 1) != 1:
             raise InputError("a DICOM series must hold single-frame grayscale slices", f)
         arr = _pixels(ds, f)
         try:
-            slices.append(_modality_lut(arr, ds))
+            values, rescale = _modality_lut(arr, ds)
+            slices.append(values)
+            rescales.append(rescale)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _corrupt("DICOM", f, exc) from exc
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
         raise InputError(f"DICOM slices differ in size: {sorted(shapes)}", folder)
     order, measured = _slice_order(datasets, folder)
+    # One volume is one item: its stored integers are kept only under ONE rescale for every slice
+    # (correlation is invariant to one affine map per item, not to one per slice); else all are applied.
+    series_rescale = rescales[0] if len(set(rescales)) == 1 else None
+    if series_rescale is None and any(r is not None for r in rescales):
+        slices = [s if r is None else _apply_rescales(s, [r]) for s, r in zip(slices, rescales, strict=True)]
+    data = _series_volume(folder, datasets, slices, order, measured)
+    return dataclasses.replace(data, rescale=series_rescale) if series_rescale is not None else data
+
+
+def _series_volume(
+    folder: Path, datasets: Sequence[Any], slices: list[np.ndarray], order: list[int], measured: float | None
+) -> ImageData:
+    """The sorted slices as one volume (MONOCHROME1 inverted with the volume's range, oriented when the
+    geometry is known)."""
     if any(s.dtype == np.float32 for s in slices):
         slices = [s.astype(np.float32) for s in slices]
     elif len({s.dtype for s in slices}) > 1:

@@ -55,7 +55,7 @@ rounds the *output* to bf16. That final rounding is therefore part of ε on the 
 the build supports it (and disables cuBLAS reduced-precision reductions), which removes that term.
 
 **Exact 16-bit path** (``precision='int16'``, the default when both sides are 8- or 16-bit integers and
-not both uint8): an int8 screen of each item's top 8 bits under a proven bound, then an exact integer
+not both uint8): an int8 screen of each item quantised to 8 bits under a proven bound, then an exact integer
 re-rank of the pairs it cannot rule out (:mod:`memscan.search.screen_int16`).
 
 Where each piece lives (one concept per module): :mod:`~memscan.search.limits` (constants),
@@ -70,9 +70,12 @@ Shapes: queries ``[nq, d]``, train blocks ``[n_b, d]`` (items flattened; any rea
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -90,6 +93,9 @@ from memscan.search.screen_int import _IntScreen, int8_block
 from memscan.search.screen_int16 import _Int16Screen
 from memscan.search.stats import _check_real, _map_rows, _rows_f64, _valid, item_stats
 from memscan.search.topk import RunningTopK
+
+# mallopt(3) parameter number of M_MMAP_THRESHOLD (glibc malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +337,49 @@ class _Search:
         return None
 
 
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (has ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system once per block (glibc ``malloc_trim(0)``).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; blocks of that size
+    then come from the heap arenas and stay in the process when freed. The search's per-block temporaries,
+    allocated from several threads, so kept the int16 scan's RSS ~170 MiB above its live memory (385 MiB
+    at ``--memory-budget 256MiB``, docs/benchmarks.md). Fixing the threshold instead (mallopt) made every
+    temporary a fresh mapping and the scan 3-4x slower; one trim per block costs one walk of the heap.
+    No-op where the C library is not glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _fixed_mmap_threshold(query_bytes: int) -> None:
+    """Fix glibc's mmap threshold at an eighth of the query block, within 4–32 MiB (mallopt(3); no-op
+    elsewhere).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; blocks of that size
+    then come from the heap arenas and stay in the process when freed: with the search's per-block
+    temporaries allocated from several threads, the int16 scan's RSS at ``--memory-budget 256MiB`` was
+    385 MiB above imports for ~213 MiB of live memory (docs/benchmarks.md). A fixed threshold maps and
+    unmaps every block above it. The scan sizes query blocks from the memory budget, so the threshold
+    follows the budget: small budgets return their temporaries at once; at large budgets only blocks above
+    16–32 MiB are mapped, as glibc does by default. (A 128 KiB threshold made every row copy of the re-rank
+    a fresh mapping: 3-4x slower.)
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, int(min(max(query_bytes // 8, 4 * 2**20), 32 * 2**20)))
+
+
 def search_topk(
     queries: np.ndarray,
     train_blocks: TrainBlocks,
@@ -369,6 +418,7 @@ def search_topk(
         :class:`SearchResult` with float64 values and int64 indices ``[nq, k]``.
     """
     queries = _check_real(queries, "queries")
+    _fixed_mmap_threshold(queries.nbytes)
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     k = int(k)
@@ -445,6 +495,7 @@ def search_topk(
         prepared = state.screen.prepare(nxt[0], nxt[1]) if nxt is not None else None
         if pending is not None:
             state.finish(pending, pending_eps)
+            _release_freed_memory()
             if progress is not None and done_after:
                 progress(done_after)
         pending, pending_eps, done_after = screened, screened_eps, cur[2]

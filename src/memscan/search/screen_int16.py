@@ -1,17 +1,21 @@
-"""The exact path for 16-bit integer items (MR and CT from NIfTI/DICOM, 16-bit PNG): an int8 screen of each
-item's top 8 bits under a proven bound, then an exact integer re-rank of the pairs it cannot rule out.
+"""The exact path for 16-bit integer items (MR and CT from NIfTI/DICOM, 16-bit PNG): an int8 screen of
+each item quantised to 8 bits (an integer step) under a proven bound, then an exact integer re-rank of the
+pairs it cannot rule out.
 
 Why not byte-split products for every pair: ``x = 2^8 h + l`` makes the exact product four int8 products
 (``h·h``, ``h·l``, ``l·h``, ``l·l``), four times the 8-bit path's work on the matrix unit for every pair,
-while a screen of the top 8 bits alone leaves only a few pairs per query to finish exactly.
+while a screen of 8-bit quantised values alone leaves only a few pairs per query to finish exactly.
 
-**Quantisation** (per item, exact integer arithmetic): with ``m = min x`` and the smallest ``s >= 0`` such
-that ``(max x - m) >> s <= 255``, ``x - m = 2^s q + e`` with ``q = (x - m) >> s`` in ``0..255`` (uint8) and
-``e`` in ``[0, 2^s)``. Items whose range is below 256 have ``s = 0``, ``e = 0``: their screen is exact.
+**Quantisation** (per item, exact integer arithmetic): with ``m = min x`` and the integer step
+``t = max(1, ceil((max x - m) / 255))``, ``x - m = t q + e`` with ``q = (x - m) // t`` in ``0..255``
+(uint8) and ``e`` in ``[0, t)`` (``t <= 257`` for 16-bit values, so ``e <= 256``). The step uses the full
+8-bit range (a power-of-two step, ``x >> s``, leaves up to half of it unused: 0..187 for a 0–3,000 MR
+scale), and the screen's error bound below is proportional to ``t``. Items whose range is below 256 have
+``t = 1``, ``e = 0``: their screen is exact.
 
 **Bound.** Pearson correlation is the dot product of the centred, unit-normalised items: with ``P`` the
-centring projection, ``u = Px = 2^s Pq + Pe`` and ``w = 2^s Pq``. Every point of the ball of radius
-``||Pe||`` around ``w`` makes an angle ``θ <= arcsin ρ`` with ``w``, ``ρ = ||Pe|| / (2^s ||Pq||)`` (ρ < 1), so
+centring projection, ``u = Px = t Pq + Pe`` and ``w = t Pq``. Every point of the ball of radius
+``||Pe||`` around ``w`` makes an angle ``θ <= arcsin ρ`` with ``w``, ``ρ = ||Pe|| / (t ||Pq||)`` (ρ < 1), so
 the unit vectors differ by ``||û - ŵ|| = 2 sin(θ/2) <= δ := ρ sqrt(2 / (1 + sqrt(1 - ρ²)))`` (``δ = 2`` when
 ρ >= 1). With ``â = û_x``, ``b̂ = û_y``: ``â·b̂ - ŵ_x·ŵ_y = (â - ŵ_x)·b̂ + ŵ_x·(b̂ - ŵ_y)``, so
 ``|corr(x, y) - corr(q_x, q_y)| <= δ_x + δ_y`` (Cauchy–Schwarz, unit vectors). ``corr(q_x, q_y)`` is what
@@ -53,8 +57,8 @@ from memscan.search.stats import _executor
 
 # rows quantised per task (bounded int32/float64 temporaries)
 _QUANT_ELEMS = 2**20
-# columns per exact int32 partial sum of 8-bit values (255² · 2^15 < 2^31)
-_SEG = 2**15
+# columns per exact int32 partial sum of values in 0..256 (256² · 2^14 = 2^30 < 2^31)
+_SEG = 2**14
 # margin for the float32 roundings of T = G + √V_q δ_t (module doc)
 _ADD_MARGIN = 2.0**-20
 
@@ -92,8 +96,8 @@ def _over_d(p: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Exact per-row ``Σ a`` (``b`` None) or ``Σ a b`` of int32 arrays with values in 0..255, in int64:
-    int32 sums over column segments of 2^15 (below 255² · 2^15 < 2^31), segments added in int64."""
+    """Exact per-row ``Σ a`` (``b`` None) or ``Σ a b`` of int32 arrays with values in 0..256, in int64:
+    int32 sums over column segments of 2^14 (at most 256² · 2^14 = 2^30 < 2^31), segments added in int64."""
     out = np.zeros(a.shape[0], dtype=np.int64)
     for c in range(0, a.shape[1], _SEG):
         if b is None:
@@ -109,21 +113,16 @@ def _quantise_rows(raw: np.ndarray, out_q: np.ndarray, r0: int, r1: int) -> tupl
     y = raw[r0:r1].astype(np.int32)
     lo = y.min(axis=1)
     rng = y.max(axis=1) - lo
-    s = np.zeros(len(y), dtype=np.int32)
-    while True:  # smallest s with rng >> s <= 255 (at most 8 steps for 16-bit values)
-        over = (rng >> s) > 255
-        if not over.any():
-            break
-        s += over
+    t = np.maximum(1, -(-rng // 255)).astype(np.int32)  # ceil(rng / 255): q = y // t <= 255
     y -= lo[:, None]  # y = x - m in 0 .. 2^16 - 1
-    q = y >> s[:, None]
+    q = y // t[:, None]
     out_q[r0:r1] = q
-    e = np.bitwise_and(y, ((1 << s) - 1)[:, None], out=y)  # the low s bits: y = 2^s q + e
+    e = np.subtract(y, q * t[:, None], out=y)  # y = t q + e, 0 <= e < t <= 257
     sum_q, sum_e = _row_sums(q), _row_sums(e)
     sq_q, sq_e, qe = _row_sums(q, q), _row_sums(e, e), _row_sums(q, e)
-    s64 = s.astype(np.int64)
-    sum_y = (sum_q << s64) + sum_e
-    sq_y = (sq_q << (2 * s64)) + (qe << (s64 + 1)) + sq_e
+    t64 = t.astype(np.int64)
+    sum_y = t64 * sum_q + sum_e
+    sq_y = t64 * t64 * sq_q + 2 * t64 * qe + sq_e
     # centring by c = m + round(Σy / d): B = Σy - d r, S = Σy² - 2 r Σy + d r² (exact int64)
     r = (2 * sum_y + d) // (2 * d)
     centre = lo.astype(np.int64) + r
@@ -132,21 +131,21 @@ def _quantise_rows(raw: np.ndarray, out_q: np.ndarray, r0: int, r1: int) -> tupl
     qq, rr = _over_d(sum_c * sum_c, d)
     var_d = (sq_c - qq).astype(np.float64) - rr / d
     valid = rng > 0
-    # ρ = ||Pe|| / (2^s ||Pq||) from the exact sums (float64; rounded up by 2^-30 relative)
+    # ρ = ||Pe|| / (t ||Pq||) from the exact sums (float64; rounded up by 2^-30 relative)
     ve = np.maximum(sq_e.astype(np.float64) - sum_e.astype(np.float64) ** 2 / d, 0.0)
     vq = sq_q.astype(np.float64) - sum_q.astype(np.float64) ** 2 / d
     with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.sqrt(ve) / (np.ldexp(1.0, s) * np.sqrt(vq)) * (1.0 + 2.0**-30)
+        rho = np.sqrt(ve) / (t.astype(np.float64) * np.sqrt(vq)) * (1.0 + 2.0**-30)
         delta = np.where(
             rho < 1.0, rho * np.sqrt(2.0 / (1.0 + np.sqrt(np.maximum(1.0 - rho * rho, 0.0)))), 2.0
         )
-    delta = np.where(s == 0, 0.0, delta)
+    delta = np.where(t == 1, 0.0, delta)
     delta = np.where(valid, delta, 0.0)
     return centre, sum_c, sq_c, var_d, delta, valid
 
 
 def quantise(raw: np.ndarray) -> tuple[np.ndarray, IntStats]:
-    """16-bit integer items → (their top 8 bits as uint8 ``[n, d]``, :class:`IntStats`).
+    """16-bit integer items → (their 8-bit quantisation ``q`` as uint8 ``[n, d]``, :class:`IntStats`).
 
     Args:
         raw: ``[n, d]`` uint8/int8/int16/uint16.
@@ -208,9 +207,10 @@ def exact_int_correlation(
         tc = traw[uniq[u0:u1]].astype(np.float64)
         tc -= ts.centre[uniq[u0:u1], None].astype(np.float64)
         for j in range(u0, u1):
-            pos = order[starts[j] : ends[j]]
-            # Σ x_q (y - c_y): integers below d 2^32 <= 2^53, exact in any order (BLAS on float64 rows)
-            dots[pos] = qraw[qi[pos]].astype(np.float64) @ tc[j - u0]
+            for p0 in range(starts[j], ends[j], rows_per_task):  # bounded float64 copies of query rows
+                pos = order[p0 : min(ends[j], p0 + rows_per_task)]
+                # Σ x_q (y - c_y): integers below d 2^32 <= 2^53, exact in any order (BLAS on float64 rows)
+                dots[pos] = qraw[qi[pos]].astype(np.float64) @ tc[j - u0]
 
     # One BLAS thread per pool worker: BLAS's own threads, spinning beside the pool's, made each small
     # product ~40x slower on this project's 2-core CPU (900 vs 16-21 us per pair of 16,384 values).
@@ -285,14 +285,15 @@ class _Int16Screen:
         s_k = np.full(self.nq, -np.inf)
         fresh = np.flatnonzero(self.q_valid & ~np.isfinite(v_k))
         if len(fresh):  # k-th largest lower bound L = T - 2 √V_q δ_t of the rows without a running k-th
-            rows = torch.from_numpy(fresh).to(self.device)
-            low = sc.scores[rows].double()
-            low -= (
-                2.0
-                * torch.from_numpy(root[fresh]).to(self.device)[:, None]
-                * torch.from_numpy(st.delta).to(self.device)[None, :]
-            )
-            s_k[fresh] = _kth(low, self.k).cpu().numpy()
+            # in row chunks: a float64 copy of the whole score block would double the budget's score share
+            two_delta = 2.0 * torch.from_numpy(st.delta).to(self.device)[None, :]
+            step = max(1, limits._EXACT_ELEMS // max(1, sc.scores.shape[1]))
+            for c in range(0, len(fresh), step):
+                part = fresh[c : c + step]
+                low = sc.scores[torch.from_numpy(part).to(self.device)].double()
+                low.sub_(torch.from_numpy(root[part]).to(self.device)[:, None] * two_delta)
+                s_k[part] = _kth(low, self.k).cpu().numpy()
+                del low
         with np.errstate(invalid="ignore"):
             thr = _thresholds(v_k * root, s_k, eps, self.q_valid, floor=-2.0 * root - 2.0 * eps)
         mask = sc.scores >= torch.from_numpy(_round_down_f32(thr)).to(self.device)[:, None]
