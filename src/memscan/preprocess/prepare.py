@@ -28,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -40,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from memscan.core.fingerprint import fingerprint
 from memscan.core.progress import progress
 from memscan.dataset.store import (
     ARRAY_DIR,
@@ -96,15 +95,12 @@ class PrepareOptions:
 def _fingerprint(src: Path, layout: str, recipe: Any, opts: PrepareOptions, key_id: str | None = None) -> str:
     """Hash of the inputs (file names, sizes, times), every option and the pseudonym key's id: same hash =
     same dataset."""
-    h = hashlib.sha256()
-    h.update(
-        json.dumps([str(src.resolve()), layout, recipe.to_dict(), repr(opts), key_id], default=str).encode()
-    )
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    stats = []
     for p in files:
         st = p.stat()
-        h.update(f"{p.relative_to(src) if p != src else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+        stats.append((str(p.relative_to(src)) if p != src else p.name, st.st_size, st.st_mtime_ns))
+    return fingerprint(str(src.resolve()), layout, recipe.to_dict(), repr(opts), key_id, stats, length=64)
 
 
 def _make_recipe(layout: str, opts: PrepareOptions):
