@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rich.table import Table
 
 from memscan.dataset.store import Dataset
 from memscan.scanning.runfolder import REPORT_FILE, ScanResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memscan.scanning.filter import FilterResult
+
+#: Quality rows of the terminal table: (key, label); each beside its held-out reference.
+QUALITY_ROWS = (
+    ("fd_relative", "FD relative to held-out (~1: like new patients; << 1: copying warning)"),
+    ("precision", "precision (fidelity)"),
+    ("recall", "recall (diversity)"),
+    ("authenticity", "authenticity (0: copies)"),
+)
 
 
 def engine_text(precision: str | None, n_rerank_pairs: int | None) -> str:
@@ -40,6 +53,52 @@ def dataset_table(ds: Dataset) -> Table:
         table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in labels.items()))
     if info.get("excluded"):
         table.add_row("excluded", f"{len(info['excluded'])} (see dataset.json)")
+    if info.get("filtered_from"):
+        table.add_row("filtered", filtered_text(info["filtered_from"]))
+    return table
+
+
+def filtered_text(record: dict[str, Any]) -> str:
+    """One line on what ``memscan filter`` removed (a dataset's ``dataset.json`` ``filtered_from``)."""
+    reasons = record.get("removed_by_reason") or {}
+    why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in reasons.items() if n) or "none"
+    return (
+        f"filtered from run {record.get('run')}: kept {record.get('n_kept')} of {record.get('n_source')} "
+        f"synthetic items, removed {record.get('n_removed')} ({why})"
+        + ("; every sample matched to a leaked subject removed" if record.get("also_subjects") else "")
+    )
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3g}"
+
+
+def quality_rows(panel: dict[str, Any]) -> list[tuple[str, str]]:
+    """The quality panel's headline numbers, each beside the held-out reference: ``(label, text)`` rows."""
+    ref = panel.get("holdout_reference") or {}
+    rows = []
+    for key, label in QUALITY_ROWS:
+        text = _number(panel.get(key))
+        if key != "fd_relative" and ref:
+            text += f" (held-out {_number(ref.get(key))})"
+        rows.append((label, text))
+    ct = panel.get("ct_statistic")
+    rows.append(
+        ("C_T data-copying test (<< 0: copying)", f"{_number(ct)}, p = {_number(panel.get('ct_p_value'))}")
+    )
+    return rows
+
+
+def filter_table(result: FilterResult) -> Table:
+    """What ``memscan filter`` wrote: items kept, removed by reason, where the removed list is."""
+    record = result.dataset.info.get("filtered_from") or {}
+    table = Table(title=f"filtered dataset {result.dataset.path}", show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("kept", f"{result.n_kept} of {record.get('n_source')} synthetic items")
+    for reason, n in (record.get("removed_by_reason") or {}).items():
+        table.add_row(f"removed: {reason.replace('_', ' ')}", f"{n}")
+    table.add_row("removed list", f"{result.removed_path} (names training items: keep it with the audit)")
     return table
 
 
@@ -69,6 +128,11 @@ def run_table(result: ScanResult) -> Table:
             "certified as non-copies (column 'unscored')",
         )
     table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']} training subjects")
+    if s.get("filtered_from"):
+        table.add_row("synthetic set", filtered_text(s["filtered_from"]))
+    if result.quality is not None:
+        for label, text in quality_rows(result.quality):
+            table.add_row(label, text)
     table.add_row("engine", f"{s['device']}, {engine_text(s['precision'], s['n_rerank_pairs'])}")
     table.add_row("time", f"{s['seconds']:.2f} s")
     if (result.run / REPORT_FILE).exists():

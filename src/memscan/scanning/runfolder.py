@@ -10,6 +10,8 @@ A run folder (``memscan scan --out RUN``) holds::
     RUN/train_items.parquet  one row per training item
     RUN/holdout.parquet      with a held-out set: its nearest training items
     RUN/baseline.parquet     train-vs-train baselines (unless ``baseline_items=0``)
+    RUN/quality.json         with ``--quality``: the fidelity and diversity panel (``memscan.quality``),
+                             with the run id under ``run_id``
     RUN/report.html, gallery-N.html, figures/, *.csv     the report (``memscan.report``)
 
 Rules (see ``docs/reliability.md``):
@@ -56,6 +58,9 @@ RUN_FORMAT_VERSION = 1
 #: Parquet schema metadata key holding the run id in every table.
 RUN_ID_KEY = b"memscan.run_id"
 SUMMARY_FILE = "summary.json"
+#: With ``--quality``: the panel of ``memscan.quality.panel`` (same name as its ``QUALITY_FILE``; a test keeps
+#: them equal; not imported, so that reading a run does not load torch).
+QUALITY_FILE = "quality.json"
 STATE_DIR = ".scan-state"
 PREPARED_DIR = ".prepared"
 REPORT_FILE = "report.html"
@@ -134,6 +139,8 @@ class Summary(Mapping):
         n_unscored: synthetic items that could not be scored (constant or non-finite after conversion):
             never counted as "not a copy".
         seconds: wall time from the start of the scan to the tables written.
+        filtered_from: when the synthetic set was written by ``memscan filter``: its ``dataset.json``
+            record (the run it was filtered from, items kept and removed by reason), else None.
         extra: keys of another version, kept as they were.
     """
 
@@ -174,6 +181,7 @@ class Summary(Mapping):
     run_id: str | None = None
     n_unscored: int = 0
     seconds: float | None = None
+    filtered_from: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -234,6 +242,7 @@ class ScanResult:
         synthetic, matches, subjects, train_items: the contract tables.
         summary: the :class:`Summary`.
         holdout, baseline: the optional tables (None when not written).
+        quality: the ``quality.json`` panel with ``--quality`` (None when not written).
         gate_failed: the release gate's message when a gate was exceeded (the CLI exits with 3), else None.
     """
 
@@ -246,6 +255,7 @@ class ScanResult:
     holdout: pd.DataFrame | None = None
     baseline: pd.DataFrame | None = None
     gate_failed: str | None = None
+    quality: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -362,7 +372,28 @@ def load_run(run: str | Path) -> ScanResult:
         summary,
         tables["holdout"],
         tables["baseline"],
+        quality=read_quality(run, run_id),
     )
+
+
+def read_quality(run: Path, run_id: str | None) -> dict[str, Any] | None:
+    """``RUN/quality.json`` (None when the run has none); it must name the run's id like every table."""
+    path = Path(run) / QUALITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read quality.json ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(data, dict):
+        raise InputError("quality.json does not hold a JSON object", path)
+    if run_id is not None and data.get("run_id") != run_id:
+        raise InputError(
+            f"belongs to run {data.get('run_id') or 'unknown'}, not to this folder's run {run_id}: the "
+            "folder mixes two runs; scan again",
+            path,
+        )
+    return data
 
 
 # ----------------------------------------------------------------------------------------------- writing

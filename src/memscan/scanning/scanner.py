@@ -28,6 +28,7 @@ from memscan.core.devices import resolve_device
 from memscan.core.fingerprint import file_digest, fingerprint
 from memscan.core.version import __version__
 from memscan.scanning import runfolder
+from memscan.scanning.fidelity import quality_encoder, write_run_quality
 from memscan.scanning.inputs import Inputs, channel_indices, load_mask, open_inputs
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.plan import baseline_sample, plan_blocks
@@ -47,7 +48,15 @@ from memscan.search.features import Features
 log = logging.getLogger(__name__)
 
 #: Options that change no result: left out of the resume key.
-_NOT_IN_KEY = ("workers", "scheduler", "threshold", "fail_above", "fail_on_leaked_subjects")
+_NOT_IN_KEY = (
+    "workers",
+    "scheduler",
+    "threshold",
+    "fail_above",
+    "fail_on_leaked_subjects",
+    "quality",
+    "encoder",
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,8 @@ def run_job(job: ScanJob) -> ScanResult:
             job.subject_pattern,
         )
         plan = _plan(inputs, opts)
+        # the quality encoder before the search: a bad --encoder fails at once, not after the scan
+        encoder = quality_encoder(opts, inputs.train, device) if opts.quality else None
         key = fingerprint(
             [dataset_fingerprint(ds) if ds is not None else None for ds in vars(inputs).values()],
             {n: v for n, v in opts.to_dict().items() if n not in _NOT_IN_KEY},
@@ -162,6 +173,10 @@ def run_job(job: ScanJob) -> ScanResult:
         found = _search_all(inputs, plan, opts, device, ckpt, stats)
         run_id = runfolder.new_run_id()
         result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0)
+        if encoder is not None:
+            result.quality = write_run_quality(
+                writer.work, run_id, inputs.train, inputs.holdout, inputs.synthetic, encoder
+            )
         writer.commit()
     result.run = job.out
     log.info("wrote %s (%.1f s)", job.out, result.summary.seconds)
@@ -345,6 +360,7 @@ def _write_run(
         run_id=run_id,
         n_unscored=int(synth_df["unscored"].sum()),
         seconds=round(time.perf_counter() - t0, 4),
+        filtered_from=synth.info.get("filtered_from"),
     )
     runfolder.write_summary(summary, writer.work)
     runfolder.write_marker(writer.work, run_id, __version__)

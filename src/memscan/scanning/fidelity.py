@@ -1,0 +1,67 @@
+"""``memscan scan --quality``: the fidelity and diversity panel of the scanned sets, inside the run folder.
+
+The panel itself is :mod:`memscan.quality` (metrics, held-out reference); this module only chooses the
+encoder for a scan and writes ``RUN/quality.json`` (:data:`memscan.scanning.runfolder.QUALITY_FILE`) into
+the run's work folder, with the run id, so that it is swapped in with the tables and :func:`load_run`
+refuses a ``quality.json`` of another run. It changes no table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from memscan.dataset.store import Dataset
+from memscan.errors import InputError
+from memscan.scanning.options import ScanOptions
+
+log = logging.getLogger(__name__)
+
+
+def quality_encoder(options: ScanOptions, train: Dataset, device: str) -> Any:
+    """The encoder of the quality panel: ``options.encoder`` (a TorchScript file), else the default.
+
+    Args:
+        options: the scan's options (``encoder``: a file, or None).
+        train: the training set (the default encoder is trained on it).
+        device: resolved torch device.
+
+    Returns:
+        An object with ``features(items [N, C, *S]) -> [N, D]`` and a ``description`` dict
+        (:class:`memscan.quality.encoders.Encoder`).
+
+    Raises:
+        InputError: the file is missing or not a network archive, or no encoder is available.
+    """
+    from memscan.quality.encoders import TorchScriptEncoder
+
+    if options.encoder is not None:
+        return TorchScriptEncoder(options.encoder, device=device)
+    raise InputError(
+        "the quality panel needs an encoder: give encoder=FILE (a TorchScript network; the self-supervised "
+        "encoder of memscan.embed is not available in this build)"
+    )
+
+
+def write_run_quality(
+    work: Path,
+    run_id: str,
+    train: Dataset,
+    holdout: Dataset | None,
+    synthetic: Dataset,
+    encoder: Any,
+) -> dict[str, Any]:
+    """Compute the panel of ``synthetic`` (and ``holdout``) against ``train`` into ``work/quality.json``.
+
+    Returns:
+        The panel as written (``run_id`` added; undefined numbers are None).
+    """
+    from memscan.quality.panel import QualityOptions, assess_quality, write_quality
+
+    log.info("quality: fidelity and diversity panel (%s)", encoder.description.get("kind", "encoder"))
+    panel = assess_quality(train, holdout, synthetic, encoder, QualityOptions())
+    panel["run_id"] = run_id
+    path = write_quality(work, panel)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
