@@ -77,7 +77,7 @@ def test_filter_then_rescan_says_what_was_removed(cohort, tmp_path):
     res = load_run(tmp_path / "run2")
     assert not res.synthetic["flagged"].any()
     assert res.summary.filtered_from["n_removed"] == n_removed
-    assert "filtered from run" in r.stdout and f"removed {n_removed}" in r.stdout
+    assert "memscan filter of run folder" in r.stdout and f"removed {n_removed}" in r.stdout
     assert memscan("report", tmp_path / "run2").returncode == 0
     html = (tmp_path / "run2" / "report.html").read_text()
     assert "Synthetic set filtered" in html and f"removed {n_removed} ({n_removed} flagged)" in html

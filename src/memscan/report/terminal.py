@@ -62,9 +62,10 @@ def filtered_text(record: dict[str, Any]) -> str:
     """One line on what ``memscan filter`` removed (a dataset's ``dataset.json`` ``filtered_from``)."""
     reasons = record.get("removed_by_reason") or {}
     why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in reasons.items() if n) or "none"
+    run_id = str(record.get("run_id") or "?")[:8]
     return (
-        f"filtered from run {record.get('run')}: kept {record.get('n_kept')} of {record.get('n_source')} "
-        f"synthetic items, removed {record.get('n_removed')} ({why})"
+        f"memscan filter of run folder {record.get('run')} (run {run_id}): kept {record.get('n_kept')} of "
+        f"{record.get('n_source')} synthetic items, removed {record.get('n_removed')} ({why})"
         + ("; every sample matched to a leaked subject removed" if record.get("also_subjects") else "")
     )
 
