@@ -25,7 +25,9 @@ def memscan(*args):
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory, planted_cohort):
     root = tmp_path_factory.mktemp("integ")
-    planted_cohort(root, subjects=5, shape=(48, 48, 20), size=48, n_copies=10, n_novel=4, seed=5, tree_seed=11)
+    planted_cohort(
+        root, subjects=5, shape=(48, 48, 20), size=48, n_copies=10, n_novel=4, seed=5, tree_seed=11
+    )
     return root
 
 
@@ -57,7 +59,7 @@ def test_filter_then_rescan_says_what_was_removed(cohort, tmp_path):
     r = memscan("filter", run, "--out", clean)
     assert r.returncode == 0, r.stderr
     n_removed = int(flagged["flagged"].sum())
-    assert f"kept" in r.stdout and "removed: flagged" in r.stdout
+    assert "kept" in r.stdout and "removed: flagged" in r.stdout
     kept = Dataset.open(clean)
     assert sorted(kept.ids) == sorted(flagged.loc[~flagged["flagged"], "synthetic_id"])
     removed = pd.read_parquet(tmp_path / "clean.removed.parquet")
@@ -72,7 +74,9 @@ def test_filter_then_rescan_says_what_was_removed(cohort, tmp_path):
     assert r.returncode == 2 and "memscan: error:" in r.stderr
 
     # the clean set scanned again: nothing flagged, and the terminal and the report say it was filtered
-    r = memscan("scan", ds / "train", clean, "--out", tmp_path / "run2", "--holdout", ds / "test", "--fdr", "0.2")
+    r = memscan(
+        "scan", ds / "train", clean, "--out", tmp_path / "run2", "--holdout", ds / "test", "--fdr", "0.2"
+    )
     assert r.returncode == 0, r.stderr
     res = load_run(tmp_path / "run2")
     assert not res.synthetic["flagged"].any()
@@ -104,7 +108,15 @@ def test_scan_quality_writes_the_panel_of_the_run_and_changes_no_table(cohort, e
     res = load_run(tmp_path / "q")
     panel = json.loads((tmp_path / "q" / QUALITY_FILE).read_text())
     assert panel["run_id"] == res.run_id and res.quality == panel
-    for key in ("fd", "fd_relative", "precision", "recall", "authenticity", "ct_statistic", "ms_ssim_holdout"):
+    for key in (
+        "fd",
+        "fd_relative",
+        "precision",
+        "recall",
+        "authenticity",
+        "ct_statistic",
+        "ms_ssim_holdout",
+    ):
         assert key in panel
     assert panel["encoder"]["file"] == "encoder.pt" and panel["holdout_reference"]["precision"] is not None
     assert panel["n_items"]["synthetic"] == res.summary.n_synthetic
@@ -113,7 +125,9 @@ def test_scan_quality_writes_the_panel_of_the_run_and_changes_no_table(cohort, e
     html = (tmp_path / "q" / "report.html").read_text()
     assert "Fidelity and diversity" in html and "held-out real (reference)" in html and "encoder.pt" in html
     assert "Fidelity and diversity" not in (
-        (tmp_path / "plain" / "report.html").read_text() if (tmp_path / "plain" / "report.html").exists() else ""
+        (tmp_path / "plain" / "report.html").read_text()
+        if (tmp_path / "plain" / "report.html").exists()
+        else ""
     )
 
     # a quality.json of another run is refused when the run is read
@@ -132,3 +146,9 @@ def test_quality_bad_encoder_and_encoder_without_quality(cohort, tmp_path):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     r = memscan("scan", ds / "train", cohort / "syn", "--out", tmp_path / "r", "--encoder", bad)
     assert r.returncode == 2 and "--encoder is used by the quality panel only" in r.stderr
+
+
+def test_the_run_folder_names_the_quality_panels_file():
+    from memscan.quality.panel import QUALITY_FILE as PANEL_FILE
+
+    assert QUALITY_FILE == PANEL_FILE
