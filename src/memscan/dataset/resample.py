@@ -14,13 +14,12 @@ and clipped), so the exact integer path still applies; others are stored as floa
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from memscan.core.fingerprint import fingerprint
 from memscan.dataset.store import MANIFEST_COLUMNS, Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
 
@@ -61,11 +60,9 @@ def resized_dataset(ds: Dataset, like: Dataset, out: Path, *, block_items: int =
         )
     if len(src) != len(dst):
         raise InputError(f"--resize cannot turn {len(src) - 1}D items ({ds.path}) into {len(dst) - 1}D ones")
-    fingerprint = hashlib.sha256(
-        json.dumps([ds.info.get("fingerprint"), str(ds.path), ds.n_items, list(dst)], default=str).encode()
-    ).hexdigest()
+    key = fingerprint(ds.info.get("fingerprint"), str(ds.path), ds.n_items, list(dst), length=64)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if check_output_folder(out, overwrite=True, fingerprint=fingerprint):
+    if check_output_folder(out, overwrite=True, fingerprint=key):
         return Dataset.open(out)
     dtype = "uint8" if ds.dtype == np.uint8 else "float32"
     manifest = ds.manifest
@@ -76,7 +73,7 @@ def resized_dataset(ds: Dataset, like: Dataset, out: Path, *, block_items: int =
         dtype=dtype,
         channels=tuple(ds.channels),
         recipe={"name": "resize", "from": list(src), "to": list(dst), "source": str(ds.path)},
-        info={"fingerprint": fingerprint},
+        info={"fingerprint": key},
         overwrite=True,
     ) as writer:
         for start, items in ds.iter_blocks(block_items):

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from memscan.core import atomic
 from memscan.core.version import __version__
 from memscan.errors import InputError
 
@@ -160,7 +159,7 @@ class DatasetWriter:
         if len(self.channels) != self.item_shape[0]:
             raise InputError(f"{len(self.channels)} channel names for {self.item_shape[0]} channels")
         self.chunk_items = self.chunk_items or default_chunk_items(self.item_shape, np.dtype(self.dtype))
-        self._tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp = atomic.temporary_sibling(self.out)
         self._tmp.mkdir(parents=False)
         self._array: zarr.Array | None = None  # created at the first flush, when the codec is chosen
         self._buffer: list[np.ndarray] = []
@@ -270,13 +269,7 @@ class DatasetWriter:
             **self.info,
         }
         (self._tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.out, old)
-        os.replace(self._tmp, self.out)
-        if old is not None:
-            _remove(old)
+        atomic.swap_folder(self._tmp, self.out)
         return Dataset.open(self.out)
 
     def _extra_columns(self) -> list[str]:

@@ -11,13 +11,13 @@ overrides the generic rule.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from memscan.core.validate import did_you_mean
 from memscan.errors import InputError
 from memscan.io.readers import (
     COMPANION_SUFFIXES,
@@ -355,10 +355,9 @@ def discover_brats(root: Path, modalities: tuple[str, ...] = BRATS_MODALITIES) -
         raise InputError(f"no BraTS modalities requested (choose from {', '.join(BRATS_MODALITIES)})")
     for mod in modalities:
         if mod not in BRATS_MODALITIES:
-            near = difflib.get_close_matches(mod, BRATS_MODALITIES, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
             raise InputError(
-                f"unknown BraTS modality {mod!r} (choose from {', '.join(BRATS_MODALITIES)}){hint}"
+                f"unknown BraTS modality {mod!r} (choose from {', '.join(BRATS_MODALITIES)})"
+                f"{did_you_mean(mod, BRATS_MODALITIES)}"
             )
     root = _require_dir(root)
     subjects: list[BratsSubject] = []

@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from memscan.core.validate import did_you_mean
 from memscan.errors import InputError
-from memscan.preprocess.slicing import AXES, _did_you_mean, check_axis, resolve_slice_range
+from memscan.preprocess.slicing import AXES, check_axis, resolve_slice_range
 
 STUDY_CHANNELS: tuple[str, ...] = ("t1", "t2", "t1ce", "flair", "seg")
 """The study's channel order (T1, T2, T1ce, FLAIR, segmentation) and the valid BraTS modality names."""
@@ -56,7 +57,7 @@ def _check_size(size: Any, *, optional: bool = False) -> None:
 def _check_dtype(dtype: Any, allowed: Sequence[str]) -> None:
     if dtype not in allowed:
         raise InputError(
-            f"dtype must be one of {list(allowed)}, got {dtype!r}{_did_you_mean(str(dtype), allowed)}"
+            f"dtype must be one of {list(allowed)}, got {dtype!r}{did_you_mean(str(dtype), allowed)}"
         )
 
 
@@ -148,7 +149,7 @@ class BratsRecipe:
             if m not in STUDY_CHANNELS:
                 raise InputError(
                     f"unknown BraTS modality {m!r}; expected one of {list(STUDY_CHANNELS)}"
-                    f"{_did_you_mean(str(m), STUDY_CHANNELS)}"
+                    f"{did_you_mean(str(m), STUDY_CHANNELS)}"
                 )
         if len(set(mods)) != len(mods):
             raise InputError(f"modalities must not repeat, got {list(mods)}")
@@ -712,7 +713,7 @@ def get_recipe(name: str, /, **params: Any) -> BratsRecipe | CxrRecipe | Generic
     if name not in RECIPES:
         raise InputError(
             f"unknown recipe {name!r}; expected one of {list(RECIPES)}"
-            f"{_did_you_mean(str(name), list(RECIPES))}"
+            f"{did_you_mean(str(name), list(RECIPES))}"
         )
     cls = RECIPES[name]
     params = dict(params)
@@ -724,6 +725,6 @@ def get_recipe(name: str, /, **params: Any) -> BratsRecipe | CxrRecipe | Generic
         if key not in fields:
             raise InputError(
                 f"unknown parameter {key!r} for recipe {name!r}; expected one of {fields}"
-                f"{_did_you_mean(key, fields)}"
+                f"{did_you_mean(key, fields)}"
             )
     return cls(**params)

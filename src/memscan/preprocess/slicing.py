@@ -19,24 +19,17 @@ from anterior).
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from memscan.core.validate import did_you_mean
 from memscan.errors import InputError
 
 AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
 
 _SLICE_SUFFIX = re.compile(r"^([xyz])(\d{3,})$")
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    """Return `` (did you mean 'x'?)`` for the option closest to ``word``, or ``''`` if none is close."""
-    lowered = {o.lower(): o for o in options}
-    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.5)
-    return f" (did you mean {lowered[match[0]]!r}?)" if match else ""
 
 
 def check_axis(axis: str) -> int:
@@ -53,7 +46,7 @@ def check_axis(axis: str) -> int:
     """
     if not isinstance(axis, str) or axis not in AXES:
         raise InputError(
-            f"unknown slicing axis {axis!r}; expected one of x, y, z{_did_you_mean(str(axis), list(AXES))}"
+            f"unknown slicing axis {axis!r}; expected one of x, y, z{did_you_mean(str(axis), list(AXES))}"
         )
     return AXES[axis]
 
