@@ -252,6 +252,7 @@ def scan(
     command: str | None = None,
     quality: bool = False,
     encoder: str | Path | None = None,
+    robust: bool = False,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item, into ``out``.
 
@@ -290,6 +291,10 @@ def scan(
             (``result.quality``; see ``docs/quality.md``); changes no table.
         encoder: with ``quality``: a TorchScript (or ``torch.export``) network file whose features the
             panel uses; ``None``: the self-supervised encoder trained on the training set.
+        robust: also run the robust stage (learned screen + registered re-rank, calibrated on ``holdout``,
+            which it needs; 2D): catches rotated, rescaled, cropped and warped copies. Adds the
+            ``robust_*`` columns to ``synthetic.parquet``; ``flagged`` becomes the combined verdict
+            (``docs/robust.md``). Without it every table is as before.
 
     Returns:
         The run's tables and summary; ``gate_failed`` names a failed release gate (nothing is raised).
@@ -321,6 +326,7 @@ def scan(
         scheduler=scheduler,
         quality=quality,
         encoder=str(encoder) if encoder is not None else None,
+        robust=robust,
     )
     result = run_scan(
         train, synthetic, out, options, holdout=holdout, subject_pattern=subject_pattern, command=command

@@ -56,6 +56,8 @@ PARAM_FLAGS = {
     "out": "--out",
     "encoder": "--encoder",
     "quality": "--quality",
+    "robust": "--robust",
+    "holdout": "--holdout",
     "also_subjects": "--also-subjects",
     "overwrite": "--overwrite",
 }
@@ -287,6 +289,14 @@ def scan(
             "MS-SSIM) into RUN/quality.json.",
         ),
     ] = False,
+    robust: Annotated[
+        bool,
+        typer.Option(
+            "--robust",
+            help="Also catch rotated, rescaled, cropped and warped copies: a learned screen + registered "
+            "re-rank, calibrated on --holdout (needed; 2D). Flags become the combined verdict.",
+        ),
+    ] = False,
     encoder: Annotated[
         Path | None,
         typer.Option(
@@ -330,6 +340,7 @@ def scan(
         command="memscan " + " ".join(sys.argv[1:]),
         quality=quality,
         encoder=encoder,
+        robust=robust,
     )
     console.print(run_table(result))
     if result.gate_failed:

@@ -643,6 +643,60 @@ def _encoder_text(panel: dict[str, Any] | None) -> str | None:
     return ", ".join(parts)
 
 
+#: Robust matches shown with their registered pair, at most.
+MAX_ROBUST_SHOWN = 12
+ROBUST_DIR = "robust"
+
+
+def _robust_rows(result: ScanResult, images: Images, fig_dir: Path) -> list[dict[str, Any]]:
+    """With ``--robust``: the strongest robust matches (flagged first, then by robust p-value), each with its
+    registered pair drawn into ``fig_dir`` and the transform in words."""
+    from memscan.scanning.robust_stage import transform_words
+
+    syn = result.synthetic
+    if "robust_train_id" not in syn:
+        return []
+    cand = syn[syn["robust_train_id"].notna()].copy()
+    cand["_p"] = pd.to_numeric(cand["robust_p_value"], errors="coerce").fillna(np.inf)
+    cand["_s"] = -pd.to_numeric(cand["robust_score"], errors="coerce").fillna(-np.inf)
+    cand = cand.sort_values(["flagged", "_p", "_s"], ascending=[False, True, True], kind="stable")
+    cand = cand.head(MAX_ROBUST_SHOWN)
+    rows = []
+    t_pos = s_pos = None
+    if images.ok and len(cand):
+        t_pos = {str(v): i for i, v in enumerate(images.train.ids)}
+        s_pos = {str(v): i for i, v in enumerate(images.synthetic.ids)}
+        fig_dir.mkdir(parents=True, exist_ok=True)
+    for n, (_, r) in enumerate(cand.iterrows(), start=1):
+        words = transform_words(r["robust_transform"])
+        row = {
+            "synthetic_id": r["synthetic_id"],
+            "train_id": r["robust_train_id"],
+            "subject": r["robust_subject"],
+            "transform": r["robust_transform"],
+            "words": words,
+            "score": _fmt_metric(r["robust_score"]),
+            "p_value": _fmt_p(_num(r["robust_p_value"])),
+            "pixel": _fmt_metric(r["max_correlation"]),
+            "pixel_p": _fmt_p(_num(r.get("p_value"))),
+            "flagged": bool(r["flagged"]),
+            "image": None,
+        }
+        if t_pos is not None and str(r["robust_train_id"]) in t_pos and str(r["synthetic_id"]) in s_pos:
+            name = f"robust-{n:03d}.png"
+            figures.robust_pair_figure(
+                images.train.take(np.array([t_pos[str(r["robust_train_id"])]]))[0],
+                images.synthetic.take(np.array([s_pos[str(r["synthetic_id"])]]))[0],
+                r["robust_transform"],
+                fig_dir / name,
+                titles=(f"training {r['robust_train_id']}", f"synthetic {r['synthetic_id']}"),
+                words=words,
+            )
+            row["image"] = f"{FIGURES_DIR}/{ROBUST_DIR}/{name}"
+        rows.append(row)
+    return rows
+
+
 def _subject_rows(subjects: pd.DataFrame) -> tuple[list[dict[str, Any]], int]:
     df = subjects
     if "n_synthetic_matched" in df.columns:
@@ -785,13 +839,15 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
 
         # gallery
         entries = _entries(select_gallery(result.synthetic, max(0, int(max_gallery))))
-        images = open_images(result) if entries else Images(None, None, None)
+        wants_images = bool(entries) or "robust_train_id" in result.synthetic
+        images = open_images(result) if wants_images else Images(None, None, None)
         channel_text = None
         if images.ok and entries:
             channel_text = _render_pairs(entries, images, s.get("options") or {}, tmp_fig / PAIRS_DIR)
         elif entries:
             for e in entries:
                 e.note = "Images not available (see the note above)."
+        robust_rows = _robust_rows(result, images, tmp_fig / ROBUST_DIR)
         atomic.swap_folder(tmp_fig, run / FIGURES_DIR)
     except BaseException:
         shutil.rmtree(tmp_fig, ignore_errors=True)
@@ -825,6 +881,8 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         "provenance": _provenance(s),
         "max_gallery": max_gallery,
         "quality_rows": _quality_rows(result.quality),
+        "robust_rows": robust_rows,
+        "robust": s.get("robust"),
         "quality_encoder": _encoder_text(result.quality),
         "quality_has_holdout": bool(result.quality and result.quality.get("holdout_reference")),
     }

@@ -131,6 +131,14 @@ def run_table(result: ScanResult) -> Table:
     table.add_row("subjects leaked", f"{s['subjects_leaked']} of {s['subjects_total']} training subjects")
     if s.get("filtered_from"):
         table.add_row("synthetic set", filtered_text(s["filtered_from"]))
+    if s.get("robust"):
+        rob = s["robust"]
+        table.add_row(
+            "robust",
+            f"combined verdict of the pixel and robust tests: {rob.get('n_flagged_only_by_robust')} flagged "
+            f"only by the robust test, {rob.get('n_flagged_pixel_test')} by the pixel test alone (held-out null: "
+            f"{rob.get('n_null')} images)",
+        )
     if result.quality is not None:
         for label, text in quality_rows(result.quality):
             table.add_row(label, text)
@@ -144,4 +152,16 @@ def run_table(result: ScanResult) -> Table:
             f"  {row['synthetic_id']}",
             f"{row['max_correlation']:.4f} ~ {row['nearest_train_id']} [{row['transform']}]",
         )
+    if "robust_score" in result.synthetic:
+        from memscan.scanning.robust_stage import transform_words
+
+        syn = result.synthetic
+        shown = set(top["synthetic_id"])
+        robust = syn[syn["flagged"] & syn["robust_train_id"].notna() & ~syn["synthetic_id"].isin(shown)]
+        for _, row in robust.sort_values("robust_p_value", kind="stable").head(5).iterrows():
+            table.add_row(
+                f"  {row['synthetic_id']}",
+                f"registered r {row['robust_score']:.4f} ~ {row['robust_train_id']} "
+                f"[{transform_words(row['robust_transform'])}]",
+            )
     return table

@@ -16,16 +16,18 @@ from typing import Any
 from memscan.dataset.store import Dataset
 from memscan.errors import InputError
 from memscan.scanning.options import ScanOptions
+from memscan.scanning.robust_stage import EmbeddingEncoder
 
 log = logging.getLogger(__name__)
 
 
-def quality_encoder(options: ScanOptions, train: Dataset, device: str) -> Any:
+def quality_encoder(options: ScanOptions, trained: Any, device: str) -> Any:
     """The encoder of the quality panel: ``options.encoder`` (a TorchScript file), else the default.
 
     Args:
         options: the scan's options (``encoder``: a file, or None).
-        train: the training set (the default encoder is trained on it).
+        trained: the self-supervised encoder trained on the training set (``memscan.embed``; shared with
+            ``--robust``), used when ``options.encoder`` is None.
         device: resolved torch device.
 
     Returns:
@@ -39,10 +41,9 @@ def quality_encoder(options: ScanOptions, train: Dataset, device: str) -> Any:
 
     if options.encoder is not None:
         return TorchScriptEncoder(options.encoder, device=device)
-    raise InputError(
-        "the quality panel needs an encoder: give encoder=FILE (a TorchScript network; the self-supervised "
-        "encoder of memscan.embed is not available in this build)"
-    )
+    if trained is None:
+        raise InputError("the quality panel needs an encoder: give encoder=FILE (a TorchScript network)")
+    return EmbeddingEncoder(trained)
 
 
 def write_run_quality(

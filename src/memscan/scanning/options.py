@@ -83,6 +83,10 @@ class ScanOptions:
         scheduler: run the search on an existing Dask cluster (``tcp://HOST:8786``); never changes results.
         quality: also compute the fidelity and diversity panel (``memscan.quality``) into
             ``RUN/quality.json``; changes no table.
+        robust: also run the robust stage (``memscan.robust``: a learned screen and a registered re-rank,
+            calibrated on the held-out set): catches rotated, rescaled, cropped and warped copies; adds the
+            ``robust_*`` columns and makes ``flagged`` the combined verdict of both tests. Needs a held-out
+            set; 2D items only.
         encoder: with ``quality``: a TorchScript (or ``torch.export``) file whose features the panel uses;
             ``None``: the self-supervised encoder trained on the training set (``memscan.embed``).
     """
@@ -110,6 +114,7 @@ class ScanOptions:
     scheduler: str | None = None
     quality: bool = False
     encoder: str | None = None
+    robust: bool = False
 
     def __post_init__(self) -> None:
         """Validate every option; messages name the parameter (``top_k must be >= 1``)."""

@@ -63,6 +63,12 @@ SUMMARY_FILE = "summary.json"
 QUALITY_FILE = "quality.json"
 STATE_DIR = ".scan-state"
 PREPARED_DIR = ".prepared"
+#: The self-supervised encoder trained on the training set (``--robust``, and ``--quality`` without
+#: ``--encoder``), cached by its config and training-set hash (``memscan.embed``); like the prepared inputs it
+#: is kept from one run into the same folder to the next (hard links), so a re-scan does not train again.
+ENCODER_DIR = ".encoders"
+#: Caches a new run takes over from the previous run in the same folder.
+CACHE_DIRS = (PREPARED_DIR, ENCODER_DIR)
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 #: The tables a scan writes, by name (file ``NAME.parquet``); the first four are always written.
@@ -139,6 +145,8 @@ class Summary(Mapping):
         n_unscored: synthetic items that could not be scored (constant or non-finite after conversion):
             never counted as "not a copy".
         seconds: wall time from the start of the scan to the tables written.
+        robust: with ``--robust``: the robust stage's record (encoder, held-out null, seconds, the
+            combination rule, items flagged by the pixel test alone and only by the robust one), else None.
         filtered_from: when the synthetic set was written by ``memscan filter``: its ``dataset.json``
             record (the run it was filtered from, items kept and removed by reason), else None.
         extra: keys of another version, kept as they were.
@@ -182,6 +190,7 @@ class Summary(Mapping):
     n_unscored: int = 0
     seconds: float | None = None
     filtered_from: dict[str, Any] | None = None
+    robust: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -504,8 +513,13 @@ class RunWriter:
         return self
 
     def _reuse_prepared(self) -> None:
-        """Give the new run the previous run's prepared raw inputs (hard links: no copy, old run intact)."""
-        old, new = self.out / PREPARED_DIR, self.work / PREPARED_DIR
+        """Give the new run the previous run's caches (:data:`CACHE_DIRS`: prepared raw inputs, trained
+        encoders) as hard links: no copy, the old run intact."""
+        for name in CACHE_DIRS:
+            self._reuse(name)
+
+    def _reuse(self, name: str) -> None:
+        old, new = self.out / name, self.work / name
         if not old.is_dir() or new.exists() or not is_run_folder(self.out):
             return
 
@@ -550,7 +564,7 @@ class RunWriter:
     def clear_results(self) -> None:
         """Remove everything in the work folder but the resume state and the prepared-input cache."""
         for p in self.work.iterdir():
-            if p.name in (STATE_DIR, PREPARED_DIR):
+            if p.name in (STATE_DIR, *CACHE_DIRS):
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
 

@@ -33,6 +33,14 @@ from memscan.scanning.inputs import Inputs, channel_indices, load_mask, open_inp
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.plan import baseline_sample, plan_blocks
 from memscan.scanning.queries import LocalSearch, QueryContext, Searcher, SearchFn, train_stream
+from memscan.scanning.robust_stage import (
+    ROBUST_COLUMNS,
+    attributed_nearest,
+    check_robust,
+    combined_flags,
+    robust_columns,
+    trained_encoder,
+)
 from memscan.scanning.runfolder import (  # noqa: F401 - re-exported: the run folder's names, for callers
     RUN_TABLES,
     STATE_DIR,
@@ -159,8 +167,13 @@ def run_job(job: ScanJob) -> ScanResult:
             job.subject_pattern,
         )
         plan = _plan(inputs, opts)
-        # the quality encoder before the search: a bad --encoder fails at once, not after the scan
-        encoder = quality_encoder(opts, inputs.train, device) if opts.quality else None
+        # encoders before the search: a bad --encoder or a robust scan that cannot run fails at once
+        if opts.robust:
+            check_robust(inputs.train, inputs.holdout)
+        trained = None
+        if opts.robust or (opts.quality and opts.encoder is None):
+            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR)
+        encoder = quality_encoder(opts, trained, device) if opts.quality else None
         key = fingerprint(
             [dataset_fingerprint(ds) if ds is not None else None for ds in vars(inputs).values()],
             {n: v for n, v in opts.to_dict().items() if n not in _NOT_IN_KEY},
@@ -171,8 +184,18 @@ def run_job(job: ScanJob) -> ScanResult:
         ckpt = Checkpoints(writer.work / runfolder.STATE_DIR, key)
         stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
         found = _search_all(inputs, plan, opts, device, ckpt, stats)
+        robust = None
+        if opts.robust:
+            robust = robust_columns(
+                inputs.train,
+                inputs.synthetic,
+                inputs.holdout,
+                trained,
+                writer.work / runfolder.ENCODER_DIR,
+                device,
+            )
         run_id = runfolder.new_run_id()
-        result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0)
+        result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0, robust)
         if encoder is not None:
             result.quality = write_run_quality(
                 writer.work, run_id, inputs.train, inputs.holdout, inputs.synthetic, encoder
@@ -303,6 +326,7 @@ def _write_run(
     device: str,
     run_id: str,
     t0: float,
+    robust: pd.DataFrame | None = None,
 ) -> ScanResult:
     """Calibrate, build and write the tables, the summary and the marker into the work folder."""
     opts = job.options
@@ -316,7 +340,35 @@ def _write_run(
         )
     else:
         p_values, flagged = None, fixed_flags
-    tables = build_tables(train, synth, found.values, found.indices, found.transforms, flagged, p_values)
+    flag_nearest = robust_used = robust_record = None
+    if (
+        robust is not None
+    ):  # the combined verdict; each item attributed to the test that gives it the smaller p
+        pixel_flagged = flagged
+        _, flagged, combination = combined_flags(
+            p_values, robust["robust_p_value"], opts.calibration, opts.alpha
+        )
+        flag_nearest, robust_used = attributed_nearest(train, found.indices[:, 0], p_values, robust)
+        robust_record = {
+            **robust.attrs["record"],
+            "combination": combination,
+            "n_flagged_pixel_test": int(np.sum(pixel_flagged)),
+            "n_flagged_only_by_robust": int(np.sum(flagged & ~pixel_flagged)),
+        }
+    tables = build_tables(
+        train,
+        synth,
+        found.values,
+        found.indices,
+        found.transforms,
+        flagged,
+        p_values,
+        flag_nearest=flag_nearest,
+        robust_used=robust_used,
+    )
+    if robust is not None:
+        for col in ROBUST_COLUMNS:
+            tables["synthetic"][col] = robust[col].array
     tables.update(found.extra)
     for name, df in tables.items():
         runfolder.write_table(df, runfolder.table_path(writer.work, name), run_id)
@@ -361,6 +413,7 @@ def _write_run(
         n_unscored=int(synth_df["unscored"].sum()),
         seconds=round(time.perf_counter() - t0, 4),
         filtered_from=synth.info.get("filtered_from"),
+        robust=robust_record,
     )
     runfolder.write_summary(summary, writer.work)
     runfolder.write_marker(writer.work, run_id, __version__)
