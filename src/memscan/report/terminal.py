@@ -136,8 +136,8 @@ def run_table(result: ScanResult) -> Table:
         table.add_row(
             "robust",
             f"combined verdict of the pixel and robust tests: {rob.get('n_flagged_only_by_robust')} flagged "
-            f"only by the robust test, {rob.get('n_flagged_pixel_test')} by the pixel test alone (held-out null: "
-            f"{rob.get('n_null')} images)",
+            f"only by the robust test, {rob.get('n_flagged_pixel_test')} by the pixel test alone "
+            f"(held-out null: {rob.get('n_null')} images)",
         )
     if result.quality is not None:
         for label, text in quality_rows(result.quality):
