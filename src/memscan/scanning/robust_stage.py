@@ -34,11 +34,12 @@ log = logging.getLogger(__name__)
 ROBUST_COLUMNS = ("robust_score", "robust_train_id", "robust_subject", "robust_transform", "robust_p_value")
 
 
-def trained_encoder(train: Dataset, cache_dir: Path) -> Any:
-    """The self-supervised encoder of ``train`` (trained, or loaded from ``cache_dir``; 2D items only)."""
+def trained_encoder(train: Dataset, cache_dir: Path, options: Any = None) -> Any:
+    """The self-supervised encoder of ``train`` (trained, or loaded from ``cache_dir``; 2D items only), with
+    ``options.encoder`` (``RobustOptions``) or the default configuration."""
     from memscan.embed import train_encoder
 
-    return train_encoder(train, cache_dir)
+    return train_encoder(train, cache_dir, options.encoder if options is not None else None)
 
 
 class EmbeddingEncoder:
@@ -65,22 +66,30 @@ def check_robust(train: Dataset, holdout: Dataset | None) -> None:
     """Refuse a robust scan that cannot run, before the search starts."""
     if holdout is None:
         raise InputError(
-            "robust needs held-out real images (holdout): they calibrate the robust score; give holdout"
+            "robust needs held-out real images (HOLDOUT): they calibrate the robust score"
         )
     if train.spatial_dims != 2:
         raise InputError("robust supports 2D items only; this training set holds 3D volumes", train.path)
 
 
 def robust_columns(
-    train: Dataset, synthetic: Dataset, holdout: Dataset, encoder: Any, cache_dir: Path, device: str
+    train: Dataset,
+    synthetic: Dataset,
+    holdout: Dataset,
+    encoder: Any,
+    cache_dir: Path,
+    device: str,
+    options: Any = None,
 ) -> pd.DataFrame:
     """The robust stage for the scan: :data:`ROBUST_COLUMNS` in synthetic order (``df.attrs``: the stage's
     record: encoder, null quantiles, seconds)."""
+    import dataclasses
+
     from memscan.robust.pipeline import RobustOptions, robust_scan
 
-    df = robust_scan(
-        train, synthetic, holdout, options=RobustOptions(cache_dir=cache_dir, device=device), encoder=encoder
-    )
+    base = options if options is not None else RobustOptions()
+    opts = dataclasses.replace(base, cache_dir=cache_dir, device=device)
+    df = robust_scan(train, synthetic, holdout, options=opts, encoder=encoder)
     if list(df["synthetic_id"].astype(str)) != [str(i) for i in synthetic.ids]:
         raise RuntimeError("the robust stage returned its rows in another order than the synthetic set")
     score = df["robust_score"].to_numpy(dtype=np.float64)

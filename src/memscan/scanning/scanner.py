@@ -79,6 +79,8 @@ class ScanJob:
         holdout: held-out real images (dataset folder or raw), or None.
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
+        robust_options: the robust stage's options (``memscan.robust.pipeline.RobustOptions``: encoder
+            training, candidates, registration); None: the defaults (its cache and device are the scan's).
     """
 
     train: Path
@@ -88,6 +90,7 @@ class ScanJob:
     holdout: Path | None = None
     subject_pattern: str | None = None
     command: str | None = None
+    robust_options: Any = None
 
 
 @dataclass
@@ -112,6 +115,7 @@ def scan(
     subject_pattern: str | None = None,
     command: str | None = None,
     report: bool = False,
+    robust_options: Any = None,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item.
 
@@ -124,6 +128,9 @@ def scan(
             nearest-training correlations calibrate the flags (p-values, FDR).
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
+        robust_options: with ``options.robust``: ``memscan.robust.pipeline.RobustOptions`` (encoder training,
+            candidates, registration; its ``cache_dir`` and ``device`` are replaced by the run's), or None for
+            the defaults. Not saved in the resume key: it changes only the robust columns.
         report: must be False here: this layer writes no report (``memscan.scan(..., report=True)`` or
             ``memscan.report.write_report`` does); accepted so that callers passing ``report=False`` work.
 
@@ -147,6 +154,7 @@ def scan(
         Path(holdout) if holdout is not None else None,
         subject_pattern,
         command,
+        robust_options,
     )
     return run_job(job)
 
@@ -172,7 +180,7 @@ def run_job(job: ScanJob) -> ScanResult:
             check_robust(inputs.train, inputs.holdout)
         trained = None
         if opts.robust or (opts.quality and opts.encoder is None):
-            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR)
+            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR, job.robust_options)
         encoder = quality_encoder(opts, trained, device) if opts.quality else None
         key = fingerprint(
             [dataset_fingerprint(ds) if ds is not None else None for ds in vars(inputs).values()],
@@ -193,6 +201,7 @@ def run_job(job: ScanJob) -> ScanResult:
                 trained,
                 writer.work / runfolder.ENCODER_DIR,
                 device,
+                job.robust_options,
             )
         run_id = runfolder.new_run_id()
         result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0, robust)
