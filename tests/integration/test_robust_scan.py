@@ -58,16 +58,16 @@ def cohort(tmp_path_factory):
     ) as w:
         copy = rotate_and_crop(train.take(np.array([SOURCE]))[0])
         w.add(np.clip(copy, 0, 255).astype(train.dtype), {"id": ROTATED, "subject": "synthetic"})
-        for i in (3, 20):  # real slices of held-out people: not copies
+        for i in (3, 9, 15, 20, 26, 32):  # real slices of held-out people: not copies
             w.add(test.take(np.array([i]))[0], {"id": f"novel_{i}", "subject": "synthetic"})
         w.commit()
-    opts = dict(baseline_items=20, alpha=0.2)
+    opts = dict(baseline_items=20, alpha=0.4)
     plain = scan(train.path, root / "syn", root / "plain", ScanOptions(**opts), holdout=test.path)
     robust = scan(
         train.path,
         root / "syn",
         root / "robust",
-        ScanOptions(robust=True, **opts),
+        ScanOptions(robust=True, quality=True, **opts),
         holdout=test.path,
         robust_options=FAST,
     )
@@ -118,6 +118,15 @@ def test_report_shows_the_registered_pair_and_the_transform_in_words(cohort):
     assert "Robust matches" in html and transform_words(row["robust_transform"]) in html
     assert (run / "figures" / "robust" / "robust-001.png").is_file()
     assert "Robust matches" not in write_report(cohort["root"] / "plain").read_text()
+
+
+def test_quality_without_an_encoder_file_uses_the_encoder_trained_for_robust(cohort):
+    panel = cohort["robust"].quality
+    assert panel is not None and panel["encoder"]["kind"].startswith("memscan.embed")
+    assert (
+        panel["encoder"]["key"] == cohort["robust"].summary.robust["encoder"]["key"]
+    )  # one encoder, trained once
+    assert panel["run_id"] == cohort["robust"].run_id and panel["fd"] is not None
 
 
 def test_transform_words():

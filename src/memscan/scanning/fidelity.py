@@ -46,6 +46,19 @@ def quality_encoder(options: ScanOptions, trained: Any, device: str) -> Any:
     return EmbeddingEncoder(trained)
 
 
+def check_quality_sizes(train: Dataset, holdout: Dataset | None, synthetic: Dataset) -> None:
+    """Refuse, before the search, a panel that cannot be computed: every set needs ``k + 1`` items (its own
+    k-th neighbour for the PRDC radii)."""
+    from memscan.quality.panel import QualityOptions
+
+    need = QualityOptions().k + 1
+    for name, ds in (("TRAIN", train), ("SYNTHETIC", synthetic), ("HOLDOUT", holdout)):
+        if ds is not None and ds.n_items < need:
+            raise InputError(
+                f"quality needs at least {need} items in each set; {name} has {ds.n_items}", ds.path
+            )
+
+
 def write_run_quality(
     work: Path,
     run_id: str,

@@ -65,9 +65,7 @@ class EmbeddingEncoder:
 def check_robust(train: Dataset, holdout: Dataset | None) -> None:
     """Refuse a robust scan that cannot run, before the search starts."""
     if holdout is None:
-        raise InputError(
-            "robust needs held-out real images (HOLDOUT): they calibrate the robust score"
-        )
+        raise InputError("robust needs held-out real images (HOLDOUT): they calibrate the robust score")
     if train.spatial_dims != 2:
         raise InputError("robust supports 2D items only; this training set holds 3D volumes", train.path)
 

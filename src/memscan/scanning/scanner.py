@@ -28,7 +28,7 @@ from memscan.core.devices import resolve_device
 from memscan.core.fingerprint import file_digest, fingerprint
 from memscan.core.version import __version__
 from memscan.scanning import runfolder
-from memscan.scanning.fidelity import quality_encoder, write_run_quality
+from memscan.scanning.fidelity import check_quality_sizes, quality_encoder, write_run_quality
 from memscan.scanning.inputs import Inputs, channel_indices, load_mask, open_inputs
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.plan import baseline_sample, plan_blocks
@@ -178,6 +178,8 @@ def run_job(job: ScanJob) -> ScanResult:
         # encoders before the search: a bad --encoder or a robust scan that cannot run fails at once
         if opts.robust:
             check_robust(inputs.train, inputs.holdout)
+        if opts.quality:
+            check_quality_sizes(inputs.train, inputs.holdout, inputs.synthetic)
         trained = None
         if opts.robust or (opts.quality and opts.encoder is None):
             trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR, job.robust_options)
