@@ -183,7 +183,8 @@ def robust_demo(root: Path) -> tuple[ScanResult, ScanResult]:
         f"[bold]demo --robust[/bold]: {ROBUST_COPY_ID} is training slice {train.ids[ROBUST_SOURCE]} rotated "
         f"10° and enlarged 1.15x. Plain scan: max correlation {p['max_correlation']:.4f}, "
         f"p = {p['p_value']:.3f}, {'flagged' if p['flagged'] else 'NOT flagged'}. With --robust: registered "
-        f"correlation {r['robust_score']:.4f} with {r['robust_train_id']} ({transform_words(r['robust_transform'])}), "
+        f"correlation {r['robust_score']:.4f} with {r['robust_train_id']} "
+        f"({transform_words(r['robust_transform'])}), "
         f"robust p = {r['robust_p_value']:.3f}, {'flagged' if r['flagged'] else 'NOT flagged'}"
         + (" — only --robust catches it." if caught else ".")
         + f"\nReport: {report}"
