@@ -480,17 +480,20 @@ def robust_pair_figure(
     m = moved[channel]
     s = np.asarray(synthetic_item, dtype=np.float32)[channel]
     lo, hi = float(min(t.min(), s.min())), float(max(t.max(), s.max()))
-    fig = Figure(figsize=(10, 2.9))
+    import textwrap
+
+    fig = Figure(figsize=(10, 3.3))
     axes = fig.subplots(1, 4)
     panels = (
         (t, titles[0], "gray"),
-        (m, "training, registered\n" + (words or (label or "")), "gray"),
+        (m, "training, registered: " + (words or (label or "")), "gray"),
         (s, titles[1], "gray"),
         (np.abs(m - s), "|registered - synthetic|", "magma"),
     )
     for ax, (img, title, cmap) in zip(axes, panels, strict=True):
         ax.imshow(img, cmap=cmap, vmin=lo if cmap == "gray" else 0, vmax=hi if cmap == "gray" else hi - lo)
-        ax.set_title(title, fontsize=8)
+        # ids are long paths: break them anywhere, the words at spaces
+        ax.set_title(textwrap.fill(title, 34, break_long_words=True), fontsize=7)
         ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, path)

@@ -12,8 +12,8 @@ A run folder (``memscan scan --out RUN``) holds::
     RUN/baseline.parquet     train-vs-train baselines (unless ``baseline_items=0``)
     RUN/quality.json         with ``--quality``: the fidelity and diversity panel (``memscan.quality``),
                              with the run id under ``run_id``
-    RUN/.encoders/           with ``--robust`` (or ``--quality`` without ``--encoder``): the encoder trained on
-                             the training set and the robust held-out null, cached (kept for the next run)
+    RUN/.encoders/           with ``--robust`` (or ``--quality`` without ``--encoder``): the encoder trained
+                             on the training set and the robust held-out null, cached (kept for the next run)
     RUN/report.html, gallery-N.html, figures/, *.csv     the report (``memscan.report``)
 
 Rules (see ``docs/reliability.md``):
