@@ -636,7 +636,7 @@ def _encoder_text(panel: dict[str, Any] | None) -> str | None:
         return None
     enc = panel.get("encoder") or {}
     parts = [str(enc.get("kind", "encoder"))]
-    for key in ("file", "sha256", "input_size", "output_dim"):
+    for key in ("file", "sha256", "input_size", "output_dim", "dim", "train_items", "key"):
         if enc.get(key) is not None:
             value = str(enc[key])[:12] if key == "sha256" else enc[key]
             parts.append(f"{key.replace('_', ' ')} {value}")
