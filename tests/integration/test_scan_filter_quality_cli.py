@@ -69,6 +69,16 @@ def test_filter_then_rescan_says_what_was_removed(cohort, tmp_path):
     r = memscan("filter", run, "--out", clean)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr
     assert memscan("filter", run, "--out", clean, "--overwrite").returncode == 0
+    # --also-subjects: every sample matched to a leaked subject goes too; nothing left: exit 2, no writes
+    subjects = load_run(run).subjects
+    leaked = set(subjects.loc[subjects["leaked"], "subject"])
+    r = memscan("filter", run, "--out", tmp_path / "c3", "--also-subjects")
+    left = flagged[~flagged["flagged"] & ~flagged["nearest_subject"].isin(leaked)]
+    if len(left):
+        assert r.returncode == 0, r.stderr
+        assert sorted(Dataset.open(tmp_path / "c3").ids) == sorted(left["synthetic_id"])
+    else:
+        assert r.returncode == 2 and "nothing to write" in r.stderr and not (tmp_path / "c3").exists()
     # not a run folder: exit 2
     r = memscan("filter", tmp_path / "nothing", "--out", tmp_path / "c2")
     assert r.returncode == 2 and "memscan: error:" in r.stderr
