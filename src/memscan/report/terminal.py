@@ -121,6 +121,8 @@ def run_table(result: ScanResult) -> Table:
         )
     else:
         how = f"max correlation > {s['threshold']}: fixed threshold, NOT calibrated (use --holdout)"
+    if s.get("robust"):
+        how += " for the pixel test; flags are the combined verdict of the pixel and robust tests"
     table.add_row("flagged", f"{s['n_flagged']} of {s['n_synthetic']} ({s['flagged_fraction']:.1%}), {how}")
     if s.get("n_unscored"):
         table.add_row(
