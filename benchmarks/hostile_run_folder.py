@@ -33,13 +33,17 @@ from memscan.scanning import runfolder
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
 
-def cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args: object, timeout: float = 300, quiet: bool = True, preexec: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m memscan [--quiet] ARGS`` in a subprocess (``preexec`` runs in the child first)."""
     return subprocess.run(
-        [sys.executable, "-m", "memscan", "--quiet", *map(str, args)],
+        [sys.executable, "-m", "memscan", *(["--quiet"] if quiet else []), *map(str, args)],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=timeout,
+        preexec_fn=preexec,
     )
 
 
@@ -53,17 +57,80 @@ def write(path: Path, items: list[tuple[str, str, np.ndarray]]) -> None:
 
 @dataclass
 class Case:
+    """One hostile invocation: ``memscan COMMAND *args(root)`` must exit ``code`` and pass ``check``.
+
+    ``user_files``: files that must be byte-identical afterwards (else "lost"). ``run``: a custom runner
+    (kills, a non-root child, resource limits) returning a ``CompletedProcess``. ``quiet``: add
+    ``--quiet`` (off for cases that check a warning).
+    """
+
     name: str
     args: Callable[[Path], list]
     code: int
     check: Callable[[Path, subprocess.CompletedProcess], bool] = lambda root, r: True
     setup: Callable[[Path], None] = lambda root: None
     user_files: Callable[[Path], list[Path]] = lambda root: []
+    run: Callable[[Path, list], subprocess.CompletedProcess] | None = None
+    quiet: bool = True
+    timeout: float = 300
+
+
+def classify(case: Case, root: Path, command: str) -> tuple[str, subprocess.CompletedProcess]:
+    """Run one case and return its verdict: clean, traceback, silent wrong or lost."""
+    case.setup(root)
+    before = {p: p.read_bytes() for p in case.user_files(root)}
+    args = [command, *case.args(root)]
+    try:
+        r = case.run(root, args) if case.run else cli(*args, quiet=case.quiet, timeout=case.timeout)
+    except subprocess.TimeoutExpired:
+        return "silent wrong", subprocess.CompletedProcess(args, -1, "", "timed out (hang)")
+    lost = any(not p.exists() or p.read_bytes() != b for p, b in before.items())
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    tb = "Traceback" in r.stderr or r.returncode == 1
+    one_line = r.returncode == 0 or (len(lines) == 1 and lines[0].startswith("memscan: error:"))
+    try:
+        ok = case.check(root, r)
+    except Exception:  # noqa: BLE001 - a failed check is a wrong result
+        ok = False
+    verdict = (
+        "lost"
+        if lost
+        else "traceback"
+        if tb
+        else "clean"
+        if r.returncode == case.code and one_line and ok
+        else "silent wrong"
+    )
+    return verdict, r
+
+
+def run_groups(root: Path, groups: list[tuple[str, list[Case]]]) -> tuple[list[tuple], dict[str, int]]:
+    """Classify every case of every ``(command, cases)`` group; returns (rows, counts)."""
+    counts = {"tried": 0, "clean": 0, "traceback": 0, "silent wrong": 0, "lost": 0}
+    rows = []
+    for command, group in groups:
+        for case in group:
+            verdict, r = classify(case, root, command)
+            lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            counts["tried"] += 1
+            counts[verdict] += 1
+            rows.append(
+                (command, case.name, case.code, r.returncode, verdict, lines[0][:90] if lines else "")
+            )
+    return rows, counts
 
 
 def main() -> None:
-    rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="memscan-hostile-"))
+    rows, counts = run_groups(root, run_folder_groups(root))
+    for row in rows:
+        print(" | ".join(map(str, row)))
+    print(json.dumps(counts))
+
+
+def run_folder_groups(root: Path) -> list[tuple[str, list[Case]]]:
+    """The scan / report cases, with their data written under ``root``."""
+    rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (16, 1, 12, 12), dtype=np.uint8)
     write(root / "train", [(f"t{i}", f"s{i % 4}", train[i]) for i in range(16)])
     write(
@@ -236,38 +303,7 @@ def main() -> None:
         ),
         Case("report on tables of two runs", lambda r: [r / "mixed"], 2, setup=mixed),
     ]
-    counts = {"tried": 0, "clean": 0, "traceback": 0, "silent wrong": 0, "lost": 0}
-    rows = []
-    for command, group in (("scan", cases), ("report", report_cases)):
-        for case in group:
-            case.setup(root)
-            before = {p: p.read_bytes() for p in case.user_files(root)}
-            r = cli(command, *case.args(root))
-            lost = any(not p.exists() or p.read_bytes() != b for p, b in before.items())
-            lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-            tb = "Traceback" in r.stderr or r.returncode == 1
-            one_line = r.returncode == 0 or (len(lines) == 1 and lines[0].startswith("memscan: error:"))
-            try:
-                ok = case.check(root, r)
-            except Exception:  # noqa: BLE001 - a failed check is a wrong result
-                ok = False
-            verdict = (
-                "lost"
-                if lost
-                else "traceback"
-                if tb
-                else "clean"
-                if r.returncode == case.code and one_line and ok
-                else "silent wrong"
-            )
-            counts["tried"] += 1
-            counts[verdict] += 1
-            rows.append(
-                (command, case.name, case.code, r.returncode, verdict, lines[0][:90] if lines else "")
-            )
-    for row in rows:
-        print(" | ".join(map(str, row)))
-    print(json.dumps(counts))
+    return [("scan", cases), ("report", report_cases)]
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def prepare(
     slice_range: tuple[int, int] | None = None,
     volumes: bool = False,
     overwrite: bool = False,
+    pseudonymize: bool = False,
+    pseudonym_key: str | Path | None = None,
+    pseudonym_map: str | Path | None = None,
 ) -> Dataset:
     """Prepare a folder (or file) of medical images into a dataset folder.
 
@@ -71,6 +74,11 @@ def prepare(
         slice_range: keep slices ``[start, stop)`` only.
         volumes: keep whole 3D volumes, not slices.
         overwrite: replace a dataset already at ``out``.
+        pseudonymize: replace every id, subject and source path by a keyed pseudonym (HMAC-SHA256).
+        pseudonym_key: the key file (created if missing; default ``OUT.pseudonym-key`` beside ``out``);
+            use one key for training, held-out and synthetic sets so subjects line up.
+        pseudonym_map: where the map name → pseudonym is written (default ``OUT.pseudonym-map.json``
+            beside ``out``; never inside it).
 
     Returns:
         The prepared dataset.
@@ -88,8 +96,11 @@ def prepare(
         axis=axis,
         slice_range=slice_range,
         volumes=volumes,
+        pseudonymize=pseudonymize,
     )
-    return prepare_dataset(src, out, options, overwrite=overwrite)
+    return prepare_dataset(
+        src, out, options, overwrite=overwrite, pseudonym_key=pseudonym_key, pseudonym_map=pseudonym_map
+    )
 
 
 def open_dataset(path: str | Path) -> Dataset:

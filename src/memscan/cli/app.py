@@ -187,6 +187,27 @@ def prepare(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a dataset already at --out.")
     ] = False,
+    pseudonymize: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymize",
+            help="Replace ids, subjects and source paths by keyed pseudonyms (HMAC-SHA256; slice suffixes "
+            "kept).",
+        ),
+    ] = False,
+    pseudonym_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key file for --pseudonymize (created if missing; default OUT.pseudonym-key beside OUT). "
+            "Use one key for training, held-out and synthetic sets; keep it apart from the data."
+        ),
+    ] = None,
+    pseudonym_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where --pseudonymize writes the map name -> pseudonym (default OUT.pseudonym-map.json)."
+        ),
+    ] = None,
 ) -> None:
     """Turn medical images (PNG/JPEG/TIFF, DICOM, NIfTI/MGH/MINC/PAR-REC, NumPy; BraTS; chest x-ray) into a
     dataset folder.
@@ -213,8 +234,11 @@ def prepare(
         slice_range=parse_slice_range(slice_range),
         volumes=volumes,
         nan=nan,
+        pseudonymize=pseudonymize,
     )
-    ds = prepare_dataset(src, out, opts, overwrite=overwrite)
+    ds = prepare_dataset(
+        src, out, opts, overwrite=overwrite, pseudonym_key=pseudonym_key, pseudonym_map=pseudonym_map
+    )
     console.print(dataset_table(ds))
 
 

@@ -14,13 +14,25 @@ What is read and what is skipped (recorded in ``dataset.json``):
   files are skipped, counted in one warning and listed under ``skipped``;
 - NaN values stop the run unless ``nan='zero'``, which reads them as 0 (counted in one warning and in
   ``nan``); constant items are excluded (listed under ``excluded``).
+- file and folder names that look like identifiers (dates, long digit runs, ``LAST_FIRST``;
+  :func:`memscan.preprocess.pseudonyms.identifier_hints`) are counted in one warning; with
+  ``pseudonymize`` every id, subject and source (in the manifest and in ``dataset.json``) is a keyed
+  pseudonym and the map is written outside the dataset folder (:mod:`memscan.preprocess.pseudonyms`);
+- one ``prepare`` writes a dataset at a time (``flock`` on ``.OUT.prepare-lock`` beside it, removed at the
+  end); leftovers of
+  killed runs (``.OUT.tmp-*`` holding only a dataset's own files) are removed by the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +41,18 @@ from typing import Any
 import numpy as np
 
 from memscan.core.progress import progress
-from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
+from memscan.dataset.store import (
+    ARRAY_DIR,
+    INFO_FILE,
+    MANIFEST_FILE,
+    Dataset,
+    DatasetWriter,
+    check_output_folder,
+)
 from memscan.errors import InputError
 from memscan.io import layouts, orientation
 from memscan.io.readers import NAN_POLICIES, ImageData, NoImageData, read_image
-from memscan.preprocess import recipes
+from memscan.preprocess import pseudonyms, recipes
 from memscan.preprocess.slicing import display_volume, slice_id
 
 log = logging.getLogger(__name__)
@@ -61,6 +80,7 @@ class PrepareOptions:
     slice_range: tuple[int, int] | None = None
     volumes: bool = False
     nan: str = "error"
+    pseudonymize: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -73,10 +93,13 @@ class PrepareOptions:
             raise InputError(f"--test-subjects must be >= 0, got {self.test_subjects}")
 
 
-def _fingerprint(src: Path, layout: str, recipe: Any, opts: PrepareOptions) -> str:
-    """Hash of the inputs (file names, sizes, times) and every option: same hash = same dataset."""
+def _fingerprint(src: Path, layout: str, recipe: Any, opts: PrepareOptions, key_id: str | None = None) -> str:
+    """Hash of the inputs (file names, sizes, times), every option and the pseudonym key's id: same hash =
+    same dataset."""
     h = hashlib.sha256()
-    h.update(json.dumps([str(src.resolve()), layout, recipe.to_dict(), repr(opts)], default=str).encode())
+    h.update(
+        json.dumps([str(src.resolve()), layout, recipe.to_dict(), repr(opts), key_id], default=str).encode()
+    )
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     for p in files:
         st = p.stat()
@@ -102,9 +125,23 @@ def _make_recipe(layout: str, opts: PrepareOptions):
 
 
 class _LazyWriter:
-    """Creates the DatasetWriter when the first item fixes the shape and dtype."""
+    """Creates the DatasetWriter when the first item fixes the shape and dtype.
 
-    def __init__(self, out: Path, channels_for, recipe, info: dict[str, Any], overwrite: bool) -> None:
+    With a :class:`~memscan.preprocess.pseudonyms.Pseudonymizer`, every row's ``id``, ``subject`` and
+    ``source`` are replaced before anything is recorded; the original names are only looked at for the
+    identifier hints.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        channels_for,
+        recipe,
+        info: dict[str, Any],
+        overwrite: bool,
+        pseudo: pseudonyms.Pseudonymizer | None = None,
+        map_file: Path | None = None,
+    ) -> None:
         self.out, self.channels_for, self.recipe, self.info, self.overwrite = (
             out,
             channels_for,
@@ -112,12 +149,19 @@ class _LazyWriter:
             info,
             overwrite,
         )
+        self.pseudo, self.map_file = pseudo, map_file
+        self.names: set[str] = set()
         self.writer: DatasetWriter | None = None
         self.pending_excluded: list[tuple[str, str]] = []
         self.n_excluded = 0
         self.first_excluded: str | None = None
 
     def add(self, item: np.ndarray, row: dict[str, Any], source_path: Path) -> None:
+        for name in (row.get("source"), row.get("subject")):
+            if name is not None:
+                self.names.update(str(name).split("/"))
+        if self.pseudo is not None:
+            row = self.pseudo.row(row)
         if _is_constant(item):
             self.exclude(row["id"], "constant image (zero variance): correlation is undefined")
             return
@@ -149,6 +193,23 @@ class _LazyWriter:
             self.pending_excluded.append((item_id, reason))
         else:
             self.writer.exclude(item_id, reason, logged=True)
+
+    def warn_identifiers(self) -> None:
+        """One warning when file/folder names look like identifiers (count and pattern, never a value)."""
+        hits = pseudonyms.identifier_hints(sorted(self.names))
+        if not hits:
+            return
+        if self.pseudo is None:
+            log.warning(
+                "%s file/folder name part(s) look like identifiers: %s; they become ids and subjects in "
+                "every table and report: consider memscan prepare --pseudonymize",
+                pseudonyms.count_flagged(self.names),
+                pseudonyms.describe_hints(hits),
+            )
+        else:
+            log.info(
+                "names that look like identifiers were pseudonymised: %s", pseudonyms.describe_hints(hits)
+            )
 
     def warn_excluded(self) -> None:
         if self.n_excluded:
@@ -182,6 +243,10 @@ class _ReadLog:
         self.nan_files = 0
         self.frames: dict[str, int] = {}
         self.as_stored = 0
+
+    def hide_names(self, pseudo: pseudonyms.Pseudonymizer) -> None:
+        """Replace the recorded source paths by their pseudonyms (for ``dataset.json``)."""
+        self.skipped = [(pseudo.source(rel) or rel, why) for rel, why in self.skipped]
 
     def read(self, path: Path, relpath: str, **kwargs: Any) -> ImageData | None:
         """``read_image`` with the policy; None (and a record) for a file that holds no image."""
@@ -226,16 +291,118 @@ def _is_constant(item: np.ndarray) -> bool:
     return bool(flat.size == 0 or np.all(flat == flat[0]))
 
 
+def default_key_path(out: str | Path) -> Path:
+    """Where a new pseudonym key goes when none is given: ``OUT.pseudonym-key`` beside the dataset."""
+    out = Path(out)
+    return out.parent / f"{out.name}.pseudonym-key"
+
+
+def default_map_path(out: str | Path) -> Path:
+    """Where the pseudonym map goes when none is given: ``OUT.pseudonym-map.json`` beside the dataset."""
+    out = Path(out)
+    return out.parent / f"{out.name}.pseudonym-map.json"
+
+
+def _pseudonymizer(
+    out: Path, key_path: str | Path | None, map_path: str | Path | None
+) -> tuple[pseudonyms.Pseudonymizer, Path]:
+    key_file = Path(key_path) if key_path is not None else default_key_path(out)
+    map_file = Path(map_path) if map_path is not None else default_map_path(out)
+    pseudonyms.check_outside(key_file, out, "pseudonym key")
+    pseudonyms.check_outside(map_file, out, "pseudonym map")
+    key, created = pseudonyms.load_or_create_key(key_file)
+    if created:
+        log.warning(
+            "wrote a new pseudonym key to %s: keep it apart from the data, and pass --pseudonym-key %s when "
+            "preparing the held-out and synthetic sets so their subjects line up",
+            key_file,
+            key_file,
+        )
+    return pseudonyms.Pseudonymizer(key), map_file
+
+
+_OUR_FILES = {ARRAY_DIR, MANIFEST_FILE, INFO_FILE}
+
+
+@contextlib.contextmanager
+def _one_writer(out: Path) -> Iterator[None]:
+    """Hold ``.OUT.prepare-lock`` (``flock``) beside ``out`` while preparing; remove stale leftovers.
+
+    A second ``prepare`` into the same ``out`` refuses at once (it would race for the final rename).
+    Holding the lock, any ``.OUT.tmp-*`` / ``.OUT.old-*`` folder beside ``out`` is a leftover of a killed
+    run; it is removed only if it holds nothing but a dataset's own files, so a user's folder that
+    happens to match the pattern is never touched.
+    """
+    lock = out.parent / f".{out.name}.prepare-lock"
+    fd = _take_lock(lock, out)
+    try:
+        n = 0
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+            for p in out.parent.glob(pattern):
+                if p.is_dir() and not p.is_symlink() and {c.name for c in p.iterdir()} <= _OUR_FILES:
+                    shutil.rmtree(p, ignore_errors=True)
+                    n += 1
+        if n:
+            log.info("removed %d leftover temporary folder(s) of interrupted runs beside %s", n, out)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: a process that opened it before sees a stale inode (below)
+        os.close(fd)  # releases the lock
+
+
+def _take_lock(lock: Path, out: Path) -> int:
+    """An fd holding ``flock`` on ``lock`` (created if missing); InputError if another process holds it.
+
+    The lock file is removed when the holder finishes, so after locking, the fd must still be the file
+    at ``lock`` (else another process removed it in between and a third may lock a new one): retry then.
+    """
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot write beside the dataset folder ({exc.strerror})", out.parent) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InputError(
+                    "another memscan prepare is writing this dataset now; wait for it or choose another out",
+                    out,
+                ) from None
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise InputError("cannot take the dataset's lock (it keeps changing)", lock)
+
+
 def prepare_dataset(
-    src: str | Path, out: str | Path, options: PrepareOptions | None = None, *, overwrite: bool = False
+    src: str | Path,
+    out: str | Path,
+    options: PrepareOptions | None = None,
+    *,
+    overwrite: bool = False,
+    pseudonym_key: str | Path | None = None,
+    pseudonym_map: str | Path | None = None,
 ) -> Dataset:
     """Prepare ``src`` (folder or file) into the dataset folder ``out``.
 
     Args:
         src: a folder of images/volumes in one of the layouts, or one file.
         out: the dataset folder to write (created atomically).
-        options: layout, recipe and its parameters.
+        options: layout, recipe and its parameters (``pseudonymize`` replaces every name by a keyed
+            pseudonym).
         overwrite: replace a different dataset already at ``out``.
+        pseudonym_key: with ``options.pseudonymize``: the key file (64 hex digits); created if missing;
+            default ``OUT.pseudonym-key`` beside ``out``. Never inside ``out``.
+        pseudonym_map: with ``options.pseudonymize``: where the map name → pseudonym is written (JSON);
+            default ``OUT.pseudonym-map.json`` beside ``out``. Never inside ``out``.
 
     Returns:
         The written dataset, opened for reading.
@@ -244,28 +411,50 @@ def prepare_dataset(
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InputError("does not exist", src)
+    if not out.parent.is_dir():
+        raise InputError("the folder to write the dataset into does not exist", out.parent)
+    with _one_writer(out):
+        return _prepare_locked(src, out, options, overwrite, pseudonym_key, pseudonym_map)
+
+
+def _prepare_locked(
+    src: Path,
+    out: Path,
+    options: PrepareOptions,
+    overwrite: bool,
+    pseudonym_key: str | Path | None,
+    pseudonym_map: str | Path | None,
+) -> Dataset:
     if src.is_dir() and not any(src.iterdir()):
         raise InputError("folder is empty", src)
+    if (pseudonym_key is not None or pseudonym_map is not None) and not options.pseudonymize:
+        raise InputError("--pseudonym-key and --pseudonym-map need --pseudonymize")
+    pseudo, map_file = (
+        _pseudonymizer(out, pseudonym_key, pseudonym_map) if options.pseudonymize else (None, None)
+    )
     layout = options.layout
     if layout == "auto":
         layout = layouts.detect_layout(src) if src.is_dir() else "folder"
         log.info("layout detected: %s", layout)
     recipe = _make_recipe(layout, options)
-    fingerprint = _fingerprint(src, layout, recipe, options)
+    fingerprint = _fingerprint(src, layout, recipe, options, pseudo.key_id if pseudo else None)
     if check_output_folder(out, overwrite=overwrite, fingerprint=fingerprint):
         log.info("%s is up to date (same inputs and options)", out)
         return Dataset.open(out)
-    info = {
+    info: dict[str, Any] = {
         "layout": layout,
         "fingerprint": fingerprint,
-        "source_name": src.name,
+        "source_name": src.name if pseudo is None else pseudo.source(src.name),
         "options": {k: v for k, v in options.__dict__.items()},
     }
+    if pseudo is not None:
+        info["pseudonyms"] = {"scheme": "HMAC-SHA256, 64 bits", "key_id": pseudo.key_id}
+    writer = _LazyWriter(out, None, recipe, info, overwrite, pseudo, map_file)
     if layout == "brats":
-        return _prepare_brats(src, out, recipe, options, info, overwrite)
+        return _prepare_brats(src, out, recipe, options, info, writer)
     if layout == "cxr":
-        return _prepare_cxr(src, out, recipe, options, info, overwrite)
-    return _prepare_folder(src, out, recipe, options, info, overwrite)
+        return _prepare_cxr(src, out, recipe, options, info, writer)
+    return _prepare_folder(src, out, recipe, options, info, writer)
 
 
 def _slice_row(relpath: str, axis: str, index: int | None, **extra: Any) -> dict[str, Any]:
@@ -280,10 +469,7 @@ def _slice_row(relpath: str, axis: str, index: int | None, **extra: Any) -> dict
 
 
 def _write_units(
-    out: Path,
-    recipe,
-    info: dict,
-    overwrite: bool,
+    writer: _LazyWriter,
     channels_for,
     units: list,
     label: str,
@@ -298,23 +484,34 @@ def _write_units(
         items_of: a unit → its ``(item [C, *S], manifest row, source path)``.
         reads: the read log, summarised into ``info`` before the commit.
     """
-    writer = _LazyWriter(out, channels_for, recipe, info, overwrite)
+    writer.channels_for = channels_for
     try:
         with progress(len(units), label) as advance:
             for unit in units:
                 for item, row, path in items_of(unit):
                     writer.add(item, row, path)
                 advance(1)
-        reads.finish(info, src)
+        if writer.pseudo is not None:
+            reads.hide_names(writer.pseudo)
+        reads.finish(writer.info, src)
+        writer.warn_identifiers()
         writer.warn_excluded()
+        if writer.pseudo is not None and writer.map_file is not None:
+            writer.pseudo.write_map(writer.map_file, dataset=writer.out.name)
+            log.info("pseudonym map written to %s (keep it apart from the dataset)", writer.map_file)
         return writer.commit()
+    except OSError as exc:
+        writer.abort()
+        if exc.filename is not None:
+            raise  # names its own path (the CLI boundary says it in one line)
+        raise InputError(f"cannot write the dataset ({exc.strerror or exc})", writer.out) from exc
     except BaseException:
         writer.abort()
         raise
 
 
 def _prepare_brats(
-    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
+    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, writer: _LazyWriter
 ) -> Dataset:
     needed = tuple(dict.fromkeys((*recipe.modalities, "t1") if not recipe.volumes else recipe.modalities))
     subjects = layouts.discover_brats(src, modalities=needed)
@@ -359,10 +556,7 @@ def _prepare_brats(
             yield item, row, subj.folder
 
     return _write_units(
-        out,
-        recipe,
-        info,
-        overwrite,
+        writer,
         lambda c: tuple(recipe.modalities),
         subjects,
         "prepare BraTS subjects",
@@ -372,7 +566,9 @@ def _prepare_brats(
     )
 
 
-def _prepare_cxr(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool) -> Dataset:
+def _prepare_cxr(
+    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, writer: _LazyWriter
+) -> Dataset:
     reads = _ReadLog(opts.nan)
     units = layouts.discover_cxr(src, skipped=reads.skipped)
 
@@ -388,10 +584,7 @@ def _prepare_cxr(src: Path, out: Path, recipe, opts: PrepareOptions, info: dict,
         )
 
     return _write_units(
-        out,
-        recipe,
-        info,
-        overwrite,
+        writer,
         lambda c: ("xray",),
         units,
         "prepare chest x-rays",
@@ -414,7 +607,7 @@ def _for_slicing(data: ImageData, recipe: Any) -> np.ndarray:
 
 
 def _prepare_folder(
-    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, overwrite: bool
+    src: Path, out: Path, recipe, opts: PrepareOptions, info: dict, writer: _LazyWriter
 ) -> Dataset:
     reads = _ReadLog(opts.nan)
     units = layouts.discover_folder(src, subject_pattern=opts.subject_pattern, skipped=reads.skipped)
@@ -443,10 +636,7 @@ def _prepare_folder(
             yield item, row, it.path
 
     return _write_units(
-        out,
-        recipe,
-        info,
-        overwrite,
+        writer,
         _channel_names,
         units,
         "prepare images",

@@ -22,7 +22,7 @@ from memscan.dataset.store import Dataset
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.state import Checkpoints
 from memscan.search import engine, transforms, variants
-from memscan.search.features import Features
+from memscan.search.features import Features, check_finite_train
 
 #: The shift re-rank's candidate banks get 1/SHIFT_BANK_SHARE of the memory budget (groups of >= 16).
 SHIFT_BANK_SHARE = 8
@@ -39,8 +39,12 @@ def train_stream(train: Dataset, feats: Features, block: int, cache: list | None
     """Callable returning a fresh iterator of ``(start, features [n, d])`` training blocks.
 
     Block ``i + 1`` is read (and decompressed) in a background thread while block ``i`` is compared. With
-    ``cache`` (a list), the first pass fills it and later passes replay it from memory.
+    ``cache`` (a list), the first pass fills it and later passes replay it from memory. Every block is
+    checked once for non-finite values (:func:`check_finite_train`).
     """
+
+    def read(s: int) -> np.ndarray:
+        return check_finite_train(train, s, feats(train.read(s, s + block)))
 
     def stream() -> Iterator[tuple[int, np.ndarray]]:
         if cache is not None and cache:
@@ -48,11 +52,11 @@ def train_stream(train: Dataset, feats: Features, block: int, cache: list | None
             return
         starts = list(range(0, train.n_items, block))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscan-read") as pool:
-            ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[0]) if starts else None
+            ahead = pool.submit(read, starts[0]) if starts else None
             for i, start in enumerate(starts):
                 rows = ahead.result()
                 if i + 1 < len(starts):
-                    ahead = pool.submit(lambda s: feats(train.read(s, s + block)), starts[i + 1])
+                    ahead = pool.submit(read, starts[i + 1])
                 if cache is not None:
                     cache.append((start, rows))
                 yield start, rows

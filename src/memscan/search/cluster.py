@@ -3,7 +3,7 @@
 The *training set* is cut into contiguous item ranges (shards). Each shard is one Dask task that
 opens the dataset itself from its path (every worker must be able to read the dataset folder: a
 shared file system), streams its items block by block, turns them into feature rows with the pickled
-:class:`memscan.scanning.scanner.Features`, and runs :func:`memscan.search.engine.search_topk` against the
+:class:`memscan.search.features.Features`, and runs :func:`memscan.search.engine.search_topk` against the
 query block, which is scattered to every worker once per call. A task returns its local top-k with
 the shard offset added to the indices; the client merges the shards' lists per query with
 ``np.lexsort((index, -value))`` — values descending, ties to the lower training index.
@@ -49,6 +49,7 @@ import numpy as np
 from memscan.core.progress import console, is_quiet, progress
 from memscan.errors import InputError
 from memscan.search import engine
+from memscan.search.features import check_finite_train
 from memscan.search.topk import merge_topk
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
@@ -336,7 +337,7 @@ def search_shard(
         for lo in range(start, stop, block):
             if delay:
                 time.sleep(delay)
-            rows = features(ds.read(lo, min(stop, lo + block)))
+            rows = check_finite_train(ds, lo, features(ds.read(lo, min(stop, lo + block))))
             if kept is not None and cache is not None:
                 size += rows.nbytes
                 if size <= cache[1]:

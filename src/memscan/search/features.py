@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memscan.dataset.store import Dataset
+from memscan.errors import InputError
 from memscan.search import variants
 
 __all__ = ["Features"]
@@ -46,3 +48,26 @@ class Features:
             return int(self.mask.sum())
         c = len(self.channels) if self.channels is not None else item_shape[0]
         return int(c * np.prod(item_shape[1:]))
+
+
+def check_finite_train(train: Dataset, start: int, rows: np.ndarray) -> np.ndarray:
+    """Refuse training feature rows ``[n, d]`` (items ``start..start+n``) holding NaN or ±Inf.
+
+    The engine gives such an item no correlation, so it would be silently never matched: a copy of it
+    would go unflagged. Integer rows cannot hold them and are not scanned (no cost for 8/16-bit data).
+
+    Raises:
+        InputError: naming the first such item and the count in this block.
+    """
+    if rows.dtype.kind != "f":
+        return rows
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(
+            f"training item {str(train.ids[start + int(bad[0])])!r} holds NaN or infinite values "
+            f"({len(bad)} such item(s) in items {start}..{start + len(rows) - 1}): it could never be "
+            "matched; re-prepare the training set (prepare refuses such values; --nan zero reads NaN as 0)",
+            train.path,
+        )
+    return rows
