@@ -17,6 +17,7 @@ from memscan.core.version import __version__
 
 __all__ = [
     "__version__",
+    "filter",
     "load_model",
     "load_run",
     "open_dataset",
@@ -30,6 +31,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from memscan.api import (
+        filter,
         load_model,
         load_run,
         open_dataset,

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from memscan.dataset.store import Dataset
+    from memscan.scanning.filter import FilterResult
     from memscan.scanning.runfolder import ScanResult
     from memscan.study.pipeline import StudyConfig, StudyResult
 
 __all__ = [
+    "filter",
     "load_model",
     "load_run",
     "open_dataset",
@@ -259,6 +261,9 @@ def scan(
     scheduler: str | None = None,
     subject_pattern: str | None = None,
     command: str | None = None,
+    quality: bool = False,
+    encoder: str | Path | None = None,
+    robust: bool = False,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item, into ``out``.
 
@@ -293,6 +298,14 @@ def scan(
         scheduler: search on an existing Dask cluster (``tcp://HOST:8786``).
         subject_pattern: subject REGEX for raw folders prepared on the fly.
         command: the command line recorded in the summary.
+        quality: also compute the fidelity and diversity panel into ``out/quality.json``
+            (``result.quality``; see ``docs/quality.md``); changes no table.
+        encoder: with ``quality``: a TorchScript (or ``torch.export``) network file whose features the
+            panel uses; ``None``: the self-supervised encoder trained on the training set.
+        robust: also run the robust stage (learned screen + registered re-rank, calibrated on ``holdout``,
+            which it needs; 2D): catches rotated, rescaled, cropped and warped copies. Adds the
+            ``robust_*`` columns to ``synthetic.parquet``; ``flagged`` becomes the combined verdict
+            (``docs/robust.md``). Without it every table is as before.
 
     Returns:
         The run's tables and summary; ``gate_failed`` names a failed release gate (nothing is raised).
@@ -322,6 +335,9 @@ def scan(
         train_block=train_block,
         workers=workers,
         scheduler=scheduler,
+        quality=quality,
+        encoder=str(encoder) if encoder is not None else None,
+        robust=robust,
     )
     result = run_scan(
         train, synthetic, out, options, holdout=holdout, subject_pattern=subject_pattern, command=command
@@ -329,6 +345,35 @@ def scan(
     if report:
         write_report(out)
     return result
+
+
+def filter(  # noqa: A001 - the command's name; memscan.filter reads as the step it is
+    run: str | Path,
+    out: str | Path,
+    *,
+    also_subjects: bool = False,
+    overwrite: bool = False,
+    synthetic: str | Path | None = None,
+) -> FilterResult:
+    """Write the synthetic items of a run that the scan scored and did not flag as a new dataset folder.
+
+    Beside ``out`` goes ``out.removed.parquet``: one row per removed item with its reason (``flagged``,
+    ``not_scored``, ``leaked_subject``), its nearest training item and subject, correlation and p-value.
+    ``out/dataset.json`` records the run under ``filtered_from``; a later scan of ``out`` shows it.
+
+    Args:
+        run: the run folder written by :func:`scan`.
+        out: the dataset folder to write.
+        also_subjects: also remove every item matched to a training subject the scan found leaked.
+        overwrite: replace a dataset (and its removed list) already at ``out``.
+        synthetic: the scanned synthetic dataset when it is no longer where the run recorded it.
+
+    Returns:
+        The clean dataset (``result.dataset``), the removed items and the removed list's path.
+    """
+    from memscan.scanning.filter import filter_run
+
+    return filter_run(run, out, also_subjects=also_subjects, overwrite=overwrite, synthetic=synthetic)
 
 
 def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) -> Path:

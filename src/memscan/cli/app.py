@@ -54,6 +54,12 @@ PARAM_FLAGS = {
     "orientations": "--orientations",
     "flips": "--flips",
     "out": "--out",
+    "encoder": "--encoder",
+    "quality": "--quality",
+    "robust": "--robust",
+    "holdout": "--holdout",
+    "also_subjects": "--also-subjects",
+    "overwrite": "--overwrite",
 }
 _MULTI_WORD = re.compile(r"(?<![\w-])(" + "|".join(k for k in PARAM_FLAGS if "_" in k) + r")(?![\w])")
 _LEADING = re.compile(r"^(" + "|".join(PARAM_FLAGS) + r")(?= )")
@@ -299,6 +305,28 @@ def scan(
         str | None,
         typer.Option(help="Search on an existing Dask cluster, e.g. tcp://HOST:8786 (shared file system)."),
     ] = None,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            "--quality",
+            help="Also compute fidelity and diversity (FD, KID, precision/recall, authenticity, C_T, "
+            "MS-SSIM) into RUN/quality.json.",
+        ),
+    ] = False,
+    robust: Annotated[
+        bool,
+        typer.Option(
+            "--robust",
+            help="Also catch rotated, rescaled, cropped and warped copies: a learned screen + registered "
+            "re-rank, calibrated on --holdout (needed; 2D). Flags become the combined verdict.",
+        ),
+    ] = False,
+    encoder: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --quality: a TorchScript network FILE for the features (default: trained on TRAIN).",
+        ),
+    ] = None,
 ) -> None:
     """Exact all-pairs Pearson correlation: top-k training matches of every synthetic item.
 
@@ -334,10 +362,42 @@ def scan(
         scheduler=scheduler,
         subject_pattern=subject_pattern,
         command="memscan " + " ".join(sys.argv[1:]),
+        quality=quality,
+        encoder=encoder,
+        robust=robust,
     )
     console.print(run_table(result))
     if result.gate_failed:
         raise GateFailed(result.gate_failed)
+
+
+@app.command(name="filter")
+@_errors_to_exit_codes
+def filter_(
+    run: Annotated[Path, typer.Argument(help="Run folder written by memscan scan.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (the clean set).")],
+    also_subjects: Annotated[
+        bool,
+        typer.Option("--also-subjects", help="Also drop every sample matched to a leaked training subject."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a dataset (and its removed list) already at --out.")
+    ] = False,
+    synthetic: Annotated[
+        Path | None,
+        typer.Option(help="The scanned synthetic dataset, if it moved since the scan."),
+    ] = None,
+) -> None:
+    """Write the synthetic items the scan scored and did not flag as a new dataset folder (a release
+    candidate), and OUT.removed.parquet beside it: the removed items, why, and their matches.
+
+    Example: memscan filter run --out synthetic-clean --also-subjects
+    """
+    from memscan.api import filter as filter_run
+    from memscan.report.terminal import filter_table
+
+    result = filter_run(run, out, also_subjects=also_subjects, overwrite=overwrite, synthetic=synthetic)
+    console.print(filter_table(result))
 
 
 @app.command()
@@ -464,9 +524,7 @@ def demo(
 @app.command(cls=RegistryHelpCommand)
 @_errors_to_exit_codes
 def study(
-    config: Annotated[
-        str, typer.Argument(help="Study TOML file, or a preset: {study_presets}.")
-    ],
+    config: Annotated[str, typer.Argument(help="Study TOML file, or a preset: {study_presets}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
     resume: Annotated[
         bool,

@@ -433,3 +433,67 @@ def pair_figure(
 ) -> tuple[Path, float]:
     """One pair figure on a fresh ``PairCanvas`` (see ``PairCanvas.draw`` for the arguments)."""
     return PairCanvas().draw(train_item, synthetic_aligned, valid, out, **kwargs)
+
+
+def registered_training_item(train_item: np.ndarray, label: str | None) -> np.ndarray:
+    """The training item ``[C, H, W]`` moved by the robust match's transform (``rot(a)+scale(s)+shift(dy,dx)
+    [+gamma(g)]``, the transform that turns it into the synthetic item), with the registration's own warp
+    (:func:`memscan.embed.augment.similarity_theta`, bilinear, zeros outside), as float32 in the item's
+    units; gamma is applied on the [0, 1] range of the item."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from memscan.embed.augment import similarity_theta
+    from memscan.scanning.robust_stage import parse_robust_transform
+
+    x = np.asarray(train_item, dtype=np.float32)
+    parsed = parse_robust_transform(label)
+    if parsed is None:
+        return x
+    angle, scale, (dy, dx), gamma = parsed
+    c, h, w = x.shape
+    theta = similarity_theta(
+        torch.tensor([angle]), torch.tensor([scale]), torch.tensor([[float(dy), float(dx)]]), h, w
+    )
+    grid = F.affine_grid(theta, [1, c, h, w], align_corners=False)
+    warped = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
+    if gamma != 1.0:
+        hi = float(x.max()) or 1.0
+        warped = (np.clip(warped, 0, None) / hi) ** gamma * hi
+    return warped
+
+
+def robust_pair_figure(
+    train_item: np.ndarray,
+    synthetic_item: np.ndarray,
+    label: str | None,
+    path: Path,
+    *,
+    channel: int = 0,
+    titles: tuple[str, str] = ("training", "synthetic"),
+    words: str = "",
+) -> Path:
+    """The registered pair of a robust match: training image | training image after the transform |
+    synthetic image | absolute difference of the last two (one channel of 2D items ``[C, H, W]``)."""
+    moved = registered_training_item(train_item, label)
+    t = np.asarray(train_item, dtype=np.float32)[channel]
+    m = moved[channel]
+    s = np.asarray(synthetic_item, dtype=np.float32)[channel]
+    lo, hi = float(min(t.min(), s.min())), float(max(t.max(), s.max()))
+    import textwrap
+
+    fig = Figure(figsize=(10, 3.3))
+    axes = fig.subplots(1, 4)
+    panels = (
+        (t, titles[0], "gray"),
+        (m, "training, registered: " + (words or (label or "")), "gray"),
+        (s, titles[1], "gray"),
+        (np.abs(m - s), "|registered - synthetic|", "magma"),
+    )
+    for ax, (img, title, cmap) in zip(axes, panels, strict=True):
+        ax.imshow(img, cmap=cmap, vmin=lo if cmap == "gray" else 0, vmax=hi if cmap == "gray" else hi - lo)
+        # ids are long paths: break them anywhere, the words at spaces
+        ax.set_title(textwrap.fill(title, 34, break_long_words=True), fontsize=7)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)

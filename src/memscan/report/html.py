@@ -40,7 +40,7 @@ from PIL import Image
 from memscan.core import atomic
 from memscan.dataset.store import Dataset
 from memscan.report import figures
-from memscan.report.terminal import engine_text
+from memscan.report.terminal import engine_text, filtered_text
 from memscan.scanning.runfolder import FIGURES_DIR, REPORT_FILE, ScanResult, Summary, load_run
 
 log = logging.getLogger(__name__)
@@ -475,6 +475,8 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
         ),
         ("Threshold", thr_row),
     ]
+    if s.get("filtered_from"):
+        rows.insert(1, ("Synthetic set filtered", filtered_text(s["filtered_from"])))
     cal = s.get("calibration") or {}
     if cal:
         parts = [f"method {cal.get('method')}"]
@@ -533,6 +535,165 @@ def _key_numbers(result: ScanResult, holdout: pd.DataFrame | None) -> list[tuple
     rows.append(("Engine", f"{s.get('device')}, {engine_text(s.get('precision'), s.get('n_rerank_pairs'))}"))
     if _num(s.get("seconds")) is not None:
         rows.append(("Scan time", f"{float(s['seconds']):.2f} s"))
+    return rows
+
+
+#: The report's "Fidelity and diversity" rows: (key, name, how to read it; docs/quality.md).
+QUALITY_METRICS = (
+    ("fd", "Fréchet distance (FD)", "Lower is closer to the training set; its scale depends on the encoder."),
+    (
+        "fd_relative",
+        "FD relative to held-out",
+        "FD(synthetic, train) / FD(held-out, train): about 1 = as close as new real patients; much above 1 = "
+        "off the real distribution; well below 1 = closer than new patients, a copying warning.",
+    ),
+    (
+        "kid",
+        "KID",
+        "About 0 (within a few standard errors) = same distribution; comparable across set sizes.",
+    ),
+    (
+        "precision",
+        "Precision",
+        "Fidelity: share of synthetic images inside the real manifold (1 = all look real).",
+    ),
+    ("recall", "Recall", "Diversity: share of real images covered by the synthetic manifold."),
+    (
+        "density",
+        "Density",
+        "About 1 for a set like the real one; above 1 = samples crowd dense real regions.",
+    ),
+    (
+        "coverage",
+        "Coverage",
+        "Diversity, robust to outliers: share of real images with a synthetic neighbour.",
+    ),
+    ("alpha_precision", "α-precision", "1 ideal; low = mass outside the typical real region."),
+    (
+        "beta_recall",
+        "β-recall",
+        "1 ideal; slices of volumes score low for real sets too: compare with held-out.",
+    ),
+    (
+        "authenticity",
+        "Authenticity",
+        "Share of synthetic images not closer to a training image than training images are to each other: "
+        "copies score 0.",
+    ),
+    (
+        "ct_statistic",
+        "Data-copying test C_T",
+        "About 0 = as close as new real data; well below 0 (e.g. < −3) = data-copying; above 0 = "
+        "under-fitting.",
+    ),
+    ("ct_p_value", "C_T p-value", "One-sided, for copying: small = the set copies."),
+    (
+        "ms_ssim",
+        "Mean pairwise MS-SSIM",
+        "Within each set: higher = the images are more alike; synthetic well above held-out = less diverse.",
+    ),
+)
+
+
+def _fmt_metric(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def _quality_rows(panel: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Each quality number beside its held-out reference, with one line on how to read it."""
+    if panel is None:
+        return []
+    ref = panel.get("holdout_reference") or {}
+    rows = []
+    for key, name, howto in QUALITY_METRICS:
+        if key == "ms_ssim":
+            synthetic, reference = panel.get("ms_ssim_synthetic"), panel.get("ms_ssim_holdout")
+        elif key == "fd_relative":
+            synthetic, reference = panel.get(key), 1.0 if ref else None
+        elif key.startswith("ct_"):
+            synthetic, reference = panel.get(key), None
+        else:
+            synthetic, reference = panel.get(key), ref.get(key)
+        value = _fmt_metric(synthetic)
+        if key == "kid" and _num(panel.get("kid_std")) is not None:
+            value += f" ± {_fmt_metric(panel['kid_std'])}"
+        rows.append(
+            {
+                "name": name,
+                "synthetic": value,
+                "holdout": _fmt_metric(reference) if reference is not None else "—",
+                "howto": howto,
+            }
+        )
+    return rows
+
+
+def _encoder_text(panel: dict[str, Any] | None) -> str | None:
+    if panel is None:
+        return None
+    enc = panel.get("encoder") or {}
+    parts = [str(enc.get("kind", "encoder"))]
+    for key in ("file", "sha256", "input_size", "output_dim", "dim", "train_items", "key"):
+        if enc.get(key) is not None:
+            value = str(enc[key])[:12] if key == "sha256" else enc[key]
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return ", ".join(parts)
+
+
+#: Robust matches shown with their registered pair, at most.
+MAX_ROBUST_SHOWN = 12
+ROBUST_DIR = "robust"
+
+
+def _robust_rows(result: ScanResult, images: Images, fig_dir: Path) -> list[dict[str, Any]]:
+    """With ``--robust``: the strongest robust matches (flagged first, then by robust p-value), each with its
+    registered pair drawn into ``fig_dir`` and the transform in words."""
+    from memscan.scanning.robust_stage import transform_words
+
+    syn = result.synthetic
+    if "robust_train_id" not in syn:
+        return []
+    cand = syn[syn["robust_train_id"].notna()].copy()
+    cand["_p"] = pd.to_numeric(cand["robust_p_value"], errors="coerce").fillna(np.inf)
+    cand["_s"] = -pd.to_numeric(cand["robust_score"], errors="coerce").fillna(-np.inf)
+    cand = cand.sort_values(["flagged", "_p", "_s"], ascending=[False, True, True], kind="stable")
+    cand = cand.head(MAX_ROBUST_SHOWN)
+    rows = []
+    t_pos = s_pos = None
+    if images.ok and len(cand):
+        t_pos = {str(v): i for i, v in enumerate(images.train.ids)}
+        s_pos = {str(v): i for i, v in enumerate(images.synthetic.ids)}
+        fig_dir.mkdir(parents=True, exist_ok=True)
+    for n, (_, r) in enumerate(cand.iterrows(), start=1):
+        words = transform_words(r["robust_transform"])
+        row = {
+            "synthetic_id": r["synthetic_id"],
+            "train_id": r["robust_train_id"],
+            "subject": r["robust_subject"],
+            "transform": r["robust_transform"],
+            "words": words,
+            "score": _fmt_metric(r["robust_score"]),
+            "p_value": _fmt_p(_num(r["robust_p_value"])),
+            "pixel": _fmt_metric(r["max_correlation"]),
+            "pixel_p": _fmt_p(_num(r.get("p_value"))),
+            "flagged": bool(r["flagged"]),
+            "image": None,
+        }
+        if t_pos is not None and str(r["robust_train_id"]) in t_pos and str(r["synthetic_id"]) in s_pos:
+            name = f"robust-{n:03d}.png"
+            figures.robust_pair_figure(
+                images.train.take(np.array([t_pos[str(r["robust_train_id"])]]))[0],
+                images.synthetic.take(np.array([s_pos[str(r["synthetic_id"])]]))[0],
+                r["robust_transform"],
+                fig_dir / name,
+                titles=(f"training {r['robust_train_id']}", f"synthetic {r['synthetic_id']}"),
+                words=words,
+            )
+            row["image"] = f"{FIGURES_DIR}/{ROBUST_DIR}/{name}"
+        rows.append(row)
     return rows
 
 
@@ -678,13 +839,15 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
 
         # gallery
         entries = _entries(select_gallery(result.synthetic, max(0, int(max_gallery))))
-        images = open_images(result) if entries else Images(None, None, None)
+        wants_images = bool(entries) or "robust_train_id" in result.synthetic
+        images = open_images(result) if wants_images else Images(None, None, None)
         channel_text = None
         if images.ok and entries:
             channel_text = _render_pairs(entries, images, s.get("options") or {}, tmp_fig / PAIRS_DIR)
         elif entries:
             for e in entries:
                 e.note = "Images not available (see the note above)."
+        robust_rows = _robust_rows(result, images, tmp_fig / ROBUST_DIR)
         atomic.swap_folder(tmp_fig, run / FIGURES_DIR)
     except BaseException:
         shutil.rmtree(tmp_fig, ignore_errors=True)
@@ -717,6 +880,11 @@ def write_report(run: str | Path, *, max_gallery: int = 48, per_page: int = 12) 
         "notes": notes,
         "provenance": _provenance(s),
         "max_gallery": max_gallery,
+        "quality_rows": _quality_rows(result.quality),
+        "robust_rows": robust_rows,
+        "robust": s.get("robust"),
+        "quality_encoder": _encoder_text(result.quality),
+        "quality_has_holdout": bool(result.quality and result.quality.get("holdout_reference")),
     }
     env = _environment()
     for page in pages[1:]:

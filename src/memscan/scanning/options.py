@@ -81,6 +81,14 @@ class ScanOptions:
         train_block: items per training block (default: from the memory budget); never changes results.
         workers: run the search on a local Dask cluster of this many worker processes; never changes results.
         scheduler: run the search on an existing Dask cluster (``tcp://HOST:8786``); never changes results.
+        quality: also compute the fidelity and diversity panel (``memscan.quality``) into
+            ``RUN/quality.json``; changes no table.
+        robust: also run the robust stage (``memscan.robust``: a learned screen and a registered re-rank,
+            calibrated on the held-out set): catches rotated, rescaled, cropped and warped copies; adds the
+            ``robust_*`` columns and makes ``flagged`` the combined verdict of both tests. Needs a held-out
+            set; 2D items only.
+        encoder: with ``quality``: a TorchScript (or ``torch.export``) file whose features the panel uses;
+            ``None``: the self-supervised encoder trained on the training set (``memscan.embed``).
     """
 
     top_k: int = 5
@@ -104,6 +112,9 @@ class ScanOptions:
     train_block: int | None = None
     workers: int | None = None
     scheduler: str | None = None
+    quality: bool = False
+    encoder: str | None = None
+    robust: bool = False
 
     def __post_init__(self) -> None:
         """Validate every option; messages name the parameter (``top_k must be >= 1``)."""
@@ -137,6 +148,8 @@ class ScanOptions:
             check_int(self.workers, "workers", minimum=1)
         if self.scheduler is not None and not self.scheduler.strip():
             raise InputError("scheduler needs an address like tcp://HOST:8786")
+        if self.encoder is not None and not self.quality:
+            raise InputError("encoder is used by the quality panel only, and quality is off")
 
     @property
     def engine_precision(self) -> str:

@@ -10,6 +10,10 @@ A run folder (``memscan scan --out RUN``) holds::
     RUN/train_items.parquet  one row per training item
     RUN/holdout.parquet      with a held-out set: its nearest training items
     RUN/baseline.parquet     train-vs-train baselines (unless ``baseline_items=0``)
+    RUN/quality.json         with ``--quality``: the fidelity and diversity panel (``memscan.quality``),
+                             with the run id under ``run_id``
+    RUN/.encoders/           with ``--robust`` (or ``--quality`` without ``--encoder``): the encoder trained
+                             on the training set and the robust held-out null, cached (kept for the next run)
     RUN/report.html, gallery-N.html, figures/, *.csv     the report (``memscan.report``)
 
 Rules (see ``docs/reliability.md``):
@@ -56,8 +60,17 @@ RUN_FORMAT_VERSION = 1
 #: Parquet schema metadata key holding the run id in every table.
 RUN_ID_KEY = b"memscan.run_id"
 SUMMARY_FILE = "summary.json"
+#: With ``--quality``: the panel of ``memscan.quality.panel`` (same name as its ``QUALITY_FILE``; a test keeps
+#: them equal; not imported, so that reading a run does not load torch).
+QUALITY_FILE = "quality.json"
 STATE_DIR = ".scan-state"
 PREPARED_DIR = ".prepared"
+#: The self-supervised encoder trained on the training set (``--robust``, and ``--quality`` without
+#: ``--encoder``), cached by its config and training-set hash (``memscan.embed``); like the prepared inputs it
+#: is kept from one run into the same folder to the next (hard links), so a re-scan does not train again.
+ENCODER_DIR = ".encoders"
+#: Caches a new run takes over from the previous run in the same folder.
+CACHE_DIRS = (PREPARED_DIR, ENCODER_DIR)
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 #: The tables a scan writes, by name (file ``NAME.parquet``); the first four are always written.
@@ -134,6 +147,10 @@ class Summary(Mapping):
         n_unscored: synthetic items that could not be scored (constant or non-finite after conversion):
             never counted as "not a copy".
         seconds: wall time from the start of the scan to the tables written.
+        robust: with ``--robust``: the robust stage's record (encoder, held-out null, seconds, the
+            combination rule, items flagged by the pixel test alone and only by the robust one), else None.
+        filtered_from: when the synthetic set was written by ``memscan filter``: its ``dataset.json``
+            record (the run it was filtered from, items kept and removed by reason), else None.
         extra: keys of another version, kept as they were.
     """
 
@@ -174,6 +191,8 @@ class Summary(Mapping):
     run_id: str | None = None
     n_unscored: int = 0
     seconds: float | None = None
+    filtered_from: dict[str, Any] | None = None
+    robust: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -234,6 +253,7 @@ class ScanResult:
         synthetic, matches, subjects, train_items: the contract tables.
         summary: the :class:`Summary`.
         holdout, baseline: the optional tables (None when not written).
+        quality: the ``quality.json`` panel with ``--quality`` (None when not written).
         gate_failed: the release gate's message when a gate was exceeded (the CLI exits with 3), else None.
     """
 
@@ -246,6 +266,7 @@ class ScanResult:
     holdout: pd.DataFrame | None = None
     baseline: pd.DataFrame | None = None
     gate_failed: str | None = None
+    quality: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -362,7 +383,28 @@ def load_run(run: str | Path) -> ScanResult:
         summary,
         tables["holdout"],
         tables["baseline"],
+        quality=read_quality(run, run_id),
     )
+
+
+def read_quality(run: Path, run_id: str | None) -> dict[str, Any] | None:
+    """``RUN/quality.json`` (None when the run has none); it must name the run's id like every table."""
+    path = Path(run) / QUALITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read quality.json ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(data, dict):
+        raise InputError("quality.json does not hold a JSON object", path)
+    if run_id is not None and data.get("run_id") != run_id:
+        raise InputError(
+            f"belongs to run {data.get('run_id') or 'unknown'}, not to this folder's run {run_id}: the "
+            "folder mixes two runs; scan again",
+            path,
+        )
+    return data
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -473,8 +515,13 @@ class RunWriter:
         return self
 
     def _reuse_prepared(self) -> None:
-        """Give the new run the previous run's prepared raw inputs (hard links: no copy, old run intact)."""
-        old, new = self.out / PREPARED_DIR, self.work / PREPARED_DIR
+        """Give the new run the previous run's caches (:data:`CACHE_DIRS`: prepared raw inputs, trained
+        encoders) as hard links: no copy, the old run intact."""
+        for name in CACHE_DIRS:
+            self._reuse(name)
+
+    def _reuse(self, name: str) -> None:
+        old, new = self.out / name, self.work / name
         if not old.is_dir() or new.exists() or not is_run_folder(self.out):
             return
 
@@ -519,7 +566,7 @@ class RunWriter:
     def clear_results(self) -> None:
         """Remove everything in the work folder but the resume state and the prepared-input cache."""
         for p in self.work.iterdir():
-            if p.name in (STATE_DIR, PREPARED_DIR):
+            if p.name in (STATE_DIR, *CACHE_DIRS):
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
 

@@ -28,10 +28,19 @@ from memscan.core.devices import resolve_device
 from memscan.core.fingerprint import file_digest, fingerprint
 from memscan.core.version import __version__
 from memscan.scanning import runfolder
+from memscan.scanning.fidelity import check_quality_sizes, quality_encoder, write_run_quality
 from memscan.scanning.inputs import Inputs, channel_indices, load_mask, open_inputs
 from memscan.scanning.options import ScanOptions
 from memscan.scanning.plan import baseline_sample, plan_blocks
 from memscan.scanning.queries import LocalSearch, QueryContext, Searcher, SearchFn, train_stream
+from memscan.scanning.robust_stage import (
+    ROBUST_COLUMNS,
+    attributed_nearest,
+    check_robust,
+    combined_flags,
+    robust_columns,
+    trained_encoder,
+)
 from memscan.scanning.runfolder import (  # noqa: F401 - re-exported: the run folder's names, for callers
     RUN_TABLES,
     STATE_DIR,
@@ -47,7 +56,15 @@ from memscan.search.features import Features
 log = logging.getLogger(__name__)
 
 #: Options that change no result: left out of the resume key.
-_NOT_IN_KEY = ("workers", "scheduler", "threshold", "fail_above", "fail_on_leaked_subjects")
+_NOT_IN_KEY = (
+    "workers",
+    "scheduler",
+    "threshold",
+    "fail_above",
+    "fail_on_leaked_subjects",
+    "quality",
+    "encoder",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ class ScanJob:
         holdout: held-out real images (dataset folder or raw), or None.
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
+        robust_options: the robust stage's options (``memscan.robust.pipeline.RobustOptions``: encoder
+            training, candidates, registration); None: the defaults (its cache and device are the scan's).
     """
 
     train: Path
@@ -71,6 +90,7 @@ class ScanJob:
     holdout: Path | None = None
     subject_pattern: str | None = None
     command: str | None = None
+    robust_options: Any = None
 
 
 @dataclass
@@ -95,6 +115,7 @@ def scan(
     subject_pattern: str | None = None,
     command: str | None = None,
     report: bool = False,
+    robust_options: Any = None,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item.
 
@@ -107,6 +128,9 @@ def scan(
             nearest-training correlations calibrate the flags (p-values, FDR).
         subject_pattern: subject rule for raw inputs prepared on the fly.
         command: the command line, recorded in the summary.
+        robust_options: with ``options.robust``: ``memscan.robust.pipeline.RobustOptions`` (encoder training,
+            candidates, registration; its ``cache_dir`` and ``device`` are replaced by the run's), or None for
+            the defaults. Not saved in the resume key: it changes only the robust columns.
         report: must be False here: this layer writes no report (``memscan.scan(..., report=True)`` or
             ``memscan.report.write_report`` does); accepted so that callers passing ``report=False`` work.
 
@@ -130,6 +154,7 @@ def scan(
         Path(holdout) if holdout is not None else None,
         subject_pattern,
         command,
+        robust_options,
     )
     return run_job(job)
 
@@ -150,6 +175,15 @@ def run_job(job: ScanJob) -> ScanResult:
             job.subject_pattern,
         )
         plan = _plan(inputs, opts)
+        # encoders before the search: a bad --encoder or a robust scan that cannot run fails at once
+        if opts.robust:
+            check_robust(inputs.train, inputs.holdout)
+        if opts.quality:
+            check_quality_sizes(inputs.train, inputs.holdout, inputs.synthetic)
+        trained = None
+        if opts.robust or (opts.quality and opts.encoder is None):
+            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR, job.robust_options)
+        encoder = quality_encoder(opts, trained, device) if opts.quality else None
         key = fingerprint(
             [dataset_fingerprint(ds) if ds is not None else None for ds in vars(inputs).values()],
             {n: v for n, v in opts.to_dict().items() if n not in _NOT_IN_KEY},
@@ -160,8 +194,23 @@ def run_job(job: ScanJob) -> ScanResult:
         ckpt = Checkpoints(writer.work / runfolder.STATE_DIR, key)
         stats: dict[str, Any] = {"n_candidates": 0, "n_fallback": 0, "precision": None, "epsilon": None}
         found = _search_all(inputs, plan, opts, device, ckpt, stats)
+        robust = None
+        if opts.robust:
+            robust = robust_columns(
+                inputs.train,
+                inputs.synthetic,
+                inputs.holdout,
+                trained,
+                writer.work / runfolder.ENCODER_DIR,
+                device,
+                job.robust_options,
+            )
         run_id = runfolder.new_run_id()
-        result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0)
+        result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0, robust)
+        if encoder is not None:
+            result.quality = write_run_quality(
+                writer.work, run_id, inputs.train, inputs.holdout, inputs.synthetic, encoder
+            )
         writer.commit()
     result.run = job.out
     log.info("wrote %s (%.1f s)", job.out, result.summary.seconds)
@@ -288,6 +337,7 @@ def _write_run(
     device: str,
     run_id: str,
     t0: float,
+    robust: pd.DataFrame | None = None,
 ) -> ScanResult:
     """Calibrate, build and write the tables, the summary and the marker into the work folder."""
     opts = job.options
@@ -301,7 +351,35 @@ def _write_run(
         )
     else:
         p_values, flagged = None, fixed_flags
-    tables = build_tables(train, synth, found.values, found.indices, found.transforms, flagged, p_values)
+    flag_nearest = robust_used = robust_record = None
+    if (
+        robust is not None
+    ):  # the combined verdict; each item attributed to the test that gives it the smaller p
+        pixel_flagged = flagged
+        _, flagged, combination = combined_flags(
+            p_values, robust["robust_p_value"], opts.calibration, opts.alpha
+        )
+        flag_nearest, robust_used = attributed_nearest(train, found.indices[:, 0], p_values, robust)
+        robust_record = {
+            **robust.attrs["record"],
+            "combination": combination,
+            "n_flagged_pixel_test": int(np.sum(pixel_flagged)),
+            "n_flagged_only_by_robust": int(np.sum(flagged & ~pixel_flagged)),
+        }
+    tables = build_tables(
+        train,
+        synth,
+        found.values,
+        found.indices,
+        found.transforms,
+        flagged,
+        p_values,
+        flag_nearest=flag_nearest,
+        robust_used=robust_used,
+    )
+    if robust is not None:
+        for col in ROBUST_COLUMNS:
+            tables["synthetic"][col] = robust[col].array
     tables.update(found.extra)
     for name, df in tables.items():
         runfolder.write_table(df, runfolder.table_path(writer.work, name), run_id)
@@ -345,6 +423,8 @@ def _write_run(
         run_id=run_id,
         n_unscored=int(synth_df["unscored"].sum()),
         seconds=round(time.perf_counter() - t0, 4),
+        filtered_from=synth.info.get("filtered_from"),
+        robust=robust_record,
     )
     runfolder.write_summary(summary, writer.work)
     runfolder.write_marker(writer.work, run_id, __version__)

@@ -51,6 +51,9 @@ def build_tables(
     transforms: np.ndarray,
     flagged: np.ndarray,
     p_values: np.ndarray | None = None,
+    *,
+    flag_nearest: np.ndarray | None = None,
+    robust_used: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The synthetic, matches, subjects and train_items tables.
 
@@ -59,6 +62,10 @@ def build_tables(
         values, indices, transforms: top-k arrays ``[n_synthetic, k]``.
         flagged: bool ``[n_synthetic]``.
         p_values: ``[n_synthetic]`` or None (not calibrated).
+        flag_nearest: with ``--robust``: per item, the training position its flag is attributed to (the
+            match of the test with the smaller p-value); the subjects' ``n_flagged`` and ``leaked`` count
+            by it, and ``n_robust_flagged`` counts the flags attributed through a robust match.
+        robust_used: with ``flag_nearest``: bool ``[n_synthetic]``, where the robust match was taken.
     """
     n, k = values.shape
     train_ids = train.ids
@@ -86,12 +93,37 @@ def build_tables(
     synthetic["unscored"] = ~np.isfinite(values[:, 0]) | (indices[:, 0] < 0)
     top = values[:, 0]
     nearest = np.where(valid[:, 0], indices[:, 0], -1)
+    subjects = subject_rollup(train, nearest, top, synthetic["flagged"].to_numpy())
+    if flag_nearest is not None:
+        subjects = _attribute_flags(train, subjects, flag_nearest, np.asarray(flagged, bool), robust_used)
     return {
         "synthetic": synthetic,
         "matches": matches,
-        "subjects": subject_rollup(train, nearest, top, synthetic["flagged"].to_numpy()),
+        "subjects": subjects,
         "train_items": train_item_counts(train, nearest, top),
     }
+
+
+def _attribute_flags(
+    train: Dataset, subjects: pd.DataFrame, flag_nearest: np.ndarray, flagged: np.ndarray, robust_used: Any
+) -> pd.DataFrame:
+    """Recount ``n_flagged``/``leaked`` by the attributed match; add ``n_robust_flagged``; same order rule."""
+    ok = (flag_nearest >= 0) & flagged
+    used = np.asarray(robust_used, dtype=bool) if robust_used is not None else np.zeros_like(ok)
+    subj = train.subjects
+    names = subjects["subject"].astype(str)
+    by = pd.Series(subj[flag_nearest[ok]].astype(str)).value_counts()
+    by_robust = pd.Series(subj[flag_nearest[ok & used]].astype(str)).value_counts()
+    out = subjects.copy()
+    out["n_flagged"] = by.reindex(names).fillna(0).astype(np.int64).to_numpy()
+    out["n_robust_flagged"] = by_robust.reindex(names).fillna(0).astype(np.int64).to_numpy()
+    out["leaked"] = out["n_flagged"] > 0
+    return out.sort_values(
+        ["leaked", "max_correlation", "subject"],
+        ascending=[False, False, True],
+        na_position="last",
+        kind="stable",
+    ).reset_index(drop=True)
 
 
 def baseline_table(
