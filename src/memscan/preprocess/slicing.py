@@ -1,7 +1,7 @@
 """Volume → 2D slices with provenance (volume path, axis, index), and the slice-id contract.
 
 A slice cut from a volume has the item id ``<relative path of the volume>#<axis><index>``, with the index
-written with at least three digits (``BraTS_001/t1.nii.gz#z078``, ``...#z1000``); see ARCHITECTURE.md §2.
+written with at least three digits (``BraTS_001/t1.nii.gz#z078``, ``...#z1000``) (the README's ids).
 Volumes are ``[C, X, Y, Z]`` arrays; a slice along an axis is ``[C, A, B]`` where ``A, B`` are the two
 remaining spatial axes in their original order (no transposition, flipping or reorientation).
 

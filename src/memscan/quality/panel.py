@@ -2,7 +2,7 @@
 
 For the synthetic set against the training set, and — as the reference that says what "good" means for
 these data and this encoder — for held-out real items against the training set. Top-level keys (the
-contract, ARCHITECTURE.md): ``fd``, ``fd_relative``, ``kid``, ``precision``, ``recall``, ``density``,
+contract, docs/architecture.md): ``fd``, ``fd_relative``, ``kid``, ``precision``, ``recall``, ``density``,
 ``coverage``, ``alpha_precision``, ``beta_recall``, ``authenticity``, ``ct_statistic``, ``ct_p_value``,
 ``ms_ssim_synthetic``, ``ms_ssim_holdout`` and ``encoder`` (the encoder's description); beside them
 ``kid_std``, ``holdout_reference`` (the same metrics for held-out vs training), ``ct`` (cells and the cells
@@ -38,7 +38,7 @@ from memscan.quality.prdc import NEAREST_K, prdc
 log = logging.getLogger(__name__)
 
 QUALITY_FILE = "quality.json"
-#: The contract's keys, in order (ARCHITECTURE.md, section 2).
+#: The contract's keys, in order (the run-folder contract, docs/architecture.md).
 CONTRACT_KEYS = (
     "fd",
     "fd_relative",

@@ -9,15 +9,14 @@ from typing import Any
 from memscan.core.devices import check_device
 from memscan.core.validate import check_choice, check_float, check_int
 from memscan.errors import InputError
+from memscan.search.limits import PRECISIONS as ENGINE_PRECISIONS
 
 #: Smallest memory_budget: ~150 MiB of library working memory (Zarr chunk decompression, int8
 #: buffers, thread pools) come on top of the blocks, so smaller budgets could not be honoured
 #: (benchmarks/bench_memory.py).
 MIN_MEMORY_BUDGET = 256 * 2**20
-#: The engine's screen precisions (``memscan.search.engine.PRECISIONS``, not imported here: that module loads
-#: torch, and the CLI builds its help from this tuple; a test keeps the two equal), plus ``exact``
-#: (= ``float64``, the plain path for comparison).
-PRECISIONS = ("auto", "int8", "int16", "bf16", "fp16", "tf32", "float32", "float64", "exact")
+#: The engine's screen precisions, plus ``exact`` (= ``float64``, the plain path for comparison).
+PRECISIONS = (*ENGINE_PRECISIONS, "exact")
 CALIBRATIONS = ("fdr", "quantile")
 #: Largest max_shift accepted before the items are seen (the items' size limits it further).
 MAX_SHIFT = 64

@@ -23,6 +23,7 @@ from memscan.scanning.options import ScanOptions
 from memscan.scanning.state import Checkpoints
 from memscan.search import engine, transforms, variants
 from memscan.search.features import Features, check_finite_train
+from memscan.search.topk import select_topk
 
 #: The shift re-rank's candidate banks get 1/SHIFT_BANK_SHARE of the memory budget (groups of >= 16).
 SHIFT_BANK_SHARE = 8
@@ -227,11 +228,14 @@ def _shift_one(
                 best_v[j] = v
                 best_t[j] = transforms.compose(base, dy, dx)
     keep = np.isfinite(best_v)
-    cand_v, cand_i, cand_t = best_v[keep], cands[keep], best_t[keep]
-    order = np.lexsort((cand_i, -cand_v))[:k]
-    out_v[q, : len(order)] = cand_v[order]
-    out_i[q, : len(order)] = cand_i[order]
-    out_t[q, : len(order)] = cand_t[order]
+    n = min(k, int(keep.sum()))
+    v, i, lab = select_topk(
+        np.zeros(int(keep.sum()), dtype=np.int64), best_v[keep], cands[keep].astype(np.int64), 1, k,
+        payload=best_t[keep],
+    )  # the one tie rule: value descending, then train index ascending
+    out_v[q, :n] = v[0, :n]
+    out_i[q, :n] = i[0, :n]
+    out_t[q, :n] = lab[0, :n]
 
 
 @dataclass

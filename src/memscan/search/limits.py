@@ -1,11 +1,11 @@
 """The search's constants: precisions, reduction lengths, unit roundoffs and memory bounds (elements).
 
-One module so that a test can change a bound in one place (``monkeypatch.setattr(limits, ...)``)."""
+One module so that a test can change a bound in one place (``monkeypatch.setattr(limits, ...)``); it
+loads no torch, so option objects and the CLI can read ``PRECISIONS`` from here."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 #: Accepted values of ``precision`` ('tf32' only on CUDA).
 PRECISIONS = ("auto", "int8", "int16", "bf16", "fp16", "tf32", "float32", "float64")
@@ -41,13 +41,6 @@ _QUERY_CACHE_BYTES = 2**30
 #: float32 8.3 s: stays bf16); 3D 50 x 200 volumes of 128x128x96 re-rank 13% (bf16 9.7 s, float32 4.7 s:
 #: switches).
 AUTO_SWITCH_FRACTION = 0.005
-_TORCH_DTYPE = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "tf32": torch.float32,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
 #: dtypes the exact 16-bit path takes (values within [-2^15, 2^16)).
 INT16_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.uint16))
 #: Largest d for the 16-bit path: integer dot products of centred values (< 2^16 in magnitude) stay exact in

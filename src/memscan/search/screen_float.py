@@ -13,6 +13,15 @@ from memscan.search.blocks import _Groups, _mask_and_kth, _Prepared, _Screened
 from memscan.search.precision import _cuda_float32_out, _cuda_matmul_flags
 from memscan.search.stats import _executor, _map_rows, _normalise_long_row, _rows_f64, _valid
 
+#: The torch dtype each float screen precision computes in ('tf32': float32 tensors, TF32 products).
+_TORCH_DTYPE = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "tf32": torch.float32,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,7 +48,7 @@ class _Screen:
         self.precision = precision
         self.device = torch.device(device)
         self.cuda = device == "cuda"
-        self.dtype = limits._TORCH_DTYPE[precision]
+        self.dtype = _TORCH_DTYPE[precision]
         self.chunk = chunk
         self.k = k
         nq, d = queries.shape
