@@ -145,6 +145,18 @@ def test_gzipped_dicom_reads_like_the_plain_file(tmp_path: Path) -> None:
         read_image(tmp_path / "broken.dcm.gz")
 
 
+def test_gzipped_dicom_bomb_is_refused_with_bounded_memory(tmp_path: Path, monkeypatch) -> None:
+    """A .dcm.gz that inflates past the cap is refused, having held at most the cap in memory."""
+    from memscan.io import readers
+
+    monkeypatch.setattr(readers, "MAX_DICOM_GZ_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.dcm.gz"
+    bomb.write_bytes(gzip.compress(b"\0" * (8 << 20)))  # 8 MiB of zeros in ~8 KiB
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(InputError, match=r"bomb.dcm.gz.*more than 1 MiB"):
+        read_image(bomb)
+
+
 @pytest.mark.timeout(60)
 def test_fifo_named_png_never_hangs_prepare(tmp_path: Path) -> None:
     src = tmp_path / "src"

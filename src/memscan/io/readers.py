@@ -517,15 +517,26 @@ def _pillow_to_array(img: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- DICOM
 
 
+#: Largest decompressed ``.dcm.gz`` read into memory (one real image or a modest multi-frame object fits).
+MAX_DICOM_GZ_BYTES = 1 << 30
+
+
 def _dicom_source(path: Path) -> Any:
     """The path itself, or the decompressed bytes of a ``.dcm.gz`` file (as a file-like object)."""
     if suffix_of(path) != ".dcm.gz":
         return path
     try:
         with gzip.open(path, "rb") as fh:
-            return io.BytesIO(fh.read())
+            data = fh.read(MAX_DICOM_GZ_BYTES + 1)  # bounded: a gzip bomb cannot exhaust memory
     except (OSError, EOFError, zlib.error) as exc:
         raise _corrupt("gzip-compressed DICOM", path, exc) from exc
+    if len(data) > MAX_DICOM_GZ_BYTES:
+        raise InputError(
+            f"gzip-compressed DICOM decompresses to more than {MAX_DICOM_GZ_BYTES // 2**20} MiB (refused: "
+            "decompress large archives yourself, or a gzip bomb)",
+            path,
+        )
+    return io.BytesIO(data)
 
 
 def _dcmread(path: Path) -> Any:
