@@ -26,8 +26,6 @@ What is read and what is skipped (recorded in ``dataset.json``):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from memscan.core.fingerprint import fingerprint
+from memscan.core.locks import lock_or_refuse
 from memscan.core.progress import progress
 from memscan.dataset.store import (
     ARRAY_DIR,
@@ -358,16 +357,9 @@ def _take_lock(lock: Path, out: Path) -> int:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise InputError(f"cannot write beside the dataset folder ({exc.strerror})", out.parent) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(
-                    "another memscan prepare is writing this dataset now; wait for it or choose another out",
-                    out,
-                ) from None
-            raise
+        lock_or_refuse(
+            fd, "another memscan prepare is writing this dataset now; wait for it or choose another out", out
+        )
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -35,6 +35,8 @@ import pandas as pd
 from memscan.core.atomic import temporary_sibling
 from memscan.dataset.store import Dataset, DatasetWriter, check_output_folder
 from memscan.errors import InputError
+from memscan.scanning.robust_stage import ROBUST_COLUMNS
+from memscan.scanning.runfolder import SYNTHETIC_COLUMNS
 from memscan.scanning.scanner import load_run
 
 log = logging.getLogger(__name__)
@@ -43,19 +45,8 @@ REMOVED_SUFFIX = ".removed.parquet"
 REASONS = ("flagged", "not_scored", "leaked_subject")
 #: Items read and written per block.
 BLOCK = 256
-_MATCH_COLUMNS = (
-    "max_correlation",
-    "nearest_train_id",
-    "nearest_subject",
-    "transform",
-    "p_value",
-    "flagged",
-    "robust_score",
-    "robust_train_id",
-    "robust_subject",
-    "robust_transform",
-    "robust_p_value",
-)
+#: What the removed list keeps of each item: its verdict and matches (the run folder's columns).
+_MATCH_COLUMNS = (*[c for c in SYNTHETIC_COLUMNS if c not in ("synthetic_id", "unscored")], *ROBUST_COLUMNS)
 
 
 @dataclass

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import json
 import logging
@@ -48,6 +47,7 @@ from typing import Any
 import pandas as pd
 
 from memscan.core import atomic
+from memscan.core.locks import lock_or_refuse
 from memscan.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -499,16 +499,11 @@ class RunWriter:
             fd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise InputError(f"cannot create the run's work folder ({exc.strerror})", self.work) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(
-                    "another memscan scan is writing this run folder now; wait for it or choose another out",
-                    self.out,
-                ) from None
-            raise
+        lock_or_refuse(
+            fd,
+            "another memscan scan is writing this run folder now; wait for it or choose another out",
+            self.out,
+        )
         self._lock_fd = fd
         self._clean_stale()
         self._reuse_prepared()
