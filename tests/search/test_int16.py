@@ -11,7 +11,7 @@ from test_engine import assert_same, blocks_of, reference_topk, smooth_field
 
 from memscan.errors import InputError
 from memscan.search.engine import resolve_precision, search_topk
-from memscan.search.screen_int16 import exact_int_correlation, quantise
+from memscan.search.screen_int16 import exact_int_correlation, pair_error_bound, quantise
 
 
 def exact_topk(q: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,3 +193,37 @@ def test_quantise_integer_step_stats_exact_and_bound_holds(hi: int) -> None:
 
     err = np.abs(z(x) @ z(x).T - z(q) @ z(q).T)
     assert (err <= st.delta[:, None] + st.delta[None, :] + 1e-12).all()
+
+
+@pytest.mark.parametrize("hi", [3000, 600, 65535])
+def test_pair_error_bound_holds(hi: int) -> None:
+    """``|r - c| <= pair_error_bound`` (the per-pair filter's bound) for pairs across the whole range of c,
+    near-copies (c close to 1, where the bound is tightest) and residuals aligned with the other item."""
+    rng = np.random.default_rng(hi)
+    d = 3000
+    base = rng.integers(0, hi, size=(8, d))
+    near = base[:, None, :] + rng.integers(-3, 4, size=(8, 4, d))  # near-copies: c in 0.99..1
+    mixed = (base[:, None, :] * np.array([1.0, 0.7, 0.3, -0.5])[None, :, None]).round()  # c spread out
+    # adversarial: y's residual below the step of its quantisation put along x's pattern
+    t_step = -(-(hi + 6) // 255)
+    steps = (np.arange(d) % t_step)[None, :]
+    aligned = base[:, None, :] - (base[:, None, :] % t_step) + np.where(base[:, None, :] > hi / 2, steps, 0)
+    items = np.concatenate([base[:, None, :], near, mixed, aligned], axis=1).reshape(-1, d)
+    items = np.clip(items - items.min(), 0, 65535).astype(np.uint16)
+    q8, st = quantise(items)
+
+    def unit(a):
+        a = a.astype(np.float64) - a.mean(axis=1, keepdims=True)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    r = unit(items) @ unit(items).T
+    c = unit(q8) @ unit(q8).T
+    n = len(items)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    bound = pair_error_bound(c.ravel(), c.ravel(), st.rho[i.ravel()], st.rho[j.ravel()]).reshape(n, n)
+    assert np.all(np.abs(r - c) <= bound)
+    # and it is the tighter bound where it matters: near-copies get much less than δ_x + δ_y
+    loose = st.delta[i] + st.delta[j]
+    top = (c > 0.99) & (loose > 0)
+    assert top.any()
+    assert np.median(bound[top] / loose[top]) < 0.5

@@ -49,7 +49,9 @@ class _IntScreen:
     rounded_output = False
     groups: _Groups | None = None
 
-    def __init__(self, queries: np.ndarray, device: str, k: int) -> None:
+    def __init__(self, queries: np.ndarray, device: str, k: int, sums: np.ndarray | None = None) -> None:
+        """``sums``: optional exact int64 ``[nq, 2]`` ``Σx``, ``Σx²`` of the uint8 queries, when the caller
+        has them (the 16-bit path's quantisation does); saves a pass over the items."""
         if queries.dtype != np.uint8:
             raise InputError(f"precision 'int8' needs uint8 items, got {queries.dtype}")
         self.device = torch.device(device)
@@ -67,7 +69,7 @@ class _IntScreen:
         if self.cuda:
             self.zq_chunks, s1, var, sq = self._int8_on_device(queries, rows)
         else:
-            self.zq_chunks, s1, var, sq = self._to_int8(queries, pad_rows=rows)
+            self.zq_chunks, s1, var, sq = self._to_int8(queries, pad_rows=rows, sums=sums)
         self.q_valid = var[: self.nq] > 0
         self.q_s1 = torch.from_numpy(s1[: self.nq]).to(self.device)
         self.q_var = torch.from_numpy(sq[: self.nq]).to(self.device)  # d²·variance, float64 (exact)
@@ -76,9 +78,18 @@ class _IntScreen:
         self.q_root = root  # √V_q: converts correlations to the units of G and back
         self.q_alpha = np.sqrt(1.0 + s1[: self.nq].astype(np.float64) ** 2 / root**2)
 
-    def _to_int8(self, raw: np.ndarray, pad_rows: int | None = None, reuse: bool = False):
+    def _to_int8(
+        self,
+        raw: np.ndarray,
+        pad_rows: int | None = None,
+        reuse: bool = False,
+        sums: np.ndarray | None = None,
+    ):
         """uint8 ``[n, d]`` → (int8 x - 128 as one contiguous ``[n_pad, chunk width]`` tensor per reduction
         chunk of :attr:`bounds`, Σx', d²·variance (int64), it in float64).
+
+        ``sums``: the rows' exact ``Σx``, ``Σx²`` (int64 ``[n, 2]``) if known; then ``Σx' = Σx - 128 d`` and
+        ``Σx'² = Σx² - 256 Σx + 128² d`` (exact int64) replace the pass of :meth:`_sums`.
 
         Chunk-major, so that a long item (3D: d up to 2^24) needs no column-slice copies before its products.
         ``reuse``: write into buffers kept across blocks (on the CPU a block's int8 copy is dead once it is
@@ -101,7 +112,12 @@ class _IntScreen:
             z[:n, w:] = 0
             np.bitwise_xor(raw[:, a : a + w], np.uint8(128), out=z[:n, :w].view(np.uint8))  # x - 128, exactly
             chunks.append(torch.from_numpy(z))
-        s1, s2 = self._sums(chunks, rows)
+        if sums is None:
+            s1, s2 = self._sums(chunks, rows)
+        else:
+            s1, s2 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+            s1[:n] = sums[:, 0] - 128 * self.d
+            s2[:n] = sums[:, 1] - 256 * sums[:, 0] + 128 * 128 * self.d
         var = self.d * s2 - s1 * s1  # = d² · population variance, exact
         return chunks, s1, var, var.astype(np.float64)
 
@@ -146,11 +162,12 @@ class _IntScreen:
             list(_executor().map(run, range(0, rows, step)))
         return s1, s2
 
-    def prepare(self, start: int, raw: np.ndarray) -> _Prepared:
+    def prepare(self, start: int, raw: np.ndarray, sums: np.ndarray | None = None) -> _Prepared:
+        """A block ready to screen; ``sums`` as in :meth:`_to_int8` (unused on CUDA: it sums on the GPU)."""
         if self.cuda:
             return self._prepare_on_device(start, raw)
         n = raw.shape[0]
-        chunks, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True)
+        chunks, s1, var, sq = self._to_int8(raw, pad_rows=_pad_to(n, 8), reuse=True, sums=sums)
         valid = var[:n] > 0
         prep = _Prepared(start, raw, s1[:n].astype(np.float64), np.sqrt(sq[:n]), valid, None)
         prep.chunks = chunks
