@@ -240,8 +240,9 @@ def test_encoder_settings_need_the_trained_encoder(tmp_path):
     tiny = (REPO / "src/memscan/study/presets/tiny.toml").read_text()
     path = tmp_path / "s.toml"
     path.write_text(tiny.replace("quality = true", "quality = false"))
-    with pytest.raises(InputError, match="encoder_steps sets the training of the self-supervised encoder"):
+    with pytest.raises(InputError, match="encoder_steps sets the training") as err:
         load_config(path)
+    assert str(err.value).startswith(f"{path}: [scan] encoder_steps")
     (tmp_path / "enc.pt").write_bytes(b"not read at load time")
     path.write_text(tiny.replace("[scan]", '[scan]\nencoder = "enc.pt"'))  # relative to the TOML file
     with pytest.raises(InputError, match="neither is on"):

@@ -437,7 +437,10 @@ def _parse_scan(s: dict[str, Any], path: Path | None) -> StudyScanConfig:
         encoder_steps=_opt_int(s.get("encoder_steps"), "[scan] encoder_steps", path),
         encoder_size=_opt_int(s.get("encoder_size"), "[scan] encoder_size", path, minimum=16),
     )
-    scan_options(cfg, "cpu")  # ScanOptions validates the values
+    try:
+        scan_options(cfg, "cpu")  # ScanOptions validates the values
+    except InputError as exc:  # said as the [scan] table's problem, naming the TOML file
+        raise InputError(f"[scan] {exc.problem}", exc.path or path) from None
     return cfg
 
 
