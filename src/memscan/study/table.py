@@ -16,11 +16,8 @@ from memscan.study.config import StudyConfig
 from memscan.study.grid import Cell
 from memscan.study.stages import STAGE_FILE
 
-#: The run folder's fidelity panel (``memscan.scanning.runfolder.QUALITY_FILE``; not imported: reading a
-#: study's table does not load the scan).
-QUALITY_FILE = "quality.json"
-#: Columns read from each cell's ``quality.json`` (its contract keys, ``docs/quality.md``), in order; a cell
-#: scanned without the panel has NaN (``n/a``) in each.
+#: Columns read from each cell's ``run/quality.json`` (its contract keys, ``docs/quality.md``), in order; a
+#: cell scanned without the panel has NaN (``n/a``) in each.
 QUALITY_COLUMNS = (
     "fd_relative",
     "kid",
@@ -74,13 +71,10 @@ def result_columns(config: StudyConfig) -> list[str]:
     ]
 
 
-def quality_values(run: Path) -> dict[str, float]:
-    """The :data:`QUALITY_COLUMNS` of a cell's run folder: NaN for each when it has no ``quality.json``
-    (a scan without the panel) and for each undefined value (stored as null)."""
-    try:
-        panel = json.loads((run / QUALITY_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        panel = {}
+def quality_values(panel: dict[str, Any] | None) -> dict[str, float]:
+    """The :data:`QUALITY_COLUMNS` of a cell's panel (``load_run(...).quality``): NaN for each when there is
+    none (a scan without the panel) and for each undefined value (stored as null)."""
+    panel = panel or {}
     out = {}
     for col in QUALITY_COLUMNS:
         v = panel.get(col)
@@ -120,7 +114,7 @@ def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
             subjects_leaked_fraction=float(s["subjects_leaked_fraction"]),
             train_steps=int(model_cfg.get("train", {}).get("steps") or 0),
             train_seconds=round(float(train_rec.get("train_seconds", math.nan)), 2),
-            **quality_values(cell.folder / "run"),
+            **quality_values(res.quality),
             run=str((cell.folder / "run").relative_to(cell.folder.parent.parent)),
         )
         rows.append(row)
