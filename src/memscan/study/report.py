@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from memscan.core.atomic import write_text
 from memscan.core.version import __version__
@@ -167,6 +168,7 @@ def memorisation_vs_fidelity(table: pd.DataFrame, models: list[str], path: Path)
             xs = xs[np.isfinite(xs) & (xs > 0)]
             if xs.size and xs.max() / xs.min() >= 10:
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         else:
             ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel(label)
