@@ -310,3 +310,25 @@ def test_gpu_study_script_quick(tmp_path):
     with tarfile.open(tmp_path / "out" / "figures.tar.gz") as tar:
         names = tar.getnames()
     assert "figures/flagged_vs_size.png" in names and "figures/samples_ddpm-s1.png" in names
+
+
+def test_the_cells_scan_command_says_the_quality_settings(tmp_path):
+    import dataclasses
+
+    from memscan.study.grid import scan_command
+
+    cfg = load_config("tiny")
+    p = Path("p")
+    cmd = scan_command(p / "s1", p / "samples", p / "run", p / "test", cfg)
+    assert cmd == (
+        "memscan scan p/s1 p/samples --out p/run --holdout p/test"
+        " --quality --encoder-steps 10 --encoder-size 16"
+    )
+    own = dataclasses.replace(
+        cfg, scan=dataclasses.replace(cfg.scan, encoder="/nets/enc.pt", encoder_steps=None, encoder_size=None)
+    )
+    assert scan_command(p / "s1", p / "samples", p / "run", p / "test", own).endswith(
+        "--quality --encoder /nets/enc.pt"
+    )
+    off = dataclasses.replace(cfg, scan=dataclasses.replace(cfg.scan, quality=False))
+    assert "--quality" not in scan_command(p / "s1", p / "samples", p / "run", p / "test", off)
