@@ -158,7 +158,8 @@ flagged synthetic copy; `train_seconds`: training wall time.
 Quality (each cell's `run/quality.json`, features of an encoder trained on the cell's training subset; the
 held-out real images are the reference; `docs/quality.md`):
 `fd_relative` = FD(synthetic, train) / FD(held-out, train): ≈ 1 as close to the training set as new real
-patients, ≫ 1 worse, < 1 closer than new patients (suspect copying);
+patients, ≫ 1 worse, < 1 closer than new patients (suspect copying); with few held-out subjects other new
+patients vary too (2-3 on the cpu preset's data, docs/quality.md);
 `kid`: kernel inception distance to the training set (≈ 0: same distribution; unbiased, may be < 0);
 `precision`: share of synthetic images inside the real images' k-NN manifold (fidelity; 1 = all realistic);
 `recall`: share of real images inside the synthetic manifold (diversity; 1 = nothing missing);
