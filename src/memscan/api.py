@@ -264,6 +264,8 @@ def scan(
     quality: bool = False,
     encoder: str | Path | None = None,
     robust: bool = False,
+    encoder_steps: int | None = None,
+    encoder_size: int | None = None,
 ) -> ScanResult:
     """Exact top-k Pearson correlation of every synthetic item against every training item, into ``out``.
 
@@ -306,6 +308,10 @@ def scan(
             which it needs; 2D): catches rotated, rescaled, cropped and warped copies. Adds the
             ``robust_*`` columns to ``synthetic.parquet``; ``flagged`` becomes the combined verdict
             (``docs/robust.md``). Without it every table is as before.
+        encoder_steps: training steps of the self-supervised encoder that ``quality`` (without
+            ``encoder``) and ``robust`` share; ``None``: its default (300).
+        encoder_size: that encoder's input size in pixels (items are resized to it); ``None``: its default
+            (48).
 
     Returns:
         The run's tables and summary; ``gate_failed`` names a failed release gate (nothing is raised).
@@ -338,6 +344,8 @@ def scan(
         quality=quality,
         encoder=str(encoder) if encoder is not None else None,
         robust=robust,
+        encoder_steps=encoder_steps,
+        encoder_size=encoder_size,
     )
     result = run_scan(
         train, synthetic, out, options, holdout=holdout, subject_pattern=subject_pattern, command=command

@@ -112,6 +112,28 @@ def test_gate_exit_3_and_messages_in_flags(data, tmp_path):
     assert code == 2 and "--max-shift" in _one_line(err)
 
 
+def test_encoder_settings_are_validated_in_flags(data, tmp_path):
+    base = ("scan", data / "train", data / "syn", "--out", tmp_path / "x")
+    code, err, _ = invoke(*base, "--quality", "--encoder-steps", "0")
+    assert code == 2 and "--encoder-steps must be >= 1" in _one_line(err)
+    code, err, _ = invoke(*base, "--quality", "--encoder-size", "8")
+    assert code == 2 and "--encoder-size must be >= 16" in _one_line(err)
+    code, err, _ = invoke(*base, "--encoder-steps", "50")  # no encoder is trained: refused, not ignored
+    line = _one_line(err)
+    assert code == 2 and "--encoder-steps sets the training" in line and "neither is on" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_encoder_steps_help_states_the_encoders_default():
+    import typer
+
+    from memscan.embed import EncoderConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["scan"].params}
+    assert f"Default {EncoderConfig().steps}." in params["encoder_steps"].help
+    assert f"Default {EncoderConfig().input_size};" in params["encoder_size"].help
+
+
 def test_to_flags_maps_parameters_not_prose():
     assert to_flags("top_k must be >= 1; got 0") == "--top-k must be >= 1; got 0"
     assert to_flags("precision must be one of auto") == "--precision must be one of auto"

@@ -412,6 +412,45 @@ def test_option_validation():
             ScanOptions(**bad)
 
 
+def test_encoder_settings_are_validated_and_need_the_trained_encoder():
+    from memscan.embed import EncoderConfig
+    from memscan.scanning.options import MIN_ENCODER_SIZE
+
+    with pytest.raises(InputError, match="encoder_steps must be >= 1"):
+        ScanOptions(quality=True, encoder_steps=0)
+    with pytest.raises(InputError, match=f"encoder_size must be >= {MIN_ENCODER_SIZE}"):
+        ScanOptions(robust=True, encoder_size=8)
+    with pytest.raises(InputError, match=f"input_size must be >= {MIN_ENCODER_SIZE}"):
+        EncoderConfig(input_size=MIN_ENCODER_SIZE - 1)  # the same bound as the encoder's own
+    EncoderConfig(input_size=MIN_ENCODER_SIZE)
+    for off in (dict(), dict(quality=True, encoder="net.pt")):  # no encoder is trained: refused, not ignored
+        with pytest.raises(InputError, match="encoder_steps .* neither is on"):
+            ScanOptions(encoder_steps=5, **off)
+    assert ScanOptions(quality=True, encoder_steps=5, encoder_size=16).trains_encoder
+    assert ScanOptions(robust=True).trains_encoder and not ScanOptions().trains_encoder
+    assert ScanOptions().encoder_steps is None  # plain runs keep the encoder's defaults
+
+
+def test_encoder_settings_reach_the_trained_encoder_and_change_no_table(data, tmp_path):
+    opts = dict(baseline_items=0, flips=True)
+    plain = scan(
+        data["train"].path, data["synth"].path, tmp_path / "p", ScanOptions(**opts), holdout=data["test"].path
+    )
+    q = scan(
+        data["train"].path,
+        data["synth"].path,
+        tmp_path / "q",
+        ScanOptions(**opts, quality=True, encoder_steps=3, encoder_size=16),
+        holdout=data["test"].path,
+    )
+    config = q.quality["encoder"]["config"]
+    assert config["steps"] == 3 and config["input_size"] == 16
+    cached = list((tmp_path / "q" / runfolder.ENCODER_DIR).glob("encoder-*/config.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["config"]["steps"] == 3
+    pd.testing.assert_frame_equal(plain.synthetic, q.synthetic)
+    assert q.summary.to_dict()["options"]["encoder_steps"] == 3
+
+
 def test_auto_switch_to_float32_is_kept_for_later_query_blocks(monkeypatch):
     """Once 'auto' finds its bf16 screen too loose for the data, later searches of the scan start in
     float32 instead of probing bf16 again."""

@@ -57,6 +57,8 @@ PARAM_FLAGS = {
     "encoder": "--encoder",
     "quality": "--quality",
     "robust": "--robust",
+    "encoder_steps": "--encoder-steps",
+    "encoder_size": "--encoder-size",
     "holdout": "--holdout",
     "also_subjects": "--also-subjects",
     "overwrite": "--overwrite",
@@ -327,6 +329,20 @@ def scan(
             help="With --quality: a TorchScript network FILE for the features (default: trained on TRAIN).",
         ),
     ] = None,
+    encoder_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Training steps of the encoder trained on TRAIN (--robust; --quality without --encoder). "
+            "Default 300.",
+        ),
+    ] = None,
+    encoder_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Input size (px, >= 16) of the encoder trained on TRAIN; items are resized to it. "
+            "Default 48; smaller data train faster at their own size.",
+        ),
+    ] = None,
 ) -> None:
     """Exact all-pairs Pearson correlation: top-k training matches of every synthetic item.
 
@@ -365,6 +381,8 @@ def scan(
         quality=quality,
         encoder=encoder,
         robust=robust,
+        encoder_steps=encoder_steps,
+        encoder_size=encoder_size,
     )
     console.print(run_table(result))
     if result.gate_failed:

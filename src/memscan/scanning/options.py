@@ -18,6 +18,9 @@ MIN_MEMORY_BUDGET = 256 * 2**20
 #: The engine's screen precisions, plus ``exact`` (= ``float64``, the plain path for comparison).
 PRECISIONS = (*ENGINE_PRECISIONS, "exact")
 CALIBRATIONS = ("fdr", "quantile")
+#: Smallest encoder_size: ``memscan.embed.EncoderConfig``'s own bound (kept here so that reading the options
+#: does not load torch; a test keeps them equal).
+MIN_ENCODER_SIZE = 16
 #: Largest max_shift accepted before the items are seen (the items' size limits it further).
 MAX_SHIFT = 64
 _UNITS = {
@@ -88,6 +91,11 @@ class ScanOptions:
             set; 2D items only.
         encoder: with ``quality``: a TorchScript (or ``torch.export``) file whose features the panel uses;
             ``None``: the self-supervised encoder trained on the training set (``memscan.embed``).
+        encoder_steps: optimiser steps of that self-supervised encoder (shared by ``quality`` without
+            ``encoder`` and by ``robust``); ``None``: ``memscan.embed.EncoderConfig``'s default (300).
+        encoder_size: its input size in pixels (items are resized to it; at least 16); ``None``: the
+            default (48). Data smaller than 48 px gain nothing from being upsampled: their own size halves
+            the training cost.
     """
 
     top_k: int = 5
@@ -114,6 +122,8 @@ class ScanOptions:
     quality: bool = False
     encoder: str | None = None
     robust: bool = False
+    encoder_steps: int | None = None
+    encoder_size: int | None = None
 
     def __post_init__(self) -> None:
         """Validate every option; messages name the parameter (``top_k must be >= 1``)."""
@@ -149,6 +159,20 @@ class ScanOptions:
             raise InputError("scheduler needs an address like tcp://HOST:8786")
         if self.encoder is not None and not self.quality:
             raise InputError("encoder is used by the quality panel only, and quality is off")
+        for name, minimum in (("encoder_steps", 1), ("encoder_size", MIN_ENCODER_SIZE)):
+            if getattr(self, name) is None:
+                continue
+            check_int(getattr(self, name), name, minimum=minimum)
+            if not self.trains_encoder:
+                raise InputError(
+                    f"{name} sets the training of the self-supervised encoder, which only robust and "
+                    "quality (without encoder) use; neither is on"
+                )
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether the scan trains the self-supervised encoder (``memscan.embed``) on the training set."""
+        return self.robust or (self.quality and self.encoder is None)
 
     @property
     def engine_precision(self) -> str:

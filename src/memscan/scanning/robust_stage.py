@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 ROBUST_COLUMNS = ("robust_score", "robust_train_id", "robust_subject", "robust_transform", "robust_p_value")
 
 
+def with_encoder_settings(options: Any, steps: int | None, size: int | None) -> Any:
+    """``options`` (``RobustOptions`` or None: the defaults) with the encoder's ``steps`` and ``input_size``
+    replaced where given (``memscan scan --encoder-steps/--encoder-size``); unchanged when both are None.
+
+    The encoder's cache key holds its whole config, so another setting trains (and caches) another encoder.
+    """
+    if steps is None and size is None:
+        return options
+    import dataclasses
+
+    from memscan.robust.pipeline import RobustOptions
+
+    base = options if options is not None else RobustOptions()
+    changes = {k: v for k, v in (("steps", steps), ("input_size", size)) if v is not None}
+    return dataclasses.replace(base, encoder=dataclasses.replace(base.encoder, **changes))
+
+
 def trained_encoder(train: Dataset, cache_dir: Path, options: Any = None) -> Any:
     """The self-supervised encoder of ``train`` (trained, or loaded from ``cache_dir``; 2D items only), with
     ``options.encoder`` (``RobustOptions``) or the default configuration."""

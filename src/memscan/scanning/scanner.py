@@ -40,6 +40,7 @@ from memscan.scanning.robust_stage import (
     combined_flags,
     robust_columns,
     trained_encoder,
+    with_encoder_settings,
 )
 from memscan.scanning.runfolder import (  # noqa: F401 - re-exported: the run folder's names, for callers
     RUN_TABLES,
@@ -64,6 +65,8 @@ _NOT_IN_KEY = (
     "fail_on_leaked_subjects",
     "quality",
     "encoder",
+    "encoder_steps",  # the encoder's own cache key holds them; they change no search result
+    "encoder_size",
 )
 
 
@@ -181,8 +184,9 @@ def run_job(job: ScanJob) -> ScanResult:
         if opts.quality:
             check_quality_sizes(inputs.train, inputs.holdout, inputs.synthetic)
         trained = None
-        if opts.robust or (opts.quality and opts.encoder is None):
-            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR, job.robust_options)
+        robust_options = with_encoder_settings(job.robust_options, opts.encoder_steps, opts.encoder_size)
+        if opts.trains_encoder:
+            trained = trained_encoder(inputs.train, writer.work / runfolder.ENCODER_DIR, robust_options)
         encoder = quality_encoder(opts, trained, device) if opts.quality else None
         key = fingerprint(
             [dataset_fingerprint(ds) if ds is not None else None for ds in vars(inputs).values()],
@@ -203,7 +207,7 @@ def run_job(job: ScanJob) -> ScanResult:
                 trained,
                 writer.work / runfolder.ENCODER_DIR,
                 device,
-                job.robust_options,
+                robust_options,
             )
         run_id = runfolder.new_run_id()
         result = _write_run(job, writer, inputs, plan, found, stats, device, run_id, t0, robust)

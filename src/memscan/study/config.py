@@ -23,6 +23,9 @@ A study is described by a TOML file (or the name of a shipped preset)::
     [scan]
     flips = true
     fdr = 0.05
+    quality = true            # the fidelity panel of every cell (the default)
+    encoder_steps = 100       # its self-supervised encoder's training (default 300 steps at 48 px)
+    encoder_size = 32
 
 Every value is checked here, before any stage runs; an unknown key names the nearest valid one.
 """
@@ -80,6 +83,10 @@ _SCAN_KEYS = (
     "mask",
     "channel",
     "baseline_items",
+    "quality",
+    "encoder",
+    "encoder_steps",
+    "encoder_size",
 )
 
 
@@ -179,6 +186,13 @@ class StudyScanConfig:
         fdr: FDR level of the calibrated flags (``--fdr``).
         threshold: fixed threshold of scan's own ``n_above_fixed_threshold``.
         thresholds: fixed thresholds reported as extra columns of the results table.
+        quality: compute every cell's fidelity and diversity panel (``RUN/quality.json``: the results
+            table's quality columns); on by default.
+        encoder: a TorchScript network file for the panel's features (``--encoder``; a relative path is
+            resolved against the TOML file); None: the self-supervised encoder trained on each cell's
+            training subset.
+        encoder_steps, encoder_size: training steps and input size of that encoder (``--encoder-steps``,
+            ``--encoder-size``); None: the encoder's defaults.
     """
 
     flips: bool = True
@@ -192,6 +206,10 @@ class StudyScanConfig:
     mask: str = "none"
     channel: str | None = None
     baseline_items: int = 500
+    quality: bool = True
+    encoder: str | None = None
+    encoder_steps: int | None = None
+    encoder_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -414,9 +432,36 @@ def _parse_scan(s: dict[str, Any], path: Path | None) -> StudyScanConfig:
         mask=str(s.get("mask", "none")),
         channel=s.get("channel"),
         baseline_items=_int(s.get("baseline_items", 500), "[scan] baseline_items", path),
+        quality=_bool(s.get("quality", True), "[scan] quality", path),
+        encoder=_encoder_file(s.get("encoder"), path),
+        encoder_steps=_opt_int(s.get("encoder_steps"), "[scan] encoder_steps", path),
+        encoder_size=_opt_int(s.get("encoder_size"), "[scan] encoder_size", path, minimum=16),
     )
-    scan_options(cfg, "cpu")  # ScanOptions validates the values
+    try:
+        scan_options(cfg, "cpu")  # ScanOptions validates the values
+    except InputError as exc:  # said as the [scan] table's problem, naming the TOML file
+        raise InputError(f"[scan] {exc.problem}", exc.path or path) from None
     return cfg
+
+
+def _bool(value: Any, name: str, path: Path | None) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false, got {value!r}", path)
+    return value
+
+
+def _encoder_file(value: Any, path: Path | None) -> str | None:
+    """``[scan] encoder``: a network file, resolved against the TOML file's folder; it must exist."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"[scan] encoder must be the path of a TorchScript file, got {value!r}", path)
+    file = Path(value).expanduser()
+    if not file.is_absolute() and path is not None:
+        file = (path.parent / file).resolve()
+    if not file.is_file():
+        raise InputError("[scan] encoder: no such file", file)
+    return str(file)
 
 
 def scan_options(cfg: StudyScanConfig, device: str) -> Any:
@@ -435,4 +480,8 @@ def scan_options(cfg: StudyScanConfig, device: str) -> Any:
         calibration=cfg.calibration,
         alpha=cfg.fdr,
         baseline_items=cfg.baseline_items,
+        quality=cfg.quality,
+        encoder=cfg.encoder,
+        encoder_steps=cfg.encoder_steps,
+        encoder_size=cfg.encoder_size,
     )

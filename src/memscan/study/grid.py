@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from memscan.core.fingerprint import fingerprint
+from memscan.core.fingerprint import file_digest, fingerprint
 from memscan.errors import InputError
 from memscan.study.config import ModelConfig, StudyConfig, scan_options
 from memscan.study.stages import Runner, Stage
-from memscan.study.subsets import mean_intensity
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +59,27 @@ def subset_sizes(config: StudyConfig, n_subjects: int, where: Path) -> dict[int,
     return resolved
 
 
+def scan_command(train: Path, samples: Path, run: Path, holdout: Path, config: StudyConfig) -> str:
+    """The ``memscan scan`` command line equivalent to a cell's scan (recorded in its summary)."""
+    sc = config.scan
+    flags = [f"memscan scan {train} {samples} --out {run} --holdout {holdout}"]
+    if sc.quality:
+        flags.append("--quality")
+        if sc.encoder:
+            flags.append(f"--encoder {sc.encoder}")
+        if sc.encoder_steps is not None:
+            flags.append(f"--encoder-steps {sc.encoder_steps}")
+        if sc.encoder_size is not None:
+            flags.append(f"--encoder-size {sc.encoder_size}")
+    return " ".join(flags)
+
+
 def run_cell(
     runner: Runner,
     cell: Cell,
     subset: Stage,
     config: StudyConfig,
     holdout_path: Path,
-    holdout_mean: float,
     prep_hash: str,
     device: str,
 ) -> None:
@@ -137,7 +150,14 @@ def run_cell(
     scan_st = Stage(
         f"scan {cell.key}",
         cell.folder / "run",
-        fingerprint(sample_st.hash, subset.hash, prep_hash, asdict(config.scan)),
+        # the [scan] table (quality and its encoder settings included) and the encoder file's content
+        fingerprint(
+            sample_st.hash,
+            subset.hash,
+            prep_hash,
+            asdict(config.scan),
+            file_digest(config.scan.encoder) if config.scan.encoder else None,
+        ),
     )
     opts = scan_options(config.scan, device)
 
@@ -148,11 +168,9 @@ def run_cell(
             scan_st.path,
             opts,
             holdout=holdout_path,
-            command=f"memscan scan {subset.path} {sample_st.path} --out {scan_st.path} "
-            f"--holdout {holdout_path}",
+            command=scan_command(subset.path, sample_st.path, scan_st.path, holdout_path, config),
         )
         write_report(scan_st.path)
-        synth_mean = mean_intensity(sample_st.path)
-        return {"synthetic_mean": synth_mean, "holdout_mean": holdout_mean}
+        return {}
 
     runner.run(scan_st, do_scan)

@@ -29,7 +29,7 @@ from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.study.config import HOLDOUT_SPLIT, TRAIN_SPLIT, StudyConfig, load_config, preset_names
 from memscan.study.grid import Cell, run_cell, subset_sizes
 from memscan.study.stages import Runner, Stage
-from memscan.study.subsets import mean_intensity, subject_order, write_phantoms, write_subset
+from memscan.study.subsets import subject_order, write_phantoms, write_subset
 from memscan.study.table import markdown_table, result_columns, results_table, write_results
 
 __all__ = [
@@ -158,14 +158,13 @@ def run_study(
         st = Stage(f"subset s{n}", out / "subsets" / f"s{n}", fingerprint(prep.hash, order[:n]))
         runner.run(st, lambda _, st=st, n=n: write_subset(train_path, st.path, order[:n], st.hash))
         subsets[n] = st
-    holdout_mean = mean_intensity(holdout_path)
 
     # 3. the grid: train -> sample -> scan, per model and size
     cells: list[Cell] = []
     for m in config.models:
         for n in sorted(resolved):
             cell = Cell(m, resolved[n], n, subsets[n].path, out / "cells" / f"{m.label}-s{n}")
-            run_cell(runner, cell, subsets[n], config, holdout_path, holdout_mean, prep.hash, device)
+            run_cell(runner, cell, subsets[n], config, holdout_path, prep.hash, device)
             cells.append(cell)
 
     table = results_table(cells, config)

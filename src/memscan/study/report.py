@@ -1,5 +1,5 @@
-"""The study's HTML page: the table, flagged fraction vs size, histograms per size, the best pair per cell,
-and the first samples of each cell beside their nearest training images.
+"""The study's HTML page: the table, flagged fraction vs size, memorisation against fidelity, histograms per
+size, the best pair per cell, and the first samples of each cell beside their nearest training images.
 
 Figures are written to ``DIR/figures/`` and embedded in ``DIR/report.html`` as data URIs, so the page is
 one self-contained file.
@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from memscan.core.atomic import write_text
 from memscan.core.version import __version__
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 FIGURES_DIR = "figures"
 # Okabe-Ito, colour-blind safe; one colour per model.
 MODEL_COLOURS = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+# One marker per model as well, so that the trade-off figure reads in grey-scale too.
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: The trade-off figure's panels: (quality column, x-axis label, reference value of new real patients).
+TRADEOFF_PANELS = (
+    ("fd_relative", "fd_relative (1 = as close as new real patients)", 1.0),
+    ("precision", "precision (fidelity)", None),
+    ("recall", "recall (diversity)", None),
+)
 
 
 def _environment() -> jinja2.Environment:
@@ -120,6 +129,54 @@ def flagged_vs_size(table: pd.DataFrame, models: list[str], thresholds: list[str
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, ncols=2, frameon=False)
+    return figures._save(fig, path)
+
+
+def memorisation_vs_fidelity(table: pd.DataFrame, models: list[str], path: Path) -> Path | None:
+    """The study's trade-off at a glance: flagged fraction (y) against ``fd_relative``, precision and recall
+    (x, one panel each), one colour and marker per model, marker size and label by training subjects; the
+    cells of a model are joined in size order. None when no cell has a quality panel.
+    """
+    cols = [c for c, _, _ in TRADEOFF_PANELS]
+    finite = table[cols].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)
+    if not finite.any():
+        return None
+    fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(TRADEOFF_PANELS), sharey=True)
+    sizes = sorted(set(table["n_subjects"].astype(int)))
+    area = {n: 30 + 90 * i / max(len(sizes) - 1, 1) for i, n in enumerate(sizes)}
+    for ax, (col, label, reference) in zip(axes, TRADEOFF_PANELS, strict=True):
+        for i, model in enumerate(models):
+            rows = table[table["model"] == model].sort_values("n_subjects")
+            x = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+            y = rows["flagged_fraction"].to_numpy(dtype=float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            if not ok.any():
+                continue
+            colour, marker = _colour(models, model), MODEL_MARKERS[i % len(MODEL_MARKERS)]
+            ax.plot(x[ok], y[ok], color=colour, linewidth=1, alpha=0.6)
+            n_sub = rows["n_subjects"].astype(int).to_numpy()[ok]
+            ax.scatter(
+                x[ok], y[ok], s=[area[n] for n in n_sub], color=colour, marker=marker, label=model, zorder=3
+            )
+            for xv, yv, n in zip(x[ok], y[ok], n_sub, strict=True):
+                ax.annotate(f"{n}", (xv, yv), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        if reference is not None:
+            ax.axvline(reference, color=figures.HOLDOUT_COLOUR, linestyle="--", linewidth=1)
+        if col == "fd_relative":
+            xs = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
+            xs = xs[np.isfinite(xs) & (xs > 0)]
+            if xs.size and xs.max() / xs.min() >= 10:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel("flagged fraction (memorisation)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8, frameon=False, title="model (label: training subjects)", title_fontsize=7)
     return figures._save(fig, path)
 
 
@@ -239,6 +296,8 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
     line = _data_uri(
         flagged_vs_size(table, models, thr_cols[1:2] or thr_cols[:1], fig_dir / "flagged_vs_size.png")
     )
+    trade = memorisation_vs_fidelity(table, models, fig_dir / "memorisation_vs_fidelity.png")
+    tradeoff = _data_uri(trade) if trade is not None else None
     canvas = figures.PairCanvas()
     pairs = []
     for cell in cells:
@@ -270,6 +329,7 @@ def write_study_report(out: Path, table: pd.DataFrame, cells: list[Cell], config
             rows=rows,
             hists=hists,
             line=line,
+            tradeoff=tradeoff,
             pairs=pairs,
             strips=strips,
             config_json=json.dumps(config.to_dict(), indent=2),

@@ -1,4 +1,4 @@
-"""The study's datasets: the phantom tree, nested subsets of whole training subjects, mean intensity."""
+"""The study's datasets: the phantom tree and nested subsets of whole training subjects."""
 
 from __future__ import annotations
 
@@ -72,13 +72,3 @@ def _isna(v: Any) -> bool:
         return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
-
-
-def mean_intensity(path: Path) -> float:
-    """Mean pixel intensity of a dataset (view), streamed (stored units)."""
-    ds = Dataset.open(path)
-    total, count = 0.0, 0
-    for _, block in ds.iter_blocks(1024):
-        total += float(block.astype(np.float64).sum())
-        count += block.size
-    return total / max(count, 1)

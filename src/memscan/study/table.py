@@ -16,6 +16,31 @@ from memscan.study.config import StudyConfig
 from memscan.study.grid import Cell
 from memscan.study.stages import STAGE_FILE
 
+#: Columns read from each cell's ``run/quality.json`` (its contract keys, ``docs/quality.md``), in order; a
+#: cell scanned without the panel has NaN (``n/a``) in each.
+QUALITY_COLUMNS = (
+    "fd_relative",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "authenticity",
+    "ct_statistic",
+    "ct_p_value",
+    "ms_ssim_synthetic",
+    "ms_ssim_holdout",
+)
+#: Number formats of the quality columns (KID and the p-value span orders of magnitude: significant digits).
+_QUALITY_FORMATS = {
+    "fd_relative": "{:.2f}",
+    "kid": "{:.3g}",
+    "ct_statistic": "{:.2f}",
+    "ct_p_value": "{:.2g}",
+    "ms_ssim_synthetic": "{:.3f}",
+    "ms_ssim_holdout": "{:.3f}",
+}
+
 
 def threshold_column(t: float) -> str:
     """Results column of the fraction of synthetic items above the fixed threshold ``t``."""
@@ -41,9 +66,20 @@ def result_columns(config: StudyConfig) -> list[str]:
         "subjects_leaked_fraction",
         "train_steps",
         "train_seconds",
-        "intensity_gap",
+        *QUALITY_COLUMNS,
         "run",
     ]
+
+
+def quality_values(panel: dict[str, Any] | None) -> dict[str, float]:
+    """The :data:`QUALITY_COLUMNS` of a cell's panel (``load_run(...).quality``): NaN for each when there is
+    none (a scan without the panel) and for each undefined value (stored as null)."""
+    panel = panel or {}
+    out = {}
+    for col in QUALITY_COLUMNS:
+        v = panel.get(col)
+        out[col] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+    return out
 
 
 def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
@@ -57,7 +93,6 @@ def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
         mc = res.synthetic["max_correlation"].to_numpy(dtype=np.float64)
         mc = mc[np.isfinite(mc)]
         train_rec = json.loads((cell.folder / "model" / STAGE_FILE).read_text())
-        scan_rec = json.loads((cell.folder / "run" / STAGE_FILE).read_text())
         model_cfg = json.loads((cell.folder / "model" / "config.json").read_text())
         row: dict[str, Any] = {
             "model": cell.model.label,
@@ -79,7 +114,7 @@ def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
             subjects_leaked_fraction=float(s["subjects_leaked_fraction"]),
             train_steps=int(model_cfg.get("train", {}).get("steps") or 0),
             train_seconds=round(float(train_rec.get("train_seconds", math.nan)), 2),
-            intensity_gap=round(abs(float(scan_rec["synthetic_mean"]) - float(scan_rec["holdout_mean"])), 3),
+            **quality_values(res.quality),
             run=str((cell.folder / "run").relative_to(cell.folder.parent.parent)),
         )
         rows.append(row)
@@ -87,10 +122,14 @@ def results_table(cells: list[Cell], config: StudyConfig) -> pd.DataFrame:
 
 
 def fmt(v: Any, col: str) -> str:
-    """One cell of the table as text: percentages for fractions, 4 digits for correlations, ``n/a``."""
-    if isinstance(v, float):
+    """One cell of the table as text: percentages for fractions, 4 digits for correlations, 2-3 for the
+    quality metrics, ``n/a`` for NaN."""
+    if isinstance(v, float | np.floating):
+        v = float(v)
         if math.isnan(v):
             return "n/a"
+        if col in QUALITY_COLUMNS:
+            return _QUALITY_FORMATS.get(col, "{:.2f}").format(v)
         if "frac" in col or col == "flagged_fraction":
             return f"{v:.1%}"
         if col.startswith("max_corr"):
@@ -114,8 +153,25 @@ MD_NOTES = """
 Columns: `max_corr_*`: each synthetic image's maximum Pearson correlation with any training image of its
 cell (median and 99th percentile); `flagged_fraction`: flagged by the held-out calibration (FDR);
 `frac_above_T`: above the fixed threshold T; `subjects_leaked_fraction`: training subjects with at least one
-flagged synthetic copy; `intensity_gap`: |mean pixel intensity of the synthetic images - that of the
-held-out images| (stored units): a crude quality proxy, not FID; `train_seconds`: training wall time.
+flagged synthetic copy; `train_seconds`: training wall time.
+
+Quality (each cell's `run/quality.json`, features of an encoder trained on the cell's training subset; the
+held-out real images are the reference; `docs/quality.md`):
+`fd_relative` = FD(synthetic, train) / FD(held-out, train): ≈ 1 as close to the training set as new real
+patients, ≫ 1 worse, < 1 closer than new patients (suspect copying); with few held-out subjects other new
+patients vary too (2-3 on the cpu preset's data, docs/quality.md);
+`kid`: kernel inception distance to the training set (≈ 0: same distribution; unbiased, may be < 0);
+`precision`: share of synthetic images inside the real images' k-NN manifold (fidelity; 1 = all realistic);
+`recall`: share of real images inside the synthetic manifold (diversity; 1 = nothing missing);
+`density`: like precision, counting the real neighbourhoods that hold each sample (≈ 1 real-like);
+`coverage`: share of real images with a synthetic sample among their k nearest (mode coverage);
+`authenticity`: share of samples not closer to their nearest training image than that image is to its own
+nearest training neighbour (0 = all copies; ~0.5 for an i.i.d. draw, higher for new patients' slices:
+compare with `holdout_reference` in the cell's quality.json);
+`ct_statistic`: the data-copying test's Z (≈ 0 as far as new patients, ≪ 0 copying, ≫ 0 underfitting);
+`ct_p_value`: its one-sided p-value (small: copying);
+`ms_ssim_synthetic` / `ms_ssim_holdout`: mean pairwise MS-SSIM within the synthetic / held-out set (higher
+than the held-out value: less diverse than real patients). `n/a`: not computed or not defined.
 """
 
 
