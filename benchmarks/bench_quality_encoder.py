@@ -15,6 +15,7 @@ computed against the training set with the held-out reference (``panel_from_feat
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from memscan.dataset.store import Dataset
 from memscan.embed import EncoderConfig, embed, train_encoder
+from memscan.embed.augment import AugmentConfig
 from memscan.quality.panel import QualityOptions, panel_from_features
 
 
@@ -47,6 +49,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs="+", default=[32], help="encoder input sizes")
     ap.add_argument("--steps", type=int, nargs="+", default=[300], help="encoder training steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="encoder seeds")
+    ap.add_argument(
+        "--invariances",
+        nargs="+",
+        default=["all"],
+        choices=["all", "no-degradations"],
+        help="all: the encoder's default augmentations (robust matching's: noise and blur included); "
+        "no-degradations: without noise and blur (the quality panel's encoder)",
+    )
     args = ap.parse_args()
     train, holdout, sets = candidate_sets(args.study)
     x = train.read(0, train.n_items)
@@ -61,20 +71,22 @@ def main() -> None:
         "recall",
         "authenticity",
     )
-    print("| " + " | ".join((*header, "C_T")) + " |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| invariances | " + " | ".join((*header, "C_T")) + " |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as cache:
-        for size in args.size:
-            for steps in args.steps:
-                for seed in args.seeds:
+        for inv, size, steps, seed in itertools.product(args.invariances, args.size, args.steps, args.seeds):
+            if True:
+                if True:
+                    aug = AugmentConfig() if inv == "all" else AugmentConfig(p_noise=0.0, p_blur=0.0)
+                    cfg = EncoderConfig(input_size=size, steps=steps, seed=seed, augment=aug)
                     t0 = time.perf_counter()
-                    enc = train_encoder(train, cache, EncoderConfig(input_size=size, steps=steps, seed=seed))
+                    enc = train_encoder(train, cache, cfg)
                     seconds = time.perf_counter() - t0
                     ft, fh = embed(enc, x), embed(enc, holdout)
                     for name, items in sets.items():
                         p = panel_from_features(ft, fh, embed(enc, items), QualityOptions(kid_subsets=20))
                         print(
-                            f"| {size} | {steps} | {seed} | {seconds:.0f} | {name} | {p['fd_relative']:.2f} "
+                            f"| {inv} | {size} | {steps} | {seed} | {seconds:.0f} | {name} | {p['fd_relative']:.2f} "
                             f"| {p['precision']:.2f} | {p['recall']:.2f} | {p['authenticity']:.2f} "
                             f"| {p['ct_statistic']:.2f} |",
                             flush=True,
