@@ -88,10 +88,9 @@ def test_report_shows_the_registered_pair_and_the_transform_in_words(cohort):
 
 def test_quality_without_an_encoder_file_uses_the_encoder_trained_for_robust(cohort):
     panel = cohort["robust"].quality
-    assert panel is not None and panel["encoder"]["kind"].startswith("memscan.embed")
-    assert (
-        panel["encoder"]["key"] == cohort["robust"].summary.robust["encoder"]["key"]
-    )  # one encoder, trained once
+    learned, stats = panel["encoder"]["parts"]  # the embedding beside the image statistics
+    assert learned["kind"].startswith("memscan.embed") and stats["kind"] == "image statistics"
+    assert learned["key"] == cohort["robust"].summary.robust["encoder"]["key"]  # one encoder, trained once
     assert panel["run_id"] == cohort["robust"].run_id and panel["fd"] is not None
 
 

@@ -224,6 +224,45 @@ def _ms_ssim(ds: Dataset, positions: np.ndarray, options: QualityOptions, scale:
     return {"mean": float(values.mean()), "std": float(values.std()), "n_pairs": int(len(pairs))}
 
 
+def standardise_blocks(
+    feats: dict[str, np.ndarray], blocks: list[tuple[str, int, bool]], reference: str = "train"
+) -> dict[str, np.ndarray]:
+    """Put the column blocks of combined features on one footing: on ``feats[reference]`` every block ends
+    with total variance 1, so that neither block's units nor its width (64 embedding dimensions beside 12
+    image statistics) decides the distances the metrics use.
+
+    A block of incommensurable columns (``per_column`` True: the image statistics, in intensity, gradient
+    and band-pass units) is z-scored column by column, as FRD z-scores its radiomic features; a learned
+    embedding (False) is centred and divided by its total standard deviation as a whole, keeping its
+    geometry (z-scoring its dimensions one by one magnified near-constant dimensions: on the ``cpu`` study's
+    data it turned a fresh-patients ``fd_relative`` of 2.6 into 27). Constant columns are only centred.
+
+    Args:
+        feats: ``{set name: [N, D]}``, the same D for every set.
+        blocks: ``[(name, width, per_column), ...]`` covering D in order (see
+            :class:`~memscan.quality.descriptors.CombinedEncoder`).
+        reference: the set the statistics come from.
+    """
+    ref = feats[reference]
+    if sum(w for _, w, _ in blocks) != ref.shape[1]:
+        raise ValueError(f"blocks cover {sum(w for _, w, _ in blocks)} columns, features have {ref.shape[1]}")
+    mu = ref.mean(axis=0)
+    sd = ref.std(axis=0)
+    scale = np.empty(ref.shape[1])
+    c = 0
+    for _, width, per_column in blocks:
+        part = sd[c : c + width]
+        if per_column:
+            scale[c : c + width] = np.where(part > 0, 1.0 / np.where(part > 0, part, 1.0), 1.0) / np.sqrt(
+                width
+            )
+        else:
+            total = float(np.sqrt(np.sum(part**2)))
+            scale[c : c + width] = 1.0 / total if total > 0 else 1.0
+        c += width
+    return {name: (f - mu) * scale for name, f in feats.items()}
+
+
 def assess_quality(
     train: Dataset,
     holdout: Dataset | None,
@@ -265,6 +304,9 @@ def assess_quality(
     scale = intensity_scale(sample, train.dtype)
     say("encoding")
     feats = {name: _encode_dataset(ds, pos[name], encoder, scale) for name, ds in named.items()}
+    blocks = list(getattr(encoder, "blocks", None) or [])
+    if blocks:
+        feats = standardise_blocks(feats, blocks)
     say("feature metrics")
     panel = panel_from_features(feats["train"], feats.get("holdout"), feats["synthetic"], opts)
     say("MS-SSIM diversity")
@@ -282,6 +324,9 @@ def assess_quality(
     out["n_items"] = {name: ds.n_items for name, ds in named.items()}
     out["n_used"] = {k: int(len(v)) for k, v in pos.items()}
     out["feature_dim"] = int(feats["train"].shape[1])
+    out["feature_blocks"] = [
+        {"name": n, "width": int(w), "per_column": bool(pc)} for n, w, pc in blocks
+    ] or None
     out["options"] = asdict(opts)
     out["memscan_version"] = __version__
     return out

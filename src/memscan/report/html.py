@@ -635,6 +635,12 @@ def _encoder_text(panel: dict[str, Any] | None) -> str | None:
     if panel is None:
         return None
     enc = panel.get("encoder") or {}
+    if enc.get("parts"):  # the default: the learned embedding beside image statistics
+        return " + ".join(_one_encoder_text(p) for p in enc["parts"])
+    return _one_encoder_text(enc)
+
+
+def _one_encoder_text(enc: dict[str, Any]) -> str:
     parts = [str(enc.get("kind", "encoder"))]
     for key in ("file", "sha256", "input_size", "output_dim", "dim", "train_items", "key"):
         if enc.get(key) is not None:

@@ -27,7 +27,8 @@ def quality_encoder(options: ScanOptions, trained: Any, device: str) -> Any:
     Args:
         options: the scan's options (``encoder``: a file, or None).
         trained: the self-supervised encoder trained on the training set (``memscan.embed``; shared with
-            ``--robust``), used when ``options.encoder`` is None.
+            ``--robust``), used when ``options.encoder`` is None, beside fixed image statistics
+            (:mod:`memscan.quality.descriptors`).
         device: resolved torch device.
 
     Returns:
@@ -37,13 +38,15 @@ def quality_encoder(options: ScanOptions, trained: Any, device: str) -> Any:
     Raises:
         InputError: the file is missing or not a network archive, or no encoder is available.
     """
+    from memscan.quality.descriptors import CombinedEncoder, ImageStatistics
     from memscan.quality.encoders import TorchScriptEncoder
 
     if options.encoder is not None:
         return TorchScriptEncoder(options.encoder, device=device)
     if trained is None:
         raise InputError("the quality panel needs an encoder: give encoder=FILE (a TorchScript network)")
-    return EmbeddingEncoder(trained)
+    # the embedding is trained to ignore noise, blur and contrast; the image statistics see them
+    return CombinedEncoder(EmbeddingEncoder(trained), ImageStatistics())
 
 
 def check_quality_sizes(train: Dataset, holdout: Dataset | None, synthetic: Dataset) -> None:

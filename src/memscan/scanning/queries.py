@@ -230,7 +230,11 @@ def _shift_one(
     keep = np.isfinite(best_v)
     n = min(k, int(keep.sum()))
     v, i, lab = select_topk(
-        np.zeros(int(keep.sum()), dtype=np.int64), best_v[keep], cands[keep].astype(np.int64), 1, k,
+        np.zeros(int(keep.sum()), dtype=np.int64),
+        best_v[keep],
+        cands[keep].astype(np.int64),
+        1,
+        k,
         payload=best_t[keep],
     )  # the one tie rule: value descending, then train index ascending
     out_v[q, :n] = v[0, :n]
