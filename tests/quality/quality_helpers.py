@@ -52,3 +52,13 @@ def phantom_slices(subjects: range, *, seed: int = 3) -> np.ndarray:
         ks = np.linspace(SHAPE[2] * 0.3, SHAPE[2] * 0.7, SLICES_PER_SUBJECT).round().astype(int)
         out += [np.rot90(vol[:, :, k])[None] for k in ks]
     return np.stack(out).astype(np.float32)
+
+
+def write_dataset(path, items: np.ndarray, prefix: str, subjects_of: int = 12):
+    """A float32 single-channel dataset folder of ``items``, ``subjects_of`` items per subject."""
+    from memscan.dataset.store import DatasetWriter
+
+    with DatasetWriter(path, items.shape[1:], "float32", ("t1",), {"name": "test"}) as w:
+        for i, item in enumerate(items):
+            w.add(item, {"id": f"{prefix}{i:04d}", "subject": f"{prefix}s{i // subjects_of}"})
+        return w.commit()

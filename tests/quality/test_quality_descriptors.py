@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from quality_helpers import write_dataset
 
-from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.embed import EncoderConfig, train_encoder
 from memscan.quality.descriptors import CombinedEncoder, ImageStatistics
 from memscan.quality.panel import QualityOptions, assess_quality, standardise_blocks
@@ -51,19 +51,12 @@ def test_standardise_blocks_gives_each_block_unit_total_variance():
         standardise_blocks(feats, [("emb", 8, False)])
 
 
-def _write(path, items: np.ndarray, prefix: str) -> Dataset:
-    with DatasetWriter(path, items.shape[1:], "float32", ("t1",), {"name": "test"}) as w:
-        for i, item in enumerate(items):
-            w.add(item, {"id": f"{prefix}{i:04d}", "subject": f"{prefix}s{i // 12}"})
-        return w.commit()
-
-
 @pytest.fixture(scope="module")
 def default_panels(tmp_path_factory, slice_sets):
     """The panel with the scan's default encoder (embedding trained on the training phantoms + image
     statistics) for fresh slices, copies and noise."""
     root = tmp_path_factory.mktemp("default-enc")
-    ds = {k: _write(root / k, v, k) for k, v in slice_sets.items()}
+    ds = {k: write_dataset(root / k, v, k) for k, v in slice_sets.items()}
     trained = train_encoder(ds["train"], root / "cache", EncoderConfig(input_size=32, steps=60, batch=32))
     opts = QualityOptions(kid_subset_size=50, ct_min_synthetic=5)
     panels = {}

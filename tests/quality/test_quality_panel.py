@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from quality_helpers import random_conv_net
+from quality_helpers import write_dataset as _write
 
 from memscan import phantoms
 from memscan.dataset.planted import plant_copies
-from memscan.dataset.store import Dataset, DatasetWriter
+from memscan.dataset.store import Dataset
 from memscan.errors import InputError
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.quality.encoders import TorchScriptEncoder, encode
@@ -59,13 +60,6 @@ def test_noise_has_no_precision_and_a_large_relative_fd(panels):
     assert p["precision"] < 0.05 and p["density"] < 0.05
     assert p["fd_relative"] > 10
     assert p["kid"] > 10 * panels["fresh"]["kid"]
-
-
-def _write(path, items: np.ndarray, prefix: str, subjects_of: int = 12) -> Dataset:
-    with DatasetWriter(path, items.shape[1:], "float32", ("t1",), {"name": "test"}) as w:
-        for i, item in enumerate(items):
-            w.add(item, {"id": f"{prefix}{i:04d}", "subject": f"{prefix}s{i // subjects_of}"})
-        return w.commit()
 
 
 @pytest.fixture(scope="module")

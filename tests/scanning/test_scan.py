@@ -443,7 +443,7 @@ def test_encoder_settings_reach_the_trained_encoder_and_change_no_table(data, tm
         ScanOptions(**opts, quality=True, encoder_steps=3, encoder_size=16),
         holdout=data["test"].path,
     )
-    config = q.quality["encoder"]["config"]
+    config = q.quality["encoder"]["parts"][0]["config"]  # the embedding, beside the image statistics
     assert config["steps"] == 3 and config["input_size"] == 16
     cached = list((tmp_path / "q" / runfolder.ENCODER_DIR).glob("encoder-*/config.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["config"]["steps"] == 3

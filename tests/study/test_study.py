@@ -75,9 +75,10 @@ def test_quality_columns_come_from_each_cells_quality_json(tiny_study):
     for _, row in table.iterrows():
         panel = json.loads((out / row["run"] / "quality.json").read_text())
         # the preset's encoder settings reached the encoder the scan trained on the cell's subset
-        assert panel["encoder"]["config"]["steps"] == cfg.scan.encoder_steps == 10
-        assert panel["encoder"]["config"]["input_size"] == cfg.scan.encoder_size == 16
-        assert panel["encoder"]["train_items"] == row["n_train_items"]
+        learned = panel["encoder"]["parts"][0]  # the embedding (beside the image statistics)
+        assert learned["config"]["steps"] == cfg.scan.encoder_steps == 10
+        assert learned["config"]["input_size"] == cfg.scan.encoder_size == 16
+        assert learned["train_items"] == row["n_train_items"]
         for col in QUALITY_COLUMNS:
             if panel[col] is None:  # undefined (C_T: no cell holds tau = 20 of the 12 samples) -> n/a
                 assert pd.isna(row[col]), col

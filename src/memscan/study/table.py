@@ -12,25 +12,15 @@ import numpy as np
 import pandas as pd
 
 from memscan.core.atomic import write_text, write_with
+from memscan.quality.panel import CONTRACT_KEYS
 from memscan.study.config import StudyConfig
 from memscan.study.grid import Cell
 from memscan.study.stages import STAGE_FILE
 
-#: Columns read from each cell's ``run/quality.json`` (its contract keys, ``docs/quality.md``), in order; a
-#: cell scanned without the panel has NaN (``n/a``) in each.
-QUALITY_COLUMNS = (
-    "fd_relative",
-    "kid",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "authenticity",
-    "ct_statistic",
-    "ct_p_value",
-    "ms_ssim_synthetic",
-    "ms_ssim_holdout",
-)
+#: Columns read from each cell's ``run/quality.json``: its contract keys (``docs/quality.md``) but the raw
+#: ``fd`` (its scale is the encoder's; ``fd_relative`` carries it) and α-precision/β-recall (precision and
+#: recall say it per sample), in the contract's order; a cell scanned without the panel has NaN (``n/a``).
+QUALITY_COLUMNS = tuple(k for k in CONTRACT_KEYS if k not in ("fd", "alpha_precision", "beta_recall"))
 #: Number formats of the quality columns (KID and the p-value span orders of magnitude: significant digits).
 _QUALITY_FORMATS = {
     "fd_relative": "{:.2f}",
