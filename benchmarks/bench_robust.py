@@ -39,6 +39,7 @@ from memscan import phantoms
 from memscan.core.progress import set_quiet
 from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.embed import EncoderConfig
+from memscan.embed.train import encoder_key
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.robust import RegisterConfig, RobustOptions, combined_verdict, robust_scan
 from memscan.scanning.options import ScanOptions
@@ -204,7 +205,7 @@ def main() -> None:
         encoder=EncoderConfig(**args.encoder),
         register=RegisterConfig(**args.register),
     )
-    cached = any((root / "cache").glob("encoder-*/model.safetensors"))
+    cached = (root / "cache" / f"encoder-{encoder_key(train, opts.encoder)}" / "model.safetensors").is_file()
     t0 = time.perf_counter()
     rob = robust_scan(train, syn, hold, options=opts).set_index("synthetic_id").loc[man["id"]]
     t_rob = time.perf_counter() - t0
@@ -260,6 +261,13 @@ def main() -> None:
         "encoder seconds": secs.get("encoder"),
         "encoder was cached": cached,
         "robust stage without encoder / plain": round((t_rob - (secs.get("encoder") or 0)) / t_plain, 2),
+        "synthetic registration / plain (null cached)": round(
+            (secs.get("register_synthetic") or 0) / t_plain, 2
+        ),
+        "registration seconds per item (synthetic, held-out)": [
+            round((secs.get("register_synthetic") or 0) / max(1, syn.n_items), 3),
+            round((secs.get("register_holdout") or 0) / max(1, hold.n_items), 3),
+        ],
         "seconds by step": secs,
     }
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))

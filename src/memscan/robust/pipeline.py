@@ -3,7 +3,7 @@
 Steps (issue 18): (1) train or load the encoder of the training set (:mod:`memscan.embed`); (2) embed
 the training, synthetic and held-out items; (3) per query, the top ``top_k`` training items by cosine
 (:mod:`memscan.robust.candidates`, the exact engine); (4) register every candidate pair on a coarse
-grid, refine the best ``refine_k`` pairs per query with the local optimiser
+grid and polish them briefly, refine the best ``refine_k`` pairs per query with the local optimiser
 (:mod:`memscan.robust.register`); the best registered correlation is the robust score; (5) the
 held-out items go through steps 3-4 identically: their scores are the null (cached beside the encoder,
 see :func:`_null_scores`); robust p-values (:mod:`memscan.robust.calibrate`).
@@ -57,7 +57,7 @@ class RobustOptions:
     Attributes:
         cache_dir: where trained encoders are cached (one sub-folder per training set and config).
         top_k: candidates per query from the embedding search.
-        refine_k: of those, how many (best on the coarse grid) get the local optimiser.
+        refine_k: of those, how many (best after the grid and its short polish) get the local optimiser.
         query_block: queries registered per batch (changes results by float32 rounding at most: each
             pair's search is independent of its batch).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the registration (the embedding search is

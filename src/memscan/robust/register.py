@@ -15,10 +15,14 @@ Search, coarse to fine (the objective is multi-modal in the angle, smooth near t
 
 1. **grid** at ``coarse_size`` pixels, channel mean, γ = 1, no shift: every angle of ``angles`` ×
    every scale of ``scales``; the best grid point starts
-2. **a local optimiser** (Adam on the five parameters, rescaled to comparable units, with box bounds) at
-   ``fine_size`` on all channels, then a few steps at ``score_size``, where the value is evaluated.
-   Each grid point's shift makes the intensity centroids meet (moment matching), so crops with an
-   off-centre window start near their translation.
+2. **a short polish** (``polish_steps`` Adam steps at ``coarse_size`` on all channels): its value ranks
+   a query's candidates, so that the refinement goes to the right ones (the grid alone ranked a
+   rescaled copy's true source 2nd-6th among its neighbouring slices);
+3. **a local optimiser** (Adam on the five parameters, rescaled to comparable units, with box bounds) at
+   ``fine_size`` on all channels, optionally (``warp_grid``) a smooth bounded warp with it, then a few
+   steps at ``score_size``, where the value is evaluated (optionally the best of a few matched blurs,
+   ``blur_sigmas``). Each grid point's shift makes the intensity centroids meet (moment matching), so
+   crops with an off-centre window start near their translation.
 
 Adam is element-wise and the pairs' objectives are summed, so each pair's optimisation is independent of
 the batch it is in. Everything is float32 on the CPU (or the GPU) with a fixed number of steps: the result
@@ -95,7 +99,7 @@ class RegisterConfig:
     score_size: int | None = 64
     fine_steps: int = 40
     final_steps: int = 8
-    polish_steps: int = 0
+    polish_steps: int = 15
     warp_grid: int = 0
     warp_max: float = 0.035
     warp_steps: int = 20
