@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--encoder", type=json.loads, default={}, help="EncoderConfig overrides, JSON")
     ap.add_argument("--register", type=json.loads, default={}, help="RegisterConfig overrides, JSON")
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--refine-k", type=int, default=3)
+    ap.add_argument("--refine-k", type=int, default=2)
     args = ap.parse_args()
     set_quiet(True)
     if args.quick:

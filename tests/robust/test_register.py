@@ -183,7 +183,7 @@ def test_matched_blur_raises_a_blurred_copy_more_than_a_different_image():
     blurred = np.stack([ndimage.gaussian_filter(ch, 2.0) for ch in x]).astype(np.float32)
     t = torch.from_numpy(np.stack([x, x]))
     s = torch.from_numpy(np.stack([blurred, other]))
-    plain = register_pairs(s, t, RegisterConfig(score_size=None))
+    plain = register_pairs(s, t, RegisterConfig(score_size=None, blur_sigmas=()))
     matched = register_pairs(s, t, RegisterConfig(score_size=None, blur_sigmas=(1.0, 2.0)))
     assert matched.blur[0] == 2.0 and matched.score[0] > 0.999 > plain.score[0]
     assert matched.score[0] - plain.score[0] > 0.0

@@ -67,7 +67,7 @@ class RobustOptions:
 
     cache_dir: str | Path = ".memscan-cache"
     top_k: int = 10
-    refine_k: int = 3
+    refine_k: int = 2
     query_block: int = 32
     device: str = "cpu"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -103,7 +103,7 @@ class RegisterConfig:
     warp_grid: int = 0
     warp_max: float = 0.035
     warp_steps: int = 20
-    blur_sigmas: tuple[float, ...] = ()
+    blur_sigmas: tuple[float, ...] = (0.75, 1.5)
     lr: float = 0.05
 
     def __post_init__(self) -> None:
