@@ -24,6 +24,7 @@ encoder training, the robust stage, the plain scan.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -153,6 +154,37 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.05) -> float:
     return float(np.mean(pos > t))
 
 
+def compare_cost(train: Dataset, syn: Dataset, opts: RobustOptions, n: int = 32, repeats: int = 3) -> dict:
+    """Registration seconds per item of the first ``n`` synthetic items: these options against the
+    previous defaults (no polish, no blur, refine 3), alternated ``repeats`` times in one process so both
+    see the same machine load; the minimum of each is kept."""
+    from memscan.embed.train import train_encoder
+    from memscan.robust.candidates import embed_dataset
+    from memscan.robust.pipeline import score_queries
+
+    enc = train_encoder(train, opts.cache_dir, opts.encoder)
+    e_train, e_syn = embed_dataset(enc, train), embed_dataset(enc, syn)
+
+    class _First:  # the first n items of syn, as score_queries reads them
+        def __init__(self, ds: Dataset, n: int) -> None:
+            self.ds, self.n_items = ds, min(n, ds.n_items)
+
+        def iter_blocks(self, block: int):
+            for start in range(0, self.n_items, block):
+                yield start, self.ds.read(start, min(self.n_items, start + block))
+
+    before = dataclasses.replace(
+        opts, refine_k=3, register=dataclasses.replace(opts.register, polish_steps=0, blur_sigmas=())
+    )
+    q = _First(syn, n)
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    for _ in range(repeats):
+        for name, o in (("before", before), ("now", opts)):
+            r = score_queries(q, e_syn[: q.n_items], train, e_train, o, o.device, name)
+            times[name].append(r.seconds / q.n_items)
+    return {k: round(min(v), 4) for k, v in times.items()} | {"items": q.n_items, "repeats": repeats}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/memscan-bench-robust"))
@@ -165,6 +197,9 @@ def main() -> None:
     ap.add_argument("--register", type=json.loads, default={}, help="RegisterConfig overrides, JSON")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--refine-k", type=int, default=2)
+    ap.add_argument(
+        "--compare-cost", action="store_true", help="only time the registration: these options vs before"
+    )
     args = ap.parse_args()
     set_quiet(True)
     if args.quick:
@@ -182,6 +217,18 @@ def main() -> None:
         f"synthetic {syn.n_items} ({int((man['kind'] != 'novel').sum())} copies, "
         f"{int((man['kind'] == 'novel').sum())} novel)"
     )
+
+    if args.compare_cost:
+        opts = RobustOptions(
+            cache_dir=root / "cache",
+            device=args.device,
+            top_k=args.top_k,
+            refine_k=args.refine_k,
+            encoder=EncoderConfig(**args.encoder),
+            register=RegisterConfig(**args.register),
+        )
+        print("registration seconds per item (min of alternated runs):", compare_cost(train, syn, opts))
+        return
 
     run = root / "run-plain"
     shutil.rmtree(run, ignore_errors=True)
