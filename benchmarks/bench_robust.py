@@ -185,6 +185,40 @@ def compare_cost(train: Dataset, syn: Dataset, opts: RobustOptions, n: int = 32,
     return {k: round(min(v), 4) for k, v in times.items()} | {"items": q.n_items, "repeats": repeats}
 
 
+def stage_seconds(train: Dataset, syn: Dataset, opts: RobustOptions, n: int = 8, repeats: int = 2) -> dict:
+    """Seconds per synthetic item of each registration stage (grid over top-K, polish, refine of
+    ``refine_k``) for the first ``n`` items, minimum over ``repeats``."""
+    import torch
+
+    from memscan.embed.train import scale_items, train_encoder
+    from memscan.robust.candidates import cosine_topk, embed_dataset
+    from memscan.robust.register import coarse_search, polish, refine
+
+    enc = train_encoder(train, opts.cache_dir, opts.encoder)
+    found = cosine_topk(embed_dataset(enc, syn)[:n], embed_dataset(enc, train), opts.top_k)
+    k = found.indices.shape[1]
+    q = scale_items(syn.read(0, n)).repeat_interleave(k, 0)
+    t = scale_items(train.take(found.indices.ravel()))
+    cfg = opts.register
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, a, sc, sh = coarse_search(q, t, cfg)
+        t1 = time.perf_counter()
+        g = None
+        if cfg.polish_steps:
+            _, a, sc, sh, g = polish(q, t, a, sc, sh, cfg)
+        t2 = time.perf_counter()
+        pick = (
+            torch.arange(len(q)).view(n, k)[:, : opts.refine_k].ravel()
+        )  # the cost is the same for any pick
+        refine(q[pick], t[pick], a[pick], sc[pick], sh[pick], cfg, gamma=None if g is None else g[pick])
+        t3 = time.perf_counter()
+        for name, v in (("grid", t1 - t0), ("polish", t2 - t1), ("refine", t3 - t2)):
+            best[name] = min(best.get(name, float("inf")), v / n)
+    return {k_: round(v, 4) for k_, v in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/memscan-bench-robust"))
@@ -228,6 +262,7 @@ def main() -> None:
             register=RegisterConfig(**args.register),
         )
         print("registration seconds per item (min of alternated runs):", compare_cost(train, syn, opts))
+        print("seconds per item by stage:", stage_seconds(train, syn, opts))
         return
 
     run = root / "run-plain"

@@ -95,7 +95,7 @@ class RegisterConfig:
     gamma_range: tuple[float, float] = (0.4, 2.5)
     min_overlap: float = 0.5
     coarse_size: int = 32
-    fine_size: int = 64
+    fine_size: int = 48
     score_size: int | None = 64
     fine_steps: int = 40
     final_steps: int = 8
