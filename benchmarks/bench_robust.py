@@ -24,6 +24,7 @@ encoder training, the robust stage, the plain scan.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -39,6 +40,7 @@ from memscan import phantoms
 from memscan.core.progress import set_quiet
 from memscan.dataset.store import Dataset, DatasetWriter
 from memscan.embed import EncoderConfig
+from memscan.embed.train import encoder_key
 from memscan.preprocess.prepare import PrepareOptions, prepare_dataset
 from memscan.robust import RegisterConfig, RobustOptions, combined_verdict, robust_scan
 from memscan.scanning.options import ScanOptions
@@ -152,6 +154,71 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.05) -> float:
     return float(np.mean(pos > t))
 
 
+def compare_cost(train: Dataset, syn: Dataset, opts: RobustOptions, n: int = 32, repeats: int = 3) -> dict:
+    """Registration seconds per item of the first ``n`` synthetic items: these options against the
+    previous defaults (no polish, no blur, refine 3), alternated ``repeats`` times in one process so both
+    see the same machine load; the minimum of each is kept."""
+    from memscan.embed.train import train_encoder
+    from memscan.robust.candidates import embed_dataset
+    from memscan.robust.pipeline import score_queries
+
+    enc = train_encoder(train, opts.cache_dir, opts.encoder)
+    e_train, e_syn = embed_dataset(enc, train), embed_dataset(enc, syn)
+
+    class _First:  # the first n items of syn, as score_queries reads them
+        def __init__(self, ds: Dataset, n: int) -> None:
+            self.ds, self.n_items = ds, min(n, ds.n_items)
+
+        def iter_blocks(self, block: int):
+            for start in range(0, self.n_items, block):
+                yield start, self.ds.read(start, min(self.n_items, start + block))
+
+    before = dataclasses.replace(
+        opts, refine_k=3, register=dataclasses.replace(opts.register, polish_steps=0, blur_sigmas=())
+    )
+    q = _First(syn, n)
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    for _ in range(repeats):
+        for name, o in (("before", before), ("now", opts)):
+            r = score_queries(q, e_syn[: q.n_items], train, e_train, o, o.device, name)
+            times[name].append(r.seconds / q.n_items)
+    return {k: round(min(v), 4) for k, v in times.items()} | {"items": q.n_items, "repeats": repeats}
+
+
+def stage_seconds(train: Dataset, syn: Dataset, opts: RobustOptions, n: int = 8, repeats: int = 2) -> dict:
+    """Seconds per synthetic item of each registration stage (grid over top-K, polish, refine of
+    ``refine_k``) for the first ``n`` items, minimum over ``repeats``."""
+    import torch
+
+    from memscan.embed.train import scale_items, train_encoder
+    from memscan.robust.candidates import cosine_topk, embed_dataset
+    from memscan.robust.register import coarse_search, polish, refine
+
+    enc = train_encoder(train, opts.cache_dir, opts.encoder)
+    found = cosine_topk(embed_dataset(enc, syn)[:n], embed_dataset(enc, train), opts.top_k)
+    k = found.indices.shape[1]
+    q = scale_items(syn.read(0, n)).repeat_interleave(k, 0)
+    t = scale_items(train.take(found.indices.ravel()))
+    cfg = opts.register
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, a, sc, sh = coarse_search(q, t, cfg)
+        t1 = time.perf_counter()
+        g = None
+        if cfg.polish_steps:
+            _, a, sc, sh, g = polish(q, t, a, sc, sh, cfg)
+        t2 = time.perf_counter()
+        pick = (
+            torch.arange(len(q)).view(n, k)[:, : opts.refine_k].ravel()
+        )  # the cost is the same for any pick
+        refine(q[pick], t[pick], a[pick], sc[pick], sh[pick], cfg, gamma=None if g is None else g[pick])
+        t3 = time.perf_counter()
+        for name, v in (("grid", t1 - t0), ("polish", t2 - t1), ("refine", t3 - t2)):
+            best[name] = min(best.get(name, float("inf")), v / n)
+    return {k_: round(v, 4) for k_, v in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/memscan-bench-robust"))
@@ -163,7 +230,10 @@ def main() -> None:
     ap.add_argument("--encoder", type=json.loads, default={}, help="EncoderConfig overrides, JSON")
     ap.add_argument("--register", type=json.loads, default={}, help="RegisterConfig overrides, JSON")
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--refine-k", type=int, default=3)
+    ap.add_argument("--refine-k", type=int, default=2)
+    ap.add_argument(
+        "--compare-cost", action="store_true", help="only time the registration: these options vs before"
+    )
     args = ap.parse_args()
     set_quiet(True)
     if args.quick:
@@ -181,6 +251,19 @@ def main() -> None:
         f"synthetic {syn.n_items} ({int((man['kind'] != 'novel').sum())} copies, "
         f"{int((man['kind'] == 'novel').sum())} novel)"
     )
+
+    if args.compare_cost:
+        opts = RobustOptions(
+            cache_dir=root / "cache",
+            device=args.device,
+            top_k=args.top_k,
+            refine_k=args.refine_k,
+            encoder=EncoderConfig(**args.encoder),
+            register=RegisterConfig(**args.register),
+        )
+        print("registration seconds per item (min of alternated runs):", compare_cost(train, syn, opts))
+        print("seconds per item by stage:", stage_seconds(train, syn, opts))
+        return
 
     run = root / "run-plain"
     shutil.rmtree(run, ignore_errors=True)
@@ -204,7 +287,7 @@ def main() -> None:
         encoder=EncoderConfig(**args.encoder),
         register=RegisterConfig(**args.register),
     )
-    cached = any((root / "cache").glob("encoder-*/model.safetensors"))
+    cached = (root / "cache" / f"encoder-{encoder_key(train, opts.encoder)}" / "model.safetensors").is_file()
     t0 = time.perf_counter()
     rob = robust_scan(train, syn, hold, options=opts).set_index("synthetic_id").loc[man["id"]]
     t_rob = time.perf_counter() - t0
@@ -260,6 +343,13 @@ def main() -> None:
         "encoder seconds": secs.get("encoder"),
         "encoder was cached": cached,
         "robust stage without encoder / plain": round((t_rob - (secs.get("encoder") or 0)) / t_plain, 2),
+        "synthetic registration / plain (null cached)": round(
+            (secs.get("register_synthetic") or 0) / t_plain, 2
+        ),
+        "registration seconds per item (synthetic, held-out)": [
+            round((secs.get("register_synthetic") or 0) / max(1, syn.n_items), 3),
+            round((secs.get("register_holdout") or 0) / max(1, hold.n_items), 3),
+        ],
         "seconds by step": secs,
     }
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))

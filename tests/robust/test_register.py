@@ -138,3 +138,81 @@ def test_bad_register_config_is_refused():
     angles, scales = RegisterConfig().grid()
     assert angles.size == 9 * 7  # 9 angles x 7 log-spaced scales (the middle one is 1.0)
     assert np.any((angles == 0) & np.isclose(scales, 1.0))
+
+
+def _smooth_warp(x: np.ndarray, amp: float, seed: int = 3) -> np.ndarray:
+    """``x [C, H, W]`` displaced by a smooth random field (a 4x4 cubic-spline field of max ``amp`` px)."""
+    rng = np.random.default_rng(seed)
+    h, w = x.shape[-2:]
+    field = np.stack([ndimage.zoom(rng.normal(size=(4, 4)), (h / 4, w / 4), order=3) for _ in range(2)])
+    field *= amp / np.abs(field).max()
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    coords = np.stack([yy + field[0], xx + field[1]])
+    return np.stack([ndimage.map_coordinates(ch, coords, order=1) for ch in x]).astype(np.float32)
+
+
+def test_the_smooth_warp_recovers_a_known_smooth_displacement():
+    x = _phantom(64, seed=2)
+    y = _smooth_warp(x, 3.0)
+    s, t = torch.from_numpy(y)[None], torch.from_numpy(x)[None]
+    base = RegisterConfig(score_size=None)
+    rigid = register_pairs(s, t, base)
+    warped = register_pairs(s, t, RegisterConfig(score_size=None, warp_grid=5, warp_max=0.08))
+    # the similarity transform cannot undo a local warp; the warp stage removes most of what is left
+    assert 1.0 - warped.score[0] < 0.5 * (1.0 - rigid.score[0])
+    assert warped.score[0] > 0.99
+    assert 1.0 <= warped.warp[0] <= 0.08 * 64 + 1e-6  # moved, within the box bound
+    assert "+warp(" in warped.labels()[0]
+    # no displacement to find: the warp stays near zero and the score near the rigid one
+    same = register_pairs(t, t, RegisterConfig(score_size=None, warp_grid=5, warp_max=0.08))
+    assert same.score[0] > 0.999 and same.warp[0] < 1.0
+
+
+def test_the_warp_is_bounded_and_the_overlap_rule_still_holds():
+    x = torch.from_numpy(_phantom(32))[None]
+    field = torch.full((1, 2, 4, 4), 0.9)  # moves everything 45 % of the size sideways
+    corr, overlap = registered_correlation(
+        x, x, torch.zeros(1), torch.zeros(1), torch.zeros(1, 2), torch.zeros(1), 0.5, field
+    )
+    assert float(overlap[0]) < 0.6 and corr[0] == -math.inf
+
+
+def test_matched_blur_raises_a_blurred_copy_more_than_a_different_image():
+    x = _phantom(64, seed=4)
+    other = _phantom(64, seed=5)
+    blurred = np.stack([ndimage.gaussian_filter(ch, 2.0) for ch in x]).astype(np.float32)
+    t = torch.from_numpy(np.stack([x, x]))
+    s = torch.from_numpy(np.stack([blurred, other]))
+    plain = register_pairs(s, t, RegisterConfig(score_size=None, blur_sigmas=()))
+    matched = register_pairs(s, t, RegisterConfig(score_size=None, blur_sigmas=(1.0, 2.0)))
+    assert matched.blur[0] == 2.0 and matched.score[0] > 0.999 > plain.score[0]
+    assert matched.score[0] - plain.score[0] > 0.0
+    assert np.all(matched.score >= plain.score - 1e-6)  # a maximum over a set that includes "no blur"
+    assert "+blur(2.0)" in matched.labels()[0]
+
+
+def test_blur_at_the_score_matches_scipy():
+    x = _phantom(48, seed=6)
+    xt = torch.from_numpy(x)[None]
+    zero = torch.zeros(1)
+    corr, _ = registered_correlation(
+        xt, xt, zero, zero, torch.zeros(1, 2), zero, 0.5, None, torch.tensor([1.5])
+    )
+    ref = np.stack(
+        [ndimage.gaussian_filter(ch.astype(np.float64), 1.5, mode="constant", truncate=3.0) for ch in x]
+    )
+    assert abs(np.corrcoef(x.ravel(), (ref + 1e-6).ravel())[0, 1] - float(corr[0])) < 1e-4
+
+
+def test_polish_then_refine_recovers_scale_between_grid_points():
+    x = _phantom(64)
+    y = _scipy_similarity(x, 2.5, 0.9)  # 0.9 lies between the grid's scales 0.86 and 0.93
+    cfg = RegisterConfig(polish_steps=15)
+    reg = register_pairs(torch.from_numpy(y)[None], torch.from_numpy(x)[None], cfg)
+    assert reg.score[0] > 0.99 and abs(reg.scale[0] - 0.9) < 0.02
+
+
+def test_bad_new_register_options_are_refused():
+    for bad in ({"warp_grid": 1}, {"warp_max": 0.5}, {"polish_steps": -1}, {"blur_sigmas": (0.0,)}):
+        with pytest.raises(InputError):
+            RegisterConfig(**bad)

@@ -94,7 +94,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """
     b, c, h, w = x.shape
     radius = max(1, int(math.ceil(3.0 * float(sigma.max())))) if sigma.numel() else 1
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     s = sigma.to(x.dtype).clamp_min(1e-6)[:, None]
     k = torch.exp(-0.5 * (t[None, :] / s) ** 2)
     k = k / k.sum(dim=1, keepdim=True)  # [B, 2r+1]; sigma -> 0 gives the identity kernel

@@ -3,7 +3,7 @@
 Steps (issue 18): (1) train or load the encoder of the training set (:mod:`memscan.embed`); (2) embed
 the training, synthetic and held-out items; (3) per query, the top ``top_k`` training items by cosine
 (:mod:`memscan.robust.candidates`, the exact engine); (4) register every candidate pair on a coarse
-grid, refine the best ``refine_k`` pairs per query with the local optimiser
+grid and polish them briefly, refine the best ``refine_k`` pairs per query with the local optimiser
 (:mod:`memscan.robust.register`); the best registered correlation is the robust score; (5) the
 held-out items go through steps 3-4 identically: their scores are the null (cached beside the encoder,
 see :func:`_null_scores`); robust p-values (:mod:`memscan.robust.calibrate`).
@@ -33,7 +33,7 @@ from memscan.embed.train import EncoderConfig, TrainedEncoder, dataset_identity,
 from memscan.errors import InputError
 from memscan.robust.calibrate import robust_pvalues
 from memscan.robust.candidates import cosine_topk, embed_dataset
-from memscan.robust.register import RegisterConfig, coarse_search, refine, transform_label
+from memscan.robust.register import RegisterConfig, coarse_search, polish, refine, transform_label
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class RobustOptions:
     Attributes:
         cache_dir: where trained encoders are cached (one sub-folder per training set and config).
         top_k: candidates per query from the embedding search.
-        refine_k: of those, how many (best on the coarse grid) get the local optimiser.
+        refine_k: of those, how many (best after the grid and its short polish) get the local optimiser.
         query_block: queries registered per batch (changes results by float32 rounding at most: each
             pair's search is independent of its batch).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the registration (the embedding search is
@@ -67,7 +67,7 @@ class RobustOptions:
 
     cache_dir: str | Path = ".memscan-cache"
     top_k: int = 10
-    refine_k: int = 3
+    refine_k: int = 2
     query_block: int = 32
     device: str = "cpu"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -115,15 +115,27 @@ def _register_block(
     pos = np.searchsorted(uniq, np.where(valid, cand, uniq[0] if uniq.size else 0))
     qi = torch.arange(b, device=device).repeat_interleave(k)
     ti = torch.as_tensor(pos.ravel(), device=device)
-    coarse, angle, scale, shift = coarse_search(q[qi], t_items[ti], opts.register)
+    cfg = opts.register
+    coarse, angle, scale, shift = coarse_search(q[qi], t_items[ti], cfg)
+    gamma = None
+    if cfg.polish_steps:
+        coarse, angle, scale, shift, gamma = polish(q[qi], t_items[ti], angle, scale, shift, cfg)
     coarse = coarse.view(b, k).cpu()
     coarse[torch.from_numpy(~valid)] = -np.inf
     r = min(opts.refine_k, k)
-    # best refine_k by coarse score; ties to the better embedding rank (stable sort on rank order)
+    # best refine_k by (polished) coarse score; ties to the better embedding rank (stable sort)
     order = torch.from_numpy(np.argsort(-coarse.numpy(), axis=1, kind="stable")[:, :r].copy())
     flat = (torch.arange(b)[:, None] * k + order).ravel()
     fd = flat.to(device)
-    reg = refine(q[qi[fd]], t_items[ti[fd]], angle[fd], scale[fd], shift[fd], opts.register)
+    reg = refine(
+        q[qi[fd]],
+        t_items[ti[fd]],
+        angle[fd],
+        scale[fd],
+        shift[fd],
+        cfg,
+        gamma=None if gamma is None else gamma[fd],
+    )
     score = reg.score.reshape(b, r)
     score[~np.take_along_axis(valid, order.numpy(), axis=1)] = -np.inf
     best = np.argmax(score, axis=1)  # first maximum: ties to the better coarse rank
@@ -133,7 +145,9 @@ def _register_block(
     best_train = cand[rows, order.numpy()[rows, best]]
     best_train = np.where(np.isfinite(best_score), best_train, -1)
     labels = [
-        transform_label(reg.angle[f], reg.scale[f], reg.shift[f], reg.gamma[f]) if np.isfinite(s) else "none"
+        transform_label(reg.angle[f], reg.scale[f], reg.shift[f], reg.gamma[f], reg.warp[f], reg.blur[f])
+        if np.isfinite(s)
+        else "none"
         for f, s in zip(best_flat, best_score, strict=True)
     ]
     return best_score, best_train, labels, reg.overlap[best_flat]
