@@ -75,22 +75,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as cache:
         for inv, size, steps, seed in itertools.product(args.invariances, args.size, args.steps, args.seeds):
-            if True:
-                if True:
-                    aug = AugmentConfig() if inv == "all" else AugmentConfig(p_noise=0.0, p_blur=0.0)
-                    cfg = EncoderConfig(input_size=size, steps=steps, seed=seed, augment=aug)
-                    t0 = time.perf_counter()
-                    enc = train_encoder(train, cache, cfg)
-                    seconds = time.perf_counter() - t0
-                    ft, fh = embed(enc, x), embed(enc, holdout)
-                    for name, items in sets.items():
-                        p = panel_from_features(ft, fh, embed(enc, items), QualityOptions(kid_subsets=20))
-                        print(
-                            f"| {inv} | {size} | {steps} | {seed} | {seconds:.0f} | {name} | {p['fd_relative']:.2f} "
-                            f"| {p['precision']:.2f} | {p['recall']:.2f} | {p['authenticity']:.2f} "
-                            f"| {p['ct_statistic']:.2f} |",
-                            flush=True,
-                        )
+            aug = AugmentConfig() if inv == "all" else AugmentConfig(p_noise=0.0, p_blur=0.0)
+            cfg = EncoderConfig(input_size=size, steps=steps, seed=seed, augment=aug)
+            t0 = time.perf_counter()
+            enc = train_encoder(train, cache, cfg)
+            seconds = time.perf_counter() - t0
+            ft, fh = embed(enc, x), embed(enc, holdout)
+            for name, items in sets.items():
+                p = panel_from_features(ft, fh, embed(enc, items), QualityOptions(kid_subsets=20))
+                print(
+                    f"| {inv} | {size} | {steps} | {seed} | {seconds:.0f} | {name} | {p['fd_relative']:.2f} "
+                    f"| {p['precision']:.2f} | {p['recall']:.2f} | {p['authenticity']:.2f} "
+                    f"| {p['ct_statistic']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def test_transform_words():
     assert transform_words("rot(+12.5)+scale(1.10)+shift(+0,+3)+gamma(0.55)").startswith(
         "rotated 12.5° counter-clockwise, enlarged to 1.10×, moved 3 px right, intensities"
     )
+    assert transform_words("rot(-3.0)+scale(1.00)+shift(+0,+0)+warp(2.4px)+blur(1.5)") == (
+        "rotated 3.0° clockwise, locally warped (up to 2.4 px), blurred (σ 1.5 px)"
+    )
 
 
 def test_cli_robust_needs_a_holdout(cohort, tmp_path):

@@ -186,6 +186,8 @@ _TERMS = {
     "scale": re.compile(r"scale\(([-+0-9.]+)\)"),
     "shift": re.compile(r"shift\(([-+0-9]+),([-+0-9]+)\)"),
     "gamma": re.compile(r"gamma\(([-+0-9.]+)\)"),
+    "warp": re.compile(r"warp\(([-+0-9.]+)px\)"),
+    "blur": re.compile(r"blur\(([-+0-9.]+)\)"),
 }
 
 
@@ -228,4 +230,10 @@ def transform_words(label: str | None) -> str:
     m = _TERMS["gamma"].search(label)
     if m:
         words.append(f"intensities remapped (gamma {float(m.group(1)):.2f})")
+    m = _TERMS["warp"].search(label)
+    if m:
+        words.append(f"locally warped (up to {float(m.group(1)):.1f} px)")
+    m = _TERMS["blur"].search(label)
+    if m:
+        words.append(f"blurred (σ {float(m.group(1)):.1f} px)")
     return ", ".join(words) if words else "no transform (aligned as is)"
