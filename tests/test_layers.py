@@ -20,7 +20,11 @@ def test_import_layers_hold() -> None:
     if exe is None:  # the test extra installs it; a missing tool must not pass silently
         pytest.fail("import-linter (lint-imports) is not installed; install memscan with the [test] extra")
     proc = subprocess.run(
-        [exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [exe, "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(REPO / "src"), "PATH": str(Path(sys.executable).parent)},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

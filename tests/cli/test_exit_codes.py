@@ -137,10 +137,7 @@ def test_encoder_steps_help_states_the_encoders_default():
 def test_to_flags_maps_parameters_not_prose():
     assert to_flags("top_k must be >= 1; got 0") == "--top-k must be >= 1; got 0"
     assert to_flags("precision must be one of auto") == "--precision must be one of auto"
-    assert (
-        to_flags("release gate failed (> fail_above 10%)")
-        == "release gate failed (> --fail-above 10%)"
-    )
+    assert to_flags("release gate failed (> fail_above 10%)") == "release gate failed (> --fail-above 10%)"
     assert to_flags("the threshold is fixed") == "the threshold is fixed"
 
 

@@ -18,8 +18,16 @@ from pydicom.uid import generate_uid
 from memscan.io.readers import read_dicom_series, read_image
 
 
-def _ct(tmp_path: Path, name: str, *, slope: str | None = None, intercept: str | None = None,
-        shift: int = 0, position: float | None = None, series: str | None = None) -> Path:
+def _ct(
+    tmp_path: Path,
+    name: str,
+    *,
+    slope: str | None = None,
+    intercept: str | None = None,
+    shift: int = 0,
+    position: float | None = None,
+    series: str | None = None,
+) -> Path:
     """A copy of CT_small.dcm with another rescale, rolled pixels, slice position or series UID."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     if slope is not None:
