@@ -3,7 +3,8 @@
 Writes the images as files, prepares them with the CLI (``memscan prepare SRC --out DATASET``, the generic
 recipe, as a user would), then times on each kind of input:
 
-* ``memscan scan`` end to end: ``seconds`` of its summary (from the start of the scan to the tables
+* ``memscan scan`` end to end, run as the command in its own process (as a user runs it after
+  ``memscan prepare``): ``seconds`` of its summary (from the start of the scan to the tables
   written, loading from the dataset folders included, process start excluded), default precision;
 * faiss ``IndexFlatIP`` exact float32 search, k = top-k, on the same vectors read back from the prepared
   datasets (normalisation done beforehand, not timed);
@@ -35,6 +36,7 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,7 @@ from bench_scan import _fair_faiss_blas, best_of, normalised  # noqa: E402
 
 from memscan.dataset.store import Dataset  # noqa: E402
 from memscan.scanning.options import ScanOptions, parse_bytes  # noqa: E402
-from memscan.scanning.scanner import scan  # noqa: E402
+from memscan.scanning.scanner import load_run, scan  # noqa: E402
 
 SLICES = 125
 
@@ -193,7 +195,17 @@ def bench_input(kind: str, work: Path, args: argparse.Namespace, results: dict[s
     def run(name: str):
         return scan(tr_ds, sy_ds, work / f"{kind}_{name}", opts, report=False)
 
-    ms = run("run")
+    def run_cli(name: str):
+        """``memscan scan`` as a user runs it: its own process after ``memscan prepare``."""
+        folder = work / f"{kind}_{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        cmd = [sys.executable, "-m", "memscan", "scan", str(tr_ds), str(sy_ds), "--out", str(folder)]
+        cmd += ["--top-k", str(args.k), "--baseline-items", "0", "--memory-budget", args.memory_budget]
+        subprocess.run([*cmd, "--no-report"], check=True, env=env, stdout=subprocess.DEVNULL)
+        return load_run(folder)
+
+    ms = run_cli("run")
     out["memscan_seconds"] = ms.summary["seconds"]
     out["precision"] = ms.summary["precision"]
     out["n_rerank_pairs"] = ms.summary["n_rerank_pairs"]
