@@ -20,7 +20,7 @@ from quality_helpers import RandomConvEncoder, phantom_slices  # noqa: E402
 
 from memscan.quality.diversity import mean_pairwise_ms_ssim  # noqa: E402
 from memscan.quality.encoders import encode  # noqa: E402
-from memscan.quality.panel import QualityOptions, panel_from_features  # noqa: E402
+from memscan.quality.panel import CONTRACT_KEYS, QualityOptions, panel_from_features  # noqa: E402
 
 
 class PixelPCA:
@@ -50,19 +50,7 @@ def main() -> None:
     noise = rng.random(hold.shape).astype(np.float32)
     sets = {"fresh": fresh, "copies": copies, "half copies": half, "noise": noise, "held-out (ref)": hold}
     opts = QualityOptions(kid_subset_size=100, ct_min_synthetic=10)
-    keys = [
-        "fd_relative",
-        "kid",
-        "precision",
-        "recall",
-        "density",
-        "coverage",
-        "alpha_precision",
-        "beta_recall",
-        "authenticity",
-        "ct_statistic",
-        "ct_p_value",
-    ]
+    keys = [k for k in CONTRACT_KEYS if k not in ("fd", "ms_ssim_synthetic", "ms_ssim_holdout")]
     print(f"train {len(train)}, held-out {len(hold)}, each candidate {len(fresh)} slices; {opts}")
     for enc in (RandomConvEncoder(), PixelPCA(train)):
         f = {k: encode(enc, v, (0.0, 1.0)) for k, v in {"train": train, "holdout": hold, **sets}.items()}

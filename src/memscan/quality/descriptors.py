@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from memscan.embed.augment import gaussian_blur
+from memscan.errors import InputError
 
 #: Percentiles of each channel's intensities.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -60,7 +61,7 @@ class ImageStatistics:
     def _batch(items: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
         if x.ndim != 4:
-            raise ValueError(f"image statistics take 2D items [N, C, H, W], got shape {tuple(x.shape)}")
+            raise InputError(f"image statistics take 2D items [N, C, H, W], got shape {tuple(x.shape)}")
         n, c = x.shape[:2]
         flat = x.reshape(n, c, -1)
         q = torch.quantile(flat, torch.tensor(QUANTILES), dim=2).permute(1, 2, 0)  # [N, C, 5]

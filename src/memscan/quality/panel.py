@@ -253,9 +253,7 @@ def standardise_blocks(
     for _, width, per_column in blocks:
         part = sd[c : c + width]
         if per_column:
-            scale[c : c + width] = np.where(part > 0, 1.0 / np.where(part > 0, part, 1.0), 1.0) / np.sqrt(
-                width
-            )
+            scale[c : c + width] = 1.0 / (np.where(part > 0, part, 1.0) * np.sqrt(width))
         else:
             total = float(np.sqrt(np.sum(part**2)))
             scale[c : c + width] = 1.0 / total if total > 0 else 1.0

@@ -365,7 +365,8 @@ class _Int16Screen:
         if not prep.valid.any():  # a block of constant items: nothing to match (and ε would be infinite)
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), np.zeros(0)
         root = self.q_root
-        eps = self.inner.epsilon(prep) + root * (self.qs.delta + _ADD_MARGIN)
+        eps_g = self.inner.epsilon(prep)
+        eps = eps_g + root * (self.qs.delta + _ADD_MARGIN)
         s_k = np.full(self.nq, -np.inf)
         fresh = np.flatnonzero(self.q_valid & ~np.isfinite(v_k))
         if len(fresh):  # k-th largest lower bound L = T - 2 √V_q δ_t of the rows without a running k-th
@@ -389,7 +390,6 @@ class _Int16Screen:
             qi, ti = (flat // mask.shape[1]).astype(np.intp), (flat % mask.shape[1]).astype(np.intp)
         del mask
         if len(qi):
-            eps_g = self.inner.epsilon(prep)
             if sc.scores.is_cuda:
                 dev = sc.scores.device
                 at = (torch.from_numpy(qi).to(dev), torch.from_numpy(ti).to(dev))
